@@ -1,0 +1,44 @@
+"""promptcache: one canonical cache key for a production LLM response cache and a pytest record/replay harness.
+
+Everything public is re-exported here; the modules behind it are private.
+"""
+
+from __future__ import annotations
+
+from promptcache._keys import CacheKey as CacheKey
+from promptcache._keys import Endpoint as Endpoint
+from promptcache._keys import KeyPolicy as KeyPolicy
+from promptcache._keys import canonical_json as canonical_json
+from promptcache._keys import generate_cache_key as generate_cache_key
+from promptcache._keys import make_key as make_key
+from promptcache.exceptions import CassetteError as CassetteError
+from promptcache.exceptions import CassetteFormatError as CassetteFormatError
+from promptcache.exceptions import CassetteMissError as CassetteMissError
+from promptcache.exceptions import ConfigError as ConfigError
+from promptcache.exceptions import EntryError as EntryError
+from promptcache.exceptions import InvalidScopeError as InvalidScopeError
+from promptcache.exceptions import PromptCacheError as PromptCacheError
+from promptcache.exceptions import SecretLeakError as SecretLeakError
+from promptcache.exceptions import StoreError as StoreError
+from promptcache.exceptions import UncacheableRequestError as UncacheableRequestError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CacheKey",
+    "CassetteError",
+    "CassetteFormatError",
+    "CassetteMissError",
+    "ConfigError",
+    "Endpoint",
+    "EntryError",
+    "InvalidScopeError",
+    "KeyPolicy",
+    "PromptCacheError",
+    "SecretLeakError",
+    "StoreError",
+    "UncacheableRequestError",
+    "canonical_json",
+    "generate_cache_key",
+    "make_key",
+]

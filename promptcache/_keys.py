@@ -1,0 +1,423 @@
+"""The canonical cache key (schema v1): one request, one digest, in every process and on every machine.
+
+The same key serves the production cache and the pytest record/replay harness, so what a test records is
+exactly what production would look up. The rules (see DESIGN.md, "The key"):
+
+1. The request body minus :data:`DENY_LIST` (fields that cannot change the output) is the material; every
+   other field joins it, including ones nobody has heard of yet.
+2. The scope (namespace, agent id, agent version, tenant) and the endpoint join the material and, escaped,
+   the store key's prefix.
+3. Canonical JSON: sorted object keys, no whitespace, UTF-8, integral floats written as integers
+   (``0 == 0.0``), list order kept, omitted parameters left omitted.
+4. The :class:`KeyPolicy` is applied to message text only.
+5. sha256 over the schema tag plus the canonical bytes.
+
+Nothing here does I/O; it is pure and safe to call from any thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+
+from promptcache._config import parse_enum
+from promptcache.exceptions import InvalidScopeError, UncacheableRequestError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+__all__ = [
+    "DEFAULT_AGENT_VERSION",
+    "DEFAULT_NAMESPACE",
+    "DENY_LIST",
+    "SCHEMA_VERSION",
+    "CacheKey",
+    "Endpoint",
+    "KeyPolicy",
+    "agent_prefix",
+    "canonical_json",
+    "generate_cache_key",
+    "make_key",
+]
+
+SCHEMA_VERSION: Final = 1
+"""Bumped whenever any rule here changes a digest; the golden-file test enforces it."""
+
+DEFAULT_NAMESPACE: Final = "promptcache"
+DEFAULT_AGENT_VERSION: Final = "0"
+
+DENY_LIST: Final = frozenset(
+    {
+        # Delivery, not content: a streamed and a non-streamed answer to one request are the same answer.
+        "stream",
+        "stream_options",
+        # End-user / bookkeeping identifiers that providers document as not affecting generation.
+        "user",
+        "metadata",
+        "store",
+        "safety_identifier",
+        "prompt_cache_key",
+        # SDK transport options that sometimes travel inside a request dict given to get_or_call.
+        "timeout",
+        "extra_headers",
+        "extra_query",
+    }
+)
+"""Top-level request fields left out of the key. Everything not listed here is part of the key."""
+
+# 2**53: integral floats above this are not exactly representable as the same integer everywhere.
+_MAX_SAFE_INT: Final = 9_007_199_254_740_992
+_SAFE_ID: Final = re.compile(r"[A-Za-z0-9_.\-]+")
+_NO_TENANT: Final = "~"  # never produced by _escape, so "no tenant" cannot collide with any tenant id
+
+
+class KeyPolicy(StrEnum):
+    """How message text is normalised before it joins the key.
+
+    .. versionadded:: 0.1.0
+    """
+
+    EXACT = "exact"
+    """Bytes as sent."""
+    TRIM = "trim"
+    """CRLF to LF, trailing spaces/tabs on each line and blank lines at both ends removed; indentation kept."""
+    COLLAPSE = "collapse"
+    """The seed tutorial's ``' '.join(s.split())``: more hits, but merges prompts that differ in indentation."""
+
+
+class Endpoint(StrEnum):
+    """The upstream API a request is for; part of the key material.
+
+    .. versionadded:: 0.1.0
+    """
+
+    CHAT_COMPLETIONS = "chat.completions"
+    RESPONSES = "responses"
+    EMBEDDINGS = "embeddings"
+    ANTHROPIC_MESSAGES = "anthropic.messages"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheKey:
+    """The key of one request in one scope.
+
+    Attributes:
+        digest: 64 hex characters, sha256 of the schema tag and the canonical material.
+        store_key: The key under which stores keep the entry: an escaped scope prefix plus the digest in
+            braces (a Redis Cluster hash tag, so an entry and its lock share a slot).
+        prefix: The agent's prefix in this namespace; every key of the agent starts with it.
+        canonical: The canonical JSON bytes of the request after the deny-list and text policy.
+
+    .. versionadded:: 0.1.0
+    """
+
+    digest: str
+    store_key: str
+    prefix: str
+    namespace: str
+    agent_id: str
+    agent_version: str
+    tenant: str | None
+    endpoint: Endpoint
+    policy: KeyPolicy
+    canonical: bytes = field(repr=False)
+    schema: int = SCHEMA_VERSION
+
+
+def trim_text(text: str) -> str:
+    """Apply :attr:`KeyPolicy.TRIM`: never touches indentation or characters inside a line."""
+    # Fast path: most prompts are already trimmed; these are C-speed substring checks.
+    if (
+        "\r\n" not in text
+        and " \n" not in text
+        and "\t\n" not in text
+        and not text.startswith("\n")
+        and not text.endswith((" ", "\t", "\r", "\n"))
+    ):
+        return text
+    lines = [line.rstrip(" \t\r") for line in text.split("\n")]
+    start, end = 0, len(lines)
+    while start < end and not lines[start]:
+        start += 1
+    while end > start and not lines[end - 1]:
+        end -= 1
+    return "\n".join(lines[start:end])
+
+
+def collapse_text(text: str) -> str:
+    """Apply :attr:`KeyPolicy.COLLAPSE`: exactly the seed tutorial's whitespace rule."""
+    return " ".join(text.split())
+
+
+def _exact_text(text: str) -> str:
+    return text
+
+
+_TEXT_RULES: Final[dict[KeyPolicy, Callable[[str], str]]] = {
+    KeyPolicy.EXACT: _exact_text,
+    KeyPolicy.TRIM: trim_text,
+    KeyPolicy.COLLAPSE: collapse_text,
+}
+
+
+class _BadValue(Exception):  # noqa: N818 - internal signal, re-raised as UncacheableRequestError
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.parts: list[str] = []
+
+
+def _canon_scalar(value: object) -> object:
+    """Canonicalise a non-container value, or raise _BadValue naming what it is."""
+    if value is None or value is True or value is False:
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):  # noqa: PLR0124 - NaN test
+            raise _BadValue(f"float {value!r} has no JSON form")
+        # 0 == 0.0: an integral float is written as the integer (and -0.0 as 0).
+        if value.is_integer() and -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT:
+            return int(value)
+        return float(value)
+    if isinstance(value, int):  # bool handled above; IntEnum and friends become plain ints
+        return int(value)
+    if isinstance(value, str):  # StrEnum and other str subclasses become plain str
+        return "" + value
+    raise _BadValue(f"{type(value).__qualname__} value has no JSON form")
+
+
+def _canon(value: object) -> object:
+    """Return a canonical deep copy: only dict/list/str/int/float/bool/None, floats normalised."""
+    kind = type(value)
+    if kind is dict:
+        out: dict[str, object] = {}
+        for k, v in value.items():  # type: ignore[attr-defined]
+            if type(k) is not str:
+                raise _BadValue(f"dict key {k!r} is not a string")
+            vk = type(v)
+            try:
+                out[k] = v if vk is str or vk is int or v is None else _canon(v)
+            except _BadValue as exc:
+                exc.parts.append(f".{k}")
+                raise
+        return out
+    if kind is list or kind is tuple:
+        items: list[object] = []
+        for i, v in enumerate(value):  # type: ignore[arg-type]
+            vk = type(v)
+            try:
+                items.append(v if vk is str or vk is int or v is None else _canon(v))
+            except _BadValue as exc:
+                exc.parts.append(f"[{i}]")
+                raise
+        return items
+    if kind is str or kind is int:
+        return value
+    return _canon_scalar(value)
+
+
+def _apply_to_parts(parts: list[Any], rule: Callable[[str], str], types: frozenset[str]) -> None:
+    for part in parts:
+        if type(part) is dict and part.get("type") in types and type(part.get("text")) is str:
+            part["text"] = rule(part["text"])
+
+
+_TEXT_PART_TYPES: Final = frozenset({"text", "input_text", "output_text"})
+
+
+def _apply_text_policy(request: dict[str, Any], endpoint: Endpoint, rule: Callable[[str], str]) -> None:
+    """Normalise message text in place on the canonical copy; roles, tools and arguments are untouched."""
+    if endpoint is Endpoint.EMBEDDINGS:
+        return  # embedding input is data, not a prompt: whitespace changes the vector
+    containers: list[Any] = []
+    if endpoint is Endpoint.RESPONSES:
+        if type(request.get("instructions")) is str:
+            request["instructions"] = rule(request["instructions"])
+        containers = [request] if type(request.get("input")) is str else request.get("input") or []
+        if type(request.get("input")) is str:
+            request["input"] = rule(request["input"])
+            containers = []
+    else:
+        if endpoint is Endpoint.ANTHROPIC_MESSAGES:
+            system = request.get("system")
+            if type(system) is str:
+                request["system"] = rule(system)
+            elif type(system) is list:
+                _apply_to_parts(system, rule, _TEXT_PART_TYPES)
+        containers = request.get("messages") or []
+    if type(containers) is not list:
+        return
+    for message in containers:
+        if type(message) is not dict:
+            continue
+        content = message.get("content")
+        if type(content) is str:
+            message["content"] = rule(content)
+        elif type(content) is list:
+            _apply_to_parts(content, rule, _TEXT_PART_TYPES)
+
+
+def _escape(value: object, what: str) -> str:
+    """Escape one scope id so it holds no separator, glob or hash-tag character (injective)."""
+    if not isinstance(value, str):
+        raise InvalidScopeError(f"{what} must be a str, got {type(value).__qualname__}")
+    if not value:
+        raise InvalidScopeError(f"{what} must not be empty")
+    if _SAFE_ID.fullmatch(value):
+        return value
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidScopeError(f"{what} {value!r} is not encodable as UTF-8") from exc
+    # Why not urllib.parse.quote: it keeps "~", which we reserve for "no tenant".
+    return "".join(chr(b) if chr(b).isascii() and _SAFE_ID.fullmatch(chr(b)) else f"%{b:02X}" for b in raw)
+
+
+def agent_prefix(namespace: str, agent_id: str, agent_version: str | None = None) -> str:
+    """The store-key prefix shared by every entry of an agent (and version, if given).
+
+    The prefix holds no glob character, so a store can match it with ``prefix + "*"``.
+    """
+    head = f"{_escape(namespace, 'namespace')}:v{SCHEMA_VERSION}:{_escape(agent_id, 'agent_id')}:"
+    if agent_version is None:
+        return head
+    return f"{head}{_escape(agent_version, 'agent_version')}:"
+
+
+def _canon_checked(value: object) -> object:
+    try:
+        return _canon(value)
+    except _BadValue as exc:
+        raise UncacheableRequestError(str(exc), "$" + "".join(reversed(exc.parts))) from None
+    except RecursionError:
+        raise UncacheableRequestError("value is nested too deeply") from None
+
+
+def _dumps(value: object) -> bytes:
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as exc:  # lone surrogates, integers beyond 64 bits
+        raise UncacheableRequestError(f"no canonical JSON form ({exc})") from None
+
+
+def canonical_json(value: object) -> bytes:
+    """Canonical JSON bytes of any JSON-like value (sorted keys, compact, UTF-8, ``0 == 0.0``).
+
+    Raises:
+        UncacheableRequestError: The value (or something inside it) has no canonical JSON form.
+    """
+    return _dumps(_canon_checked(value))
+
+
+def make_key(  # noqa: PLR0913 - the scope is four ids; bundling them would only move the arguments
+    request: Mapping[str, Any],
+    *,
+    namespace: str = DEFAULT_NAMESPACE,
+    agent_id: str,
+    agent_version: str = DEFAULT_AGENT_VERSION,
+    tenant: str | None = None,
+    endpoint: Endpoint | str = Endpoint.CHAT_COMPLETIONS,
+    policy: KeyPolicy | str = KeyPolicy.TRIM,
+) -> CacheKey:
+    """Build the canonical key of ``request`` in a scope.
+
+    Args:
+        request: The request body as it would be sent upstream (a JSON-like mapping). Not modified.
+        namespace: Separates applications sharing one store.
+        agent_id: The agent the answer belongs to; invalidation works per agent.
+        agent_version: Bump it when the agent's prompts change.
+        tenant: Optional; entries of different tenants never share a key.
+        endpoint: Which API the request is for.
+        policy: How message text is normalised.
+
+    Returns:
+        The frozen :class:`CacheKey`.
+
+    Raises:
+        UncacheableRequestError: A request value has no canonical JSON form (the cache bypasses).
+        InvalidScopeError: A scope id is empty, not a string or not encodable.
+        ConfigError: ``endpoint`` or ``policy`` is not a known value.
+
+    .. versionadded:: 0.1.0
+    """
+    ep = parse_enum(Endpoint, endpoint, "endpoint")
+    pol = parse_enum(KeyPolicy, policy, "policy")
+    if not isinstance(request, dict):
+        if not hasattr(request, "items"):
+            raise UncacheableRequestError(f"request must be a mapping, got {type(request).__qualname__}")
+        request = dict(request.items())
+    canon: Any = _canon_checked({k: v for k, v in request.items() if k not in DENY_LIST})
+    if pol is not KeyPolicy.EXACT:
+        _apply_text_policy(canon, ep, _TEXT_RULES[pol])
+    prefix = agent_prefix(namespace, agent_id, agent_version)
+    tenant_part = _NO_TENANT if tenant is None else _escape(tenant, "tenant")
+    material = {
+        "endpoint": ep.value,
+        "policy": pol.value,
+        "request": canon,
+        # The raw ids (not the escaped ones) so the digest never depends on the escaping rule.
+        "scope": [namespace, agent_id, agent_version, tenant],
+    }
+    canonical = _dumps(canon)
+    material_bytes = _dumps(material)
+    digest = hashlib.sha256(b"promptcache-key-v%d\n%s" % (SCHEMA_VERSION, material_bytes)).hexdigest()
+    return CacheKey(
+        digest=digest,
+        store_key=f"{prefix}{tenant_part}:{{{digest}}}",
+        prefix=prefix,
+        namespace=namespace,
+        agent_id=agent_id,
+        agent_version=agent_version,
+        tenant=tenant,
+        endpoint=ep,
+        policy=pol,
+        canonical=canonical,
+    )
+
+
+def generate_cache_key(  # noqa: PLR0913 - the seed tutorial's signature, kept for drop-in use
+    system_prompt: str,
+    user_prompt: str,
+    model: str,
+    temperature: float,
+    max_tokens: int,
+    agent_id: str | None = None,
+    *,
+    agent_version: str = DEFAULT_AGENT_VERSION,
+    namespace: str = DEFAULT_NAMESPACE,
+    policy: KeyPolicy | str = KeyPolicy.TRIM,
+) -> str:
+    """The seed tutorial's function, returning the digest the equivalent full request gets.
+
+    The request is a chat completion with a system and a user message, exactly as ``CachedAgent`` sends
+    it, so ``generate_cache_key(...) == make_key(that_request, ...).digest``. Unlike the seed, the default
+    text policy is ``trim``: collapsing whitespace would merge prompts that differ only in indentation.
+
+    .. versionadded:: 0.1.0
+    """
+    request = chat_request(system_prompt, user_prompt, model, temperature, max_tokens)
+    return make_key(
+        request,
+        namespace=namespace,
+        agent_id="default" if agent_id is None else agent_id,
+        agent_version=agent_version,
+        policy=policy,
+    ).digest
+
+
+def chat_request(
+    system_prompt: str, user_prompt: str, model: str, temperature: float, max_tokens: int
+) -> dict[str, Any]:
+    """The chat-completion body the seed tutorial's agent sends for a system and a user prompt."""
+    return {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": system_prompt},
+            {"role": "user", "content": user_prompt},
+        ],
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+    }
