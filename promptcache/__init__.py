@@ -5,12 +5,16 @@ Everything public is re-exported here; the modules behind it are private.
 
 from __future__ import annotations
 
+from promptcache._cache import PromptCache as PromptCache
+from promptcache._config import CacheConfig as CacheConfig
+from promptcache._entry import Entry as Entry
 from promptcache._keys import CacheKey as CacheKey
 from promptcache._keys import Endpoint as Endpoint
 from promptcache._keys import KeyPolicy as KeyPolicy
 from promptcache._keys import canonical_json as canonical_json
 from promptcache._keys import generate_cache_key as generate_cache_key
 from promptcache._keys import make_key as make_key
+from promptcache._stats import CacheStats as CacheStats
 from promptcache.exceptions import CassetteError as CassetteError
 from promptcache.exceptions import CassetteFormatError as CassetteFormatError
 from promptcache.exceptions import CassetteMissError as CassetteMissError
@@ -25,15 +29,19 @@ from promptcache.exceptions import UncacheableRequestError as UncacheableRequest
 __version__ = "0.1.0"
 
 __all__ = [
+    "CacheConfig",
     "CacheKey",
+    "CacheStats",
     "CassetteError",
     "CassetteFormatError",
     "CassetteMissError",
     "ConfigError",
     "Endpoint",
+    "Entry",
     "EntryError",
     "InvalidScopeError",
     "KeyPolicy",
+    "PromptCache",
     "PromptCacheError",
     "SecretLeakError",
     "StoreError",

@@ -1,32 +1,82 @@
-"""Validation helpers for typed configuration (enums at the boundary, numbers with names)."""
+"""CacheConfig: the typed configuration object every PromptCache is built from."""
 
 from __future__ import annotations
 
-from enum import StrEnum
-from typing import TypeVar
+from dataclasses import dataclass, field
 
+from promptcache._gate import DEFAULT_FINISH_REASONS
+from promptcache._keys import KeyPolicy
+from promptcache._validate import parse_enum, positive
 from promptcache.exceptions import ConfigError
 
-__all__ = ["parse_enum", "positive"]
+__all__ = ["CacheConfig"]
 
-E = TypeVar("E", bound=StrEnum)
-
-
-def parse_enum(enum: type[E], value: E | str, what: str) -> E:
-    """Return ``value`` as a member of ``enum``, or raise ConfigError listing the valid values."""
-    if isinstance(value, enum):
-        return value
-    try:
-        return enum(value)
-    except ValueError:
-        valid = ", ".join(repr(m.value) for m in enum)
-        raise ConfigError(f"{what} must be one of {valid}, got {value!r}") from None
+DEFAULT_TTL = 3600.0
+DEFAULT_MAX_ENTRY_BYTES = 1024 * 1024
+DEFAULT_COMPRESS_ABOVE = 32 * 1024
+DEFAULT_MAX_PENDING_WRITES = 1000
+DEFAULT_LOCK_TTL = 60.0
+DEFAULT_LOCK_WAIT = 10.0
 
 
-def positive(value: float, what: str, *, allow_zero: bool = False) -> float:
-    """Return ``value`` if it is a positive number (or zero when allowed), else raise ConfigError."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:  # noqa: PLR0124
-        raise ConfigError(f"{what} must be a number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{what} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return value
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheConfig:
+    """Everything a :class:`~promptcache.PromptCache` can be told, as one typed, validated object.
+
+    Args:
+        namespace: Separates applications sharing one store; part of every key.
+        default_ttl: Seconds an entry lives unless a call says otherwise.
+        policy: The text policy for message text (see :class:`~promptcache.KeyPolicy`).
+        store_timeout: Deadline in seconds for each store call; None picks the store's default
+            (50 ms for Redis and memory, 250 ms for SQLite).
+        breaker_threshold: Consecutive store failures that open the circuit breaker.
+        breaker_cooldown: Seconds the breaker stays open before one probe call.
+        max_entry_bytes: Encoded entries larger than this are returned but not stored (counted).
+        compress_above: Entries whose JSON is larger than this are zlib-compressed; None never compresses.
+        max_pending_writes: Background writes in flight at most; beyond it a write is dropped (counted).
+        lock_ttl: Seconds a cross-process single-flight lock lives (longer than a slow upstream call).
+        lock_wait: Seconds a process waits for another's upstream call before calling upstream itself.
+        fail_open: When True (default) a store fault turns into a miss, counted and logged; when False
+            it raises :class:`~promptcache.StoreError` to the caller.
+        keep_request: Store the canonical request in each entry (for diffs and ``promptcache inspect``).
+        finish_reasons: Finishing reasons whose answers may be stored.
+
+    .. versionadded:: 0.1.0
+    """
+
+    namespace: str = "promptcache"
+    default_ttl: float = DEFAULT_TTL
+    policy: KeyPolicy | str = "trim"
+    store_timeout: float | None = None
+    breaker_threshold: int = 5
+    breaker_cooldown: float = 5.0
+    max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES
+    compress_above: int | None = DEFAULT_COMPRESS_ABOVE
+    max_pending_writes: int = DEFAULT_MAX_PENDING_WRITES
+    lock_ttl: float = DEFAULT_LOCK_TTL
+    lock_wait: float = DEFAULT_LOCK_WAIT
+    fail_open: bool = True
+    keep_request: bool = False
+    finish_reasons: frozenset[str] = field(default_factory=lambda: DEFAULT_FINISH_REASONS)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.namespace, str) or not self.namespace:
+            raise ConfigError(f"namespace must be a non-empty str, got {self.namespace!r}")
+        object.__setattr__(self, "policy", parse_enum(KeyPolicy, self.policy, "policy"))
+        positive(self.default_ttl, "default_ttl")
+        if self.store_timeout is not None:
+            positive(self.store_timeout, "store_timeout")
+        positive(self.breaker_threshold, "breaker_threshold")
+        positive(self.breaker_cooldown, "breaker_cooldown", allow_zero=True)
+        positive(self.max_entry_bytes, "max_entry_bytes")
+        if self.compress_above is not None:
+            positive(self.compress_above, "compress_above", allow_zero=True)
+        positive(self.max_pending_writes, "max_pending_writes")
+        positive(self.lock_ttl, "lock_ttl")
+        positive(self.lock_wait, "lock_wait", allow_zero=True)
+        if not isinstance(self.finish_reasons, frozenset):
+            object.__setattr__(self, "finish_reasons", frozenset(self.finish_reasons))
+
+    @property
+    def key_policy(self) -> KeyPolicy:
+        return parse_enum(KeyPolicy, self.policy, "policy")

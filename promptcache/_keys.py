@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from promptcache._config import parse_enum
+from promptcache._validate import parse_enum
 from promptcache.exceptions import InvalidScopeError, UncacheableRequestError
 
 if TYPE_CHECKING:
@@ -127,6 +127,12 @@ class CacheKey:
     policy: KeyPolicy
     canonical: bytes = field(repr=False)
     schema: int = SCHEMA_VERSION
+
+    @property
+    def lock_key(self) -> str:
+        """The single-flight lock's key: outside every agent prefix (invalidation never counts it), and
+        in the entry's Redis Cluster slot (same ``{digest}`` hash tag)."""
+        return f"{self.store_key.partition(':')[0]}:lock:{{{self.digest}}}"
 
 
 def trim_text(text: str) -> str:

@@ -1,0 +1,550 @@
+"""PromptCache: lookup, single-flight, write gating, TTL and invalidation over any :class:`Store`.
+
+The hit path is one guarded store GET, one JSON parse and a scope check. Everything that can go wrong with
+the store turns into a counted, logged miss (fail-open); nothing that goes wrong upstream is ever stored.
+Concurrent identical misses share one upstream call: in-process through a shared task, across processes
+through the store's short lock (:class:`~promptcache.backends.LockingStore`) with a bounded wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Self
+
+import orjson
+
+from promptcache._config import CacheConfig
+from promptcache._entry import Entry, decode_entry, encode_entry, scope_of
+from promptcache._gate import refusal_reason, usage_of
+from promptcache._keys import DEFAULT_AGENT_VERSION, CacheKey, Endpoint, KeyPolicy, agent_prefix, make_key
+from promptcache._resilience import BreakerState, CircuitBreaker, Guard, StoreSkipped
+from promptcache._stats import CacheStats, Counters
+from promptcache._stores import DEFAULT_TIMEOUTS, open_store
+from promptcache.backends import LockingStore, Store
+from promptcache.exceptions import EntryError, PromptCacheError, StoreError, UncacheableRequestError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Mapping
+
+__all__ = ["PromptCache"]
+
+log = logging.getLogger("promptcache")
+
+@dataclass(slots=True)
+class _Flight:
+    task: asyncio.Task[tuple[Any, bool]]
+    waiters: int = 0
+
+
+class PromptCache:
+    """An async response cache for LLM requests.
+
+    Args:
+        store: Where entries live (memory, SQLite, Redis or any object with the Store shape).
+        config: Behaviour; see :class:`~promptcache.CacheConfig`.
+        owns_store: Whether :meth:`aclose` closes the store.
+        clock: Wall-clock seconds (entry timestamps); injectable for tests.
+        monotonic: Monotonic seconds (latency, lock waits, breaker); injectable for tests.
+
+    A cache belongs to the event loop it is first used on, like the ``redis.asyncio`` client inside it.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(  # noqa: PLR0913 - all keyword-only knobs with safe defaults
+        self,
+        store: Store,
+        config: CacheConfig | None = None,
+        *,
+        owns_store: bool = True,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config if config is not None else CacheConfig()
+        self.store = store
+        self._owns_store = owns_store
+        self._clock = clock
+        self._mono = monotonic
+        self._counters = Counters()
+        timeout = self.config.store_timeout or DEFAULT_TIMEOUTS.get(type(store).__name__, 0.05)
+        self.breaker = CircuitBreaker(
+            self.config.breaker_threshold,
+            self.config.breaker_cooldown,
+            clock=monotonic,
+            on_change=self._on_breaker_change,
+        )
+        self._guard = Guard(self.breaker, timeout, self._on_store_error)
+        self._locks = store if isinstance(store, LockingStore) else None
+        self._flights: dict[str, _Flight] = {}
+        self._writes: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, config: CacheConfig | None = None, **options: Any) -> PromptCache:  # noqa: ANN401
+        """Open a cache on ``memory://``, ``sqlite:///path``, ``redis://``, ``rediss://`` or ``unix://``.
+
+        Keyword options are :class:`CacheConfig` fields (``namespace=``, ``default_ttl=`` ...).
+
+        Raises:
+            ConfigError: Unknown scheme, bad path or bad option; the message names it.
+        """
+        cfg = replace(config, **options) if config is not None else CacheConfig(**options)
+        return cls(open_store(url), cfg)
+
+    def __repr__(self) -> str:
+        return f"PromptCache({self.store!r}, namespace={self.config.namespace!r})"
+
+    # -- keys --------------------------------------------------------------------------------------
+
+    def key(  # noqa: PLR0913
+        self,
+        request: Mapping[str, Any],
+        *,
+        agent_id: str,
+        agent_version: str = DEFAULT_AGENT_VERSION,
+        tenant: str | None = None,
+        endpoint: Endpoint | str = Endpoint.CHAT_COMPLETIONS,
+        policy: KeyPolicy | str | None = None,
+    ) -> CacheKey:
+        """The key this cache gives ``request`` (its namespace and default policy applied)."""
+        return make_key(
+            request,
+            namespace=self.config.namespace,
+            agent_id=agent_id,
+            agent_version=agent_version,
+            tenant=tenant,
+            endpoint=endpoint,
+            policy=self.config.key_policy if policy is None else policy,
+        )
+
+    # -- the main door -----------------------------------------------------------------------------
+
+    async def get_or_call(  # noqa: PLR0913
+        self,
+        request: Mapping[str, Any],
+        call: Callable[[], Awaitable[Any]],
+        *,
+        agent_id: str,
+        agent_version: str = DEFAULT_AGENT_VERSION,
+        tenant: str | None = None,
+        ttl: float | None = None,
+        endpoint: Endpoint | str = Endpoint.CHAT_COMPLETIONS,
+        policy: KeyPolicy | str | None = None,
+        bypass: bool = False,
+        refresh: bool = False,
+    ) -> Any:  # noqa: ANN401 - the provider's JSON body
+        """Return the cached response for ``request``, or call upstream once and cache a success.
+
+        Args:
+            request: The request body as it would be sent upstream.
+            call: A zero-argument async callable returning the provider's JSON response as a dict. Its
+                exceptions reach the caller unchanged and nothing is stored.
+            agent_id: The agent the answer belongs to.
+            agent_version: Bump it when the agent's prompts change.
+            tenant: Optional tenant; tenants never share entries.
+            ttl: Seconds to keep this answer; defaults to ``config.default_ttl``.
+            endpoint: The API the request is for.
+            policy: Text policy override for this call.
+            bypass: Call upstream and neither read nor write the cache.
+            refresh: Call upstream and overwrite the entry.
+
+        Raises:
+            InvalidScopeError: A scope id is empty or not a string.
+            StoreError: Only with ``fail_open=False``, when the store fails.
+        """
+        self._check_open()
+        ttl = self._ttl(ttl)
+        counters = self._counters
+        counters.requests += 1
+        if bypass:
+            counters.bypasses += 1
+            return await call()
+        try:
+            key = self.key(
+                request,
+                agent_id=agent_id,
+                agent_version=agent_version,
+                tenant=tenant,
+                endpoint=endpoint,
+                policy=policy,
+            )
+        except UncacheableRequestError as exc:
+            counters.bypasses += 1
+            counters.uncacheable += 1
+            log.debug("promptcache: request bypasses the cache: %s", exc)
+            return await call()
+        if not refresh:
+            entry = await self._lookup(key)
+            if entry is not None and entry.chunks is None:
+                self._count_hit(entry)
+                return entry.body
+        return await self._join_flight(key, request, call, ttl, refresh=refresh)
+
+    async def get(  # noqa: PLR0913
+        self,
+        request: Mapping[str, Any],
+        *,
+        agent_id: str,
+        agent_version: str = DEFAULT_AGENT_VERSION,
+        tenant: str | None = None,
+        endpoint: Endpoint | str = Endpoint.CHAT_COMPLETIONS,
+        policy: KeyPolicy | str | None = None,
+    ) -> Any:  # noqa: ANN401
+        """The cached response body for ``request``, or None (for callers who make the call themselves)."""
+        entry = await self.get_entry(
+            self.key(
+                request,
+                agent_id=agent_id,
+                agent_version=agent_version,
+                tenant=tenant,
+                endpoint=endpoint,
+                policy=policy,
+            )
+        )
+        return None if entry is None else entry.body if entry.chunks is None else None
+
+    async def set(  # noqa: PLR0913
+        self,
+        request: Mapping[str, Any],
+        response: Any,  # noqa: ANN401
+        *,
+        agent_id: str,
+        agent_version: str = DEFAULT_AGENT_VERSION,
+        tenant: str | None = None,
+        ttl: float | None = None,
+        endpoint: Endpoint | str = Endpoint.CHAT_COMPLETIONS,
+        policy: KeyPolicy | str | None = None,
+        latency: float = 0.0,
+    ) -> bool:
+        """Store ``response`` for ``request`` if it is a storable success; True when it was written."""
+        key = self.key(
+            request,
+            agent_id=agent_id,
+            agent_version=agent_version,
+            tenant=tenant,
+            endpoint=endpoint,
+            policy=policy,
+        )
+        data = self._encode(key, request, response, None, latency, self._ttl(ttl))
+        return data is not None and await self._write(key.store_key, data, self._ttl(ttl))
+
+    async def get_entry(self, key: CacheKey) -> Entry | None:
+        """The live entry under ``key`` (checked against it), counted as a hit or a miss."""
+        self._check_open()
+        self._counters.requests += 1
+        entry = await self._lookup(key)
+        if entry is None:
+            self._counters.misses += 1
+        else:
+            self._count_hit(entry)
+        return entry
+
+    async def put_entry(  # noqa: PLR0913 - the parts of an entry
+        self,
+        key: CacheKey,
+        request: Mapping[str, Any] | None,
+        *,
+        body: Any = None,  # noqa: ANN401
+        chunks: list[Any] | None = None,
+        usage_body: Any = None,  # noqa: ANN401
+        ttl: float | None = None,
+        latency: float = 0.0,
+    ) -> bool:
+        """Write an already-gated entry (integrations use it for completed streams); True when written."""
+        self._check_open()
+        data = self._encode(key, request, body, chunks, latency, self._ttl(ttl), usage_body=usage_body)
+        return data is not None and await self._write(key.store_key, data, self._ttl(ttl))
+
+    # -- invalidation, stats, lifecycle ------------------------------------------------------------
+
+    async def invalidate(self, agent_id: str, agent_version: str | None = None) -> int:
+        """Delete the entries of one agent (and only that version, if given) in this namespace.
+
+        Returns:
+            How many entries were deleted.
+
+        Raises:
+            StoreError: The store failed; invalidation errors are never swallowed.
+        """
+        self._check_open()
+        prefix = agent_prefix(self.config.namespace, agent_id, agent_version)
+        try:
+            return await self.store.delete_prefix(prefix)
+        except Exception as exc:
+            raise StoreError(f"invalidating agent {agent_id!r} failed: {type(exc).__name__}: {exc}") from exc
+
+    def stats(self) -> CacheStats:
+        """A snapshot of this cache's counters."""
+        return self._counters.snapshot(self.breaker.state.value)
+
+    async def drain(self) -> None:
+        """Wait until every background write started so far has finished."""
+        while self._writes:
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Finish pending writes, then close the store (if owned). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self.drain()
+        if self._owns_store:
+            await self.store.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PromptCacheError(f"{self!r} is closed")
+
+    def _ttl(self, ttl: float | None) -> float:
+        if ttl is None:
+            return self.config.default_ttl
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0:
+            raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        return float(ttl)
+
+    def _count_hit(self, entry: Entry) -> None:
+        counters = self._counters
+        counters.hits += 1
+        inp, out = usage_of({"usage": entry.usage})
+        counters.input_tokens_saved += inp
+        counters.output_tokens_saved += out
+        counters.latency_saved += entry.latency
+
+    def _on_breaker_change(self, _old: BreakerState, new: BreakerState) -> None:
+        if new is BreakerState.OPEN:
+            self._counters.breaker_opened += 1
+        elif new is BreakerState.CLOSED:
+            self._counters.breaker_closed += 1
+
+    def _on_store_error(self, operation: str, exc: BaseException, timed_out: bool) -> None:  # noqa: FBT001
+        if timed_out:
+            self._counters.store_timeouts += 1
+        else:
+            self._counters.store_errors += 1
+        log.warning(
+            "promptcache: store %s %s (%s); answering without the cache",
+            operation,
+            "timed out" if timed_out else "failed",
+            type(exc).__name__,
+        )
+
+    async def _guarded(self, operation: str, call: Callable[[], Awaitable[Any]]) -> tuple[bool, Any]:
+        """``(True, result)`` or ``(False, None)`` when the store was skipped or failed (already counted)."""
+        try:
+            return True, await self._guard.run(operation, call)
+        except StoreSkipped:
+            self._counters.store_skipped += 1
+        except Exception as exc:
+            # Counted and logged by the guard; only the fail_open flag decides whether it reaches the caller.
+            if not self.config.fail_open:
+                raise StoreError(f"store {operation} failed: {type(exc).__name__}") from exc
+        return False, None
+
+    async def _lookup(self, key: CacheKey) -> Entry | None:
+        ok, raw = await self._guarded("get", lambda: self.store.get(key.store_key))
+        if not ok or raw is None:
+            return None
+        try:
+            return decode_entry(raw, key, self._clock())
+        except EntryError as exc:
+            self._counters.corrupt_entries += 1
+            log.warning("promptcache: ignoring a bad value under %s: %s", key.store_key, exc)
+            return None
+
+    async def _join_flight(
+        self, key: CacheKey, request: Mapping[str, Any], call: Callable[[], Awaitable[Any]], ttl: float, *,
+        refresh: bool,
+    ) -> Any:  # noqa: ANN401
+        flight = self._flights.get(key.store_key)
+        leader = flight is None
+        if flight is None:
+            task = asyncio.create_task(self._fill(key, request, call, ttl, refresh=refresh))
+            flight = self._flights[key.store_key] = _Flight(task)
+            task.add_done_callback(lambda _t, k=key.store_key, f=flight: self._end_flight(k, f))
+        flight.waiters += 1
+        try:
+            body, from_store = await asyncio.shield(flight.task)
+        except asyncio.CancelledError:
+            flight.waiters -= 1
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():  # this caller was cancelled
+                if flight.waiters == 0 and not flight.task.done():
+                    flight.task.cancel()  # nobody is left to receive the answer
+                raise
+            # Only the shared call was cancelled (every caller before us left); this one still needs an
+            # answer, so it starts a new call.
+            return await self._join_flight(key, request, call, ttl, refresh=refresh)
+        except BaseException:
+            flight.waiters -= 1
+            self._counters.misses += 1
+            if leader:
+                self._counters.upstream_errors += 1
+            raise
+        flight.waiters -= 1
+        if leader and not from_store:
+            self._counters.misses += 1
+            return body
+        self._counters.hits += 1
+        if not leader:
+            self._counters.coalesced += 1
+            body = orjson.loads(orjson.dumps(body))  # each caller gets its own copy to mutate
+        self._count_saving(body)
+        return body
+
+    def _count_saving(self, body: Any) -> None:  # noqa: ANN401
+        inp, out = usage_of(body)
+        self._counters.input_tokens_saved += inp
+        self._counters.output_tokens_saved += out
+
+    def _end_flight(self, store_key: str, flight: _Flight) -> None:
+        if self._flights.get(store_key) is flight:
+            del self._flights[store_key]
+        if not flight.task.cancelled():
+            flight.task.exception()  # mark it retrieved: the callers re-raise it, asyncio need not log it
+
+    async def _fill(
+        self, key: CacheKey, request: Mapping[str, Any], call: Callable[[], Awaitable[Any]], ttl: float, *,
+        refresh: bool,
+    ) -> tuple[Any, bool]:
+        """Make the one upstream call for ``key``; ``(body, from_store)``."""
+        token: str | None = None
+        if self._locks is not None and not refresh:
+            found, token = await self._lock_or_wait(key)
+            if found is not None:
+                return found.body, True
+        started = self._mono()
+        try:
+            body = await call()
+        except BaseException:
+            await self._unlock(key, token)
+            raise
+        self._counters.upstream_calls += 1
+        data = self._encode(key, request, body, None, self._mono() - started, ttl)
+        if data is None:
+            await self._unlock(key, token)
+        else:
+            # The lock is released only once the entry is written, so no other process sees "no lock,
+            # no entry" in between and pays for a second upstream call.
+            self._spawn_write(key, data, ttl, token)
+        return body, False
+
+    async def _lock_or_wait(self, key: CacheKey) -> tuple[Entry | None, str | None]:
+        """Take the cross-process lock, or wait (bounded) for its holder's entry."""
+        locks = self._locks
+        assert locks is not None  # noqa: S101 - checked by the caller; narrows the type only
+        token = secrets.token_hex(16)
+        deadline = self._mono() + self.config.lock_wait
+        pause = 0.01
+        waited = False
+        while True:
+            ok, got = await self._guarded(
+                "lock", lambda: locks.try_lock(key.lock_key, token, self.config.lock_ttl)
+            )
+            if not ok:
+                return None, None  # store trouble: answer without the lock rather than wait on it
+            if got:
+                return None, token
+            if not waited:
+                waited = True
+                self._counters.lock_waits += 1
+            entry = await self._lookup(key)
+            if entry is not None and entry.chunks is None:
+                return entry, None
+            remaining = deadline - self._mono()
+            if remaining <= 0:
+                self._counters.lock_timeouts += 1
+                log.info("promptcache: gave up waiting for another process's call on %s", key.store_key)
+                return None, None
+            await asyncio.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.25)
+
+    async def _unlock(self, key: CacheKey, token: str | None) -> None:
+        if token is not None and self._locks is not None:
+            locks = self._locks
+            await self._guarded("unlock", lambda: locks.unlock(key.lock_key, token))
+
+    def _encode(  # noqa: PLR0913
+        self,
+        key: CacheKey,
+        request: Mapping[str, Any] | None,
+        body: Any,  # noqa: ANN401
+        chunks: list[Any] | None,
+        latency: float,
+        ttl: float,
+        *,
+        usage_body: Any = None,  # noqa: ANN401
+    ) -> bytes | None:
+        """The stored bytes for a success, or None (counted) when it must not be stored."""
+        if chunks is None:
+            reason = refusal_reason(
+                key.endpoint,
+                body,
+                dict(request) if request is not None else None,
+                finish_reasons=self.config.finish_reasons,
+            )
+            if reason is not None:
+                self._counters.not_stored += 1
+                log.debug("promptcache: not storing %s: %s", key.store_key, reason)
+                return None
+        source = body if usage_body is None else usage_body
+        now = self._clock()
+        usage = source.get("usage") if isinstance(source, dict) else None
+        model = source.get("model") if isinstance(source, dict) else None
+        entry = Entry(
+            digest=key.digest,
+            scope=scope_of(key),
+            endpoint=key.endpoint.value,
+            created_at=now,
+            expires_at=now + ttl,
+            body=body if chunks is None else None,
+            chunks=chunks,
+            model=model if isinstance(model, str) else None,
+            usage=usage if isinstance(usage, dict) else None,
+            latency=latency,
+            request=orjson.loads(key.canonical) if self.config.keep_request else None,
+        )
+        try:
+            data = encode_entry(entry, compress_above=self.config.compress_above)
+        except TypeError as exc:  # orjson: the body holds something that is not JSON
+            self._counters.not_stored += 1
+            log.debug("promptcache: not storing %s: %s", key.store_key, exc)
+            return None
+        if len(data) > self.config.max_entry_bytes:
+            self._counters.oversize += 1
+            log.info("promptcache: entry of %d bytes is over max_entry_bytes; not stored", len(data))
+            return None
+        return data
+
+    def _spawn_write(self, key: CacheKey, data: bytes, ttl: float, token: str | None) -> None:
+        if len(self._writes) >= self.config.max_pending_writes:
+            self._counters.writes_dropped += 1
+            log.warning("promptcache: %d writes pending; dropping one", len(self._writes))
+            data = b""  # nothing to write, but the lock (if any) must still be released
+        task = asyncio.create_task(self._write_then_unlock(key, data, ttl, token))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write_then_unlock(self, key: CacheKey, data: bytes, ttl: float, token: str | None) -> None:
+        try:
+            if data:
+                await self._write(key.store_key, data, ttl)
+        finally:
+            await self._unlock(key, token)
+
+    async def _write(self, store_key: str, data: bytes, ttl: float) -> bool:
+        ok, _ = await self._guarded("set", lambda: self.store.set(store_key, data, ttl))
+        if ok:
+            self._counters.writes += 1
+        return ok

@@ -1,0 +1,150 @@
+"""Write gating: which upstream answers may be stored. Pure functions, no I/O.
+
+Only successes are written: a parseable body with non-empty choices/content, a finishing reason the policy
+accepts (``length``, ``content_filter`` and refusals are not cached by default), valid JSON where the
+request asked for JSON, and for streams only a stream that reached its terminal event. An error is never
+turned into a cached value.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+from promptcache._keys import Endpoint
+
+__all__ = ["DEFAULT_FINISH_REASONS", "refusal_reason", "usage_of"]
+
+DEFAULT_FINISH_REASONS: Final = frozenset(
+    {
+        "stop",  # openai chat
+        "tool_calls",
+        "function_call",
+        "end_turn",  # anthropic
+        "tool_use",
+        "stop_sequence",
+    }
+)
+"""Finish reasons whose answers are stored by default; ``length`` and ``content_filter`` are not."""
+
+
+def _wants_json(request: dict[str, Any] | None) -> bool:
+    if not request:
+        return False
+    fmt = request.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") in {"json_object", "json_schema"}:
+        return True
+    text = request.get("text")  # Responses API: {"text": {"format": {"type": "json_schema", ...}}}
+    if isinstance(text, dict):
+        inner = text.get("format")
+        return isinstance(inner, dict) and inner.get("type") in {"json_object", "json_schema"}
+    return False
+
+
+def _is_json(text: object) -> bool:
+    if not isinstance(text, str):
+        return False
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _chat_refusal(body: dict[str, Any], request: dict[str, Any] | None, reasons: frozenset[str]) -> str | None:
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return "no choices"
+    for choice in choices:
+        if not isinstance(choice, dict):
+            return "malformed choice"
+        reason = choice.get("finish_reason")
+        if reason not in reasons:
+            return f"finish_reason {reason!r}"
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            return "choice without message"
+        if message.get("refusal"):
+            return "refusal"
+        if reason == "stop" and _wants_json(request) and not _is_json(message.get("content")):
+            return "invalid JSON under a JSON response_format"
+    return None
+
+
+def _responses_refusal(body: dict[str, Any], request: dict[str, Any] | None) -> str | None:
+    if body.get("status") != "completed":
+        return f"status {body.get('status')!r}"
+    output = body.get("output")
+    if not isinstance(output, list) or not output:
+        return "no output"
+    for item in output:
+        for part in item.get("content") or [] if isinstance(item, dict) else []:
+            if isinstance(part, dict) and part.get("type") == "refusal":
+                return "refusal"
+    if _wants_json(request) and not _is_json(body.get("output_text", _output_text(output))):
+        return "invalid JSON under a JSON text format"
+    return None
+
+
+def _output_text(output: list[Any]) -> str:
+    return "".join(
+        part.get("text", "")
+        for item in output
+        if isinstance(item, dict)
+        for part in item.get("content") or []
+        if isinstance(part, dict) and part.get("type") == "output_text"
+    )
+
+
+def _anthropic_refusal(body: dict[str, Any], reasons: frozenset[str]) -> str | None:
+    if body.get("type") == "error":
+        return "error body"
+    content = body.get("content")
+    if not isinstance(content, list) or not content:
+        return "no content"
+    reason = body.get("stop_reason")
+    if reason not in reasons:
+        return f"stop_reason {reason!r}"
+    return None
+
+
+def refusal_reason(
+    endpoint: Endpoint,
+    body: object,
+    request: dict[str, Any] | None = None,
+    *,
+    finish_reasons: frozenset[str] = DEFAULT_FINISH_REASONS,
+) -> str | None:
+    """Why ``body`` must not be stored, or None when it may be.
+
+    Args:
+        endpoint: The endpoint the body came from.
+        body: The parsed upstream response.
+        request: The request, to check JSON output where JSON was asked for.
+        finish_reasons: Accepted finishing reasons.
+    """
+    if not isinstance(body, dict):
+        return "body is not a JSON object"
+    if "error" in body and body["error"]:
+        return "error body"
+    if endpoint is Endpoint.CHAT_COMPLETIONS:
+        return _chat_refusal(body, request, finish_reasons)
+    if endpoint is Endpoint.RESPONSES:
+        return _responses_refusal(body, request)
+    if endpoint is Endpoint.ANTHROPIC_MESSAGES:
+        return _anthropic_refusal(body, finish_reasons)
+    data = body.get("data")  # embeddings
+    return None if isinstance(data, list) and data else "no embedding data"
+
+
+def usage_of(body: object) -> tuple[int, int]:
+    """``(input_tokens, output_tokens)`` reported in a body, for any endpoint; (0, 0) when absent."""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return (0, 0)
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))
+    completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
+    return (
+        prompt if isinstance(prompt, int) and not isinstance(prompt, bool) else 0,
+        completion if isinstance(completion, int) and not isinstance(completion, bool) else 0,
+    )

@@ -1,0 +1,158 @@
+"""Per-operation deadlines and the circuit breaker around every store call.
+
+The breaker's decisions are plain methods on a small state machine with an injectable clock, so they are
+tested without any store. :class:`Guard` is the async shell: it skips the store while the breaker is open
+(no added latency), runs each call under its own deadline, and turns failures into ``None`` plus a count,
+a metric event and a log line — never a silent ``None``.
+
+States::
+
+    closed --(threshold consecutive failures or slow calls)--> open
+    open   --(cool-down elapsed; the next call is the probe)--> half_open
+    half_open --(probe succeeds)--> closed     half_open --(probe fails)--> open
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from enum import StrEnum
+from typing import TYPE_CHECKING, Final, TypeVar
+
+from promptcache._validate import positive
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+__all__ = ["BreakerState", "CircuitBreaker", "Guard", "StoreSkipped"]
+
+log = logging.getLogger("promptcache")
+
+T = TypeVar("T")
+
+DEFAULT_FAILURE_THRESHOLD: Final = 5
+DEFAULT_COOLDOWN: Final = 5.0
+
+
+class BreakerState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class StoreSkipped(Exception):  # noqa: N818 - a signal, not an error a caller sees
+    """Internal: the breaker is open (or a probe is already out), so the store was not called."""
+
+
+class CircuitBreaker:
+    """Counts consecutive failures and opens after ``threshold`` of them.
+
+    Args:
+        threshold: Consecutive failures (errors or deadline overruns) that open the breaker.
+        cooldown: Seconds the breaker stays open before letting one probe through.
+        clock: Monotonic seconds; injectable for tests.
+        on_change: Called with ``(old, new)`` on every transition.
+    """
+
+    def __init__(
+        self,
+        threshold: int = DEFAULT_FAILURE_THRESHOLD,
+        cooldown: float = DEFAULT_COOLDOWN,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[BreakerState, BreakerState], None] | None = None,
+    ) -> None:
+        self.threshold = int(positive(threshold, "breaker threshold"))
+        self.cooldown = positive(cooldown, "breaker cooldown", allow_zero=True)
+        self._clock = clock
+        self._on_change = on_change
+        self.state = BreakerState.CLOSED
+        self.failures = 0
+        self._opened_at = 0.0
+        self._probe_out = False
+
+    def allow(self) -> bool:
+        """Whether a store call may go out now. In half-open state, only one probe at a time."""
+        if self.state is BreakerState.CLOSED:
+            return True
+        if self.state is BreakerState.OPEN:
+            if self._clock() - self._opened_at < self.cooldown:
+                return False
+            self._move(BreakerState.HALF_OPEN)
+        if self._probe_out:
+            return False
+        self._probe_out = True
+        return True
+
+    def success(self) -> None:
+        self.failures = 0
+        self._probe_out = False
+        if self.state is not BreakerState.CLOSED:
+            self._move(BreakerState.CLOSED)
+
+    def failure(self) -> None:
+        self.failures += 1
+        self._probe_out = False
+        if self.state is BreakerState.HALF_OPEN or (
+            self.state is BreakerState.CLOSED and self.failures >= self.threshold
+        ):
+            self._opened_at = self._clock()
+            self._move(BreakerState.OPEN)
+
+    def release_probe(self) -> None:
+        """A probe ended without a verdict (the caller was cancelled): let another one go."""
+        self._probe_out = False
+
+    def _move(self, new: BreakerState) -> None:
+        old, self.state = self.state, new
+        if new is BreakerState.OPEN:
+            log.warning("promptcache: store circuit breaker opened after %d failures", self.failures)
+        elif new is BreakerState.CLOSED:
+            log.info("promptcache: store circuit breaker closed; store in use again")
+        if self._on_change is not None:
+            self._on_change(old, new)
+
+
+class Guard:
+    """Runs store calls under a deadline and the breaker; classifies every outcome.
+
+    Args:
+        breaker: The breaker shared by all calls to one store.
+        timeout: Seconds each call may take.
+        on_error: Called with ``(operation, exception, timed_out)`` for every failed call.
+    """
+
+    def __init__(
+        self,
+        breaker: CircuitBreaker,
+        timeout: float,
+        on_error: Callable[[str, BaseException, bool], None],
+    ) -> None:
+        self.breaker = breaker
+        self.timeout = positive(timeout, "store timeout")
+        self._on_error = on_error
+
+    async def run(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run ``call()``; raise StoreSkipped if the breaker refuses, or the store's error after counting it.
+
+        Cancellation of the caller propagates unchanged (and frees a half-open probe slot).
+        """
+        if not self.breaker.allow():
+            raise StoreSkipped(operation)
+        try:
+            async with asyncio.timeout(self.timeout):
+                result = await call()
+        except TimeoutError as exc:
+            self.breaker.failure()
+            self._on_error(operation, exc, True)  # noqa: FBT003 - positional callback flag
+            raise
+        except asyncio.CancelledError:
+            self.breaker.release_probe()
+            raise
+        except Exception as exc:
+            self.breaker.failure()
+            self._on_error(operation, exc, False)  # noqa: FBT003
+            raise
+        self.breaker.success()
+        return result

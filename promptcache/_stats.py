@@ -1,0 +1,92 @@
+"""Counters behind :meth:`PromptCache.stats`, and the frozen snapshot it returns."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+__all__ = ["CacheStats", "Counters"]
+
+
+@dataclass(slots=True)
+class Counters:
+    """Mutable counters owned by one cache; only the cache's event loop touches them."""
+
+    requests: int = 0
+    hits: int = 0
+    misses: int = 0
+    bypasses: int = 0
+    coalesced: int = 0
+    upstream_calls: int = 0
+    upstream_errors: int = 0
+    uncacheable: int = 0
+    not_stored: int = 0
+    oversize: int = 0
+    writes: int = 0
+    writes_dropped: int = 0
+    store_errors: int = 0
+    store_timeouts: int = 0
+    store_skipped: int = 0
+    corrupt_entries: int = 0
+    lock_waits: int = 0
+    lock_timeouts: int = 0
+    breaker_opened: int = 0
+    breaker_closed: int = 0
+    input_tokens_saved: int = 0
+    output_tokens_saved: int = 0
+    latency_saved: float = 0.0
+
+    def snapshot(self, breaker_state: str) -> CacheStats:
+        return CacheStats(**asdict(self), breaker_state=breaker_state)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """What one cache has done since it was created.
+
+    ``hits + misses + bypasses == requests`` always. ``coalesced`` hits are callers that shared another
+    caller's in-flight upstream call; ``upstream_calls`` equals ``misses`` except for callers that shared a
+    failed call or gave up waiting on another process's lock.
+
+    .. versionadded:: 0.1.0
+    """
+
+    requests: int
+    hits: int
+    misses: int
+    bypasses: int
+    coalesced: int
+    upstream_calls: int
+    upstream_errors: int
+    uncacheable: int
+    not_stored: int
+    oversize: int
+    writes: int
+    writes_dropped: int
+    store_errors: int
+    store_timeouts: int
+    store_skipped: int
+    corrupt_entries: int
+    lock_waits: int
+    lock_timeouts: int
+    breaker_opened: int
+    breaker_closed: int
+    input_tokens_saved: int
+    output_tokens_saved: int
+    latency_saved: float
+    breaker_state: str
+
+    @property
+    def hit_rate(self) -> float:
+        """Hits over lookups (hits + misses), 0.0 before the first lookup."""
+        lookups = self.hits + self.misses
+        return self.hits / lookups if lookups else 0.0
+
+    @property
+    def tokens_saved(self) -> int:
+        return self.input_tokens_saved + self.output_tokens_saved
+
+    def as_dict(self) -> dict[str, float | int | str]:
+        out: dict[str, float | int | str] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["hit_rate"] = self.hit_rate
+        out["tokens_saved"] = self.tokens_saved
+        return out

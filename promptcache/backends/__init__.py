@@ -1,0 +1,12 @@
+"""Stores behind one narrow async Protocol (:class:`promptcache.backends.Store`).
+
+One module per store: :mod:`.memory` (embedded, bounded LRU), :mod:`.sqlite` (embedded, persistent, safe
+for several processes), :mod:`.redis` (``redis.asyncio``, pooled). They can be faked without inheritance.
+"""
+
+from __future__ import annotations
+
+from promptcache.backends._base import LockingStore as LockingStore
+from promptcache.backends._base import Store as Store
+
+__all__ = ["LockingStore", "Store"]

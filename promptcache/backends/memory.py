@@ -1,0 +1,72 @@
+"""The embedded in-process store: a bounded LRU with TTLs on a monotonic clock."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Self
+
+from promptcache._validate import positive
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """A dict-backed LRU store for one process; nothing survives the process.
+
+    Args:
+        max_entries: Least recently used entries are evicted beyond this.
+        clock: Monotonic seconds; injectable for tests.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, max_entries: int = 10_000, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_entries = int(positive(max_entries, "max_entries"))
+        self._clock = clock
+        self._data: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(entries={len(self._data)}, max_entries={self.max_entries})"
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    async def get(self, key: str) -> bytes | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        if item[1] <= self._clock():
+            del self._data[key]
+            return None
+        self._data.move_to_end(key)
+        return item[0]
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        self._data[key] = (bytes(value), self._clock() + positive(ttl, "ttl"))
+        self._data.move_to_end(key)
+        while len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
+
+    async def delete(self, key: str) -> bool:
+        return self._data.pop(key, None) is not None
+
+    async def delete_prefix(self, prefix: str) -> int:
+        now = self._clock()
+        doomed = [k for k in self._data if k.startswith(prefix)]
+        live = sum(1 for k in doomed if self._data[k][1] > now)  # expired entries were already gone
+        for k in doomed:
+            del self._data[k]
+        return live
+
+    async def aclose(self) -> None:
+        self._data.clear()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

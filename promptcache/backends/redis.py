@@ -1,0 +1,130 @@
+"""The Redis store (``redis.asyncio``, pooled), for one server; Redis Cluster is a separate seam.
+
+redis-py's own retries are turned off (``Retry(NoBackoff(), 0)``): the cache puts a deadline of tens of
+milliseconds on every call and a circuit breaker around the store, and a retry hidden inside a call would
+break that deadline. A command cancelled mid-reply makes redis-py drop the connection rather than return
+it to the pool half-read (redis-py >= 4.5.5), so a cancelled caller can never receive another's reply.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, Final, Self
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from promptcache._validate import positive
+
+if TYPE_CHECKING:
+    from redis.commands.core import AsyncScript
+
+__all__ = ["RedisStore", "redact_url"]
+
+SCAN_COUNT: Final = 1000
+DELETE_BATCH: Final = 500
+DEFAULT_SOCKET_TIMEOUT: Final = 1.0  # a backstop only; the cache's own per-call deadline is much shorter
+_GLOB_SPECIAL: Final = re.compile(r"([*?\[\]\\])")
+
+_UNLOCK_LUA: Final = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
+"""
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any user name and password replaced by ``***``, safe for logs and reprs."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return parts._replace(netloc=f"***@{host}").geturl()
+
+
+def glob_escape(text: str) -> str:
+    """Escape Redis glob specials so ``text`` matches itself literally in SCAN MATCH."""
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+class RedisStore:
+    """A store on one Redis server (or a Sentinel/proxy that looks like one).
+
+    Args:
+        client: A ``redis.asyncio.Redis`` client; closed by :meth:`aclose` only when ``owns_client``.
+        owns_client: Whether this store closes the client.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, client: aioredis.Redis, *, owns_client: bool = True, label: str = "redis") -> None:
+        self.client = client
+        self._owns_client = owns_client
+        self._label = label
+        self._unlock: AsyncScript = client.register_script(_UNLOCK_LUA)
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT, max_connections: int | None = None
+    ) -> RedisStore:
+        """Open a pooled client on ``redis://`` / ``rediss://`` / ``unix://`` with retries disabled."""
+        kwargs: dict[str, Any] = {
+            "socket_timeout": positive(socket_timeout, "socket_timeout"),
+            "socket_connect_timeout": positive(socket_timeout, "socket_timeout"),
+            "retry": Retry(NoBackoff(), 0),
+            "health_check_interval": 0,
+        }
+        if max_connections is not None:
+            kwargs["max_connections"] = int(positive(max_connections, "max_connections"))
+        client = aioredis.Redis.from_url(url, **kwargs)
+        return cls(client, label=redact_url(url))
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self._label!r})"
+
+    async def get(self, key: str) -> bytes | None:
+        value: bytes | None = await self.client.get(key)
+        return value
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        await self.client.set(key, value, px=max(1, int(positive(ttl, "ttl") * 1000)))
+
+    async def delete(self, key: str) -> bool:
+        return bool(await self.client.delete(key))
+
+    async def delete_prefix(self, prefix: str) -> int:
+        if not prefix:
+            raise ValueError("delete_prefix needs a non-empty prefix")
+        deleted = 0
+        batch: list[bytes] = []
+        async for key in self.client.scan_iter(match=glob_escape(prefix) + "*", count=SCAN_COUNT):
+            batch.append(key)
+            if len(batch) >= DELETE_BATCH:
+                deleted += await self.client.unlink(*batch)
+                batch.clear()
+        if batch:
+            deleted += await self.client.unlink(*batch)
+        return int(deleted)
+
+    async def try_lock(self, name: str, token: str, ttl: float) -> bool:
+        return bool(await self.client.set(name, token, nx=True, px=max(1, int(ttl * 1000))))
+
+    async def unlock(self, name: str, token: str) -> bool:
+        return bool(await self._unlock(keys=[name], args=[token]))
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        """Keys starting with ``prefix`` (SCAN, never KEYS; for the CLI and tests)."""
+        found = [k async for k in self.client.scan_iter(match=glob_escape(prefix) + "*", count=SCAN_COUNT)]
+        return [k.decode() if isinstance(k, bytes) else str(k) for k in found]
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self.client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

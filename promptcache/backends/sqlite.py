@@ -1,0 +1,188 @@
+"""The embedded persistent store: one SQLite file, safe for several processes (WAL, busy timeout).
+
+SQLite calls block, so they run on one dedicated worker thread per store; the event loop only awaits.
+Expiry uses wall-clock time because several processes share the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
+
+from promptcache._validate import positive
+from promptcache.exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS promptcache_entries (
+    key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS promptcache_locks (
+    name TEXT PRIMARY KEY, token TEXT NOT NULL, expires_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+_PURGE_EVERY: Final = 256
+
+
+def _prefix_upper_bound(prefix: str) -> str:
+    """The smallest string greater than every string starting with ``prefix`` (for a range scan)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+class SQLiteStore:
+    """A persistent store in one SQLite file.
+
+    Args:
+        path: The database file; created with its parent folder if missing.
+        busy_timeout: Seconds a writer waits for another process's lock.
+        clock: Wall-clock seconds; injectable for tests.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self, path: str | Path, *, busy_timeout: float = 5.0, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.path = Path(path)
+        if str(path) in {"", ":memory:"}:
+            raise ConfigError("SQLiteStore needs a file path; use MemoryStore for an in-memory cache")
+        self._busy_ms = int(positive(busy_timeout, "busy_timeout") * 1000)
+        self._clock = clock
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="promptcache-sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._sets = 0
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r})"
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=self._busy_ms / 1000, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.executescript(_SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(self._connect()))
+
+    async def get(self, key: str) -> bytes | None:
+        now = self._clock()
+
+        def op(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute(
+                "SELECT value FROM promptcache_entries WHERE key = ? AND expires_at > ?", (key, now)
+            ).fetchone()
+            return bytes(row[0]) if row else None
+
+        return await self._run(op)
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        now = self._clock()
+        expires = now + positive(ttl, "ttl")
+        self._sets += 1
+        purge = self._sets % _PURGE_EVERY == 0
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO promptcache_entries (key, value, expires_at) VALUES (?, ?, ?)",
+                (key, sqlite3.Binary(value), expires),
+            )
+            if purge:
+                conn.execute("DELETE FROM promptcache_entries WHERE expires_at <= ?", (now,))
+
+        await self._run(op)
+
+    async def delete(self, key: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM promptcache_entries WHERE key = ?", (key,)).rowcount > 0
+
+        return await self._run(op)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        if not prefix:
+            raise ValueError("delete_prefix needs a non-empty prefix")
+        now = self._clock()
+        bounds = (prefix, _prefix_upper_bound(prefix))
+
+        def op(conn: sqlite3.Connection) -> int:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                (live,) = conn.execute(
+                    "SELECT COUNT(*) FROM promptcache_entries WHERE key >= ? AND key < ? AND expires_at > ?",
+                    (*bounds, now),
+                ).fetchone()
+                conn.execute("DELETE FROM promptcache_entries WHERE key >= ? AND key < ?", bounds)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return int(live)
+
+        return await self._run(op)
+
+    async def try_lock(self, name: str, token: str, ttl: float) -> bool:
+        now = self._clock()
+        expires = now + positive(ttl, "ttl")
+
+        def op(conn: sqlite3.Connection) -> bool:
+            conn.execute("DELETE FROM promptcache_locks WHERE name = ? AND expires_at <= ?", (name, now))
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO promptcache_locks (name, token, expires_at) VALUES (?, ?, ?)",
+                (name, token, expires),
+            )
+            return cur.rowcount > 0
+
+        return await self._run(op)
+
+    async def unlock(self, name: str, token: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("DELETE FROM promptcache_locks WHERE name = ? AND token = ?", (name, token))
+            return cur.rowcount > 0
+
+        return await self._run(op)
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        """Live keys starting with ``prefix`` (for the CLI and tests)."""
+        now = self._clock()
+
+        def op(conn: sqlite3.Connection) -> list[str]:
+            rows: Any = conn.execute(
+                "SELECT key FROM promptcache_entries WHERE expires_at > ? AND substr(key, 1, ?) = ?",
+                (now, len(prefix), prefix),
+            )
+            return [r[0] for r in rows]
+
+        return await self._run(op)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+        self._executor.shutdown(wait=False)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
