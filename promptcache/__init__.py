@@ -1,4 +1,4 @@
-"""promptcache: one canonical cache key for a production LLM response cache and a pytest record/replay harness.
+"""promptcache: one canonical cache key for an LLM response cache and a pytest record/replay harness.
 
 Everything public is re-exported here; the modules behind it are private.
 """

@@ -9,6 +9,7 @@ through the store's short lock (:class:`~promptcache.backends.LockingStore`) wit
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -34,6 +35,7 @@ __all__ = ["PromptCache"]
 
 log = logging.getLogger("promptcache")
 
+
 @dataclass(slots=True)
 class _Flight:
     task: asyncio.Task[tuple[Any, bool]]
@@ -55,7 +57,7 @@ class PromptCache:
     .. versionadded:: 0.1.0
     """
 
-    def __init__(  # noqa: PLR0913 - all keyword-only knobs with safe defaults
+    def __init__(
         self,
         store: Store,
         config: CacheConfig | None = None,
@@ -364,7 +366,12 @@ class PromptCache:
             return None
 
     async def _join_flight(
-        self, key: CacheKey, request: Mapping[str, Any], call: Callable[[], Awaitable[Any]], ttl: float, *,
+        self,
+        key: CacheKey,
+        request: Mapping[str, Any],
+        call: Callable[[], Awaitable[Any]],
+        ttl: float,
+        *,
         refresh: bool,
     ) -> Any:  # noqa: ANN401
         flight = self._flights.get(key.store_key)
@@ -372,7 +379,7 @@ class PromptCache:
         if flight is None:
             task = asyncio.create_task(self._fill(key, request, call, ttl, refresh=refresh))
             flight = self._flights[key.store_key] = _Flight(task)
-            task.add_done_callback(lambda _t, k=key.store_key, f=flight: self._end_flight(k, f))
+            task.add_done_callback(functools.partial(self._end_flight, key.store_key, flight))
         flight.waiters += 1
         try:
             body, from_store = await asyncio.shield(flight.task)
@@ -408,14 +415,19 @@ class PromptCache:
         self._counters.input_tokens_saved += inp
         self._counters.output_tokens_saved += out
 
-    def _end_flight(self, store_key: str, flight: _Flight) -> None:
+    def _end_flight(self, store_key: str, flight: _Flight, _task: object) -> None:
         if self._flights.get(store_key) is flight:
             del self._flights[store_key]
         if not flight.task.cancelled():
             flight.task.exception()  # mark it retrieved: the callers re-raise it, asyncio need not log it
 
     async def _fill(
-        self, key: CacheKey, request: Mapping[str, Any], call: Callable[[], Awaitable[Any]], ttl: float, *,
+        self,
+        key: CacheKey,
+        request: Mapping[str, Any],
+        call: Callable[[], Awaitable[Any]],
+        ttl: float,
+        *,
         refresh: bool,
     ) -> tuple[Any, bool]:
         """Make the one upstream call for ``key``; ``(body, from_store)``."""

@@ -98,7 +98,7 @@ def _inflate(raw: bytes) -> bytes:
 
 def _field(doc: dict[str, Any], name: str, kinds: type | tuple[type, ...]) -> Any:  # noqa: ANN401 - JSON
     value = doc.get(name)
-    if not isinstance(value, kinds) or isinstance(value, bool) and bool not in _as_tuple(kinds):
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in _as_tuple(kinds)):
         raise EntryError(f"entry field {name!r} is missing or has the wrong type")
     return value
 
@@ -126,7 +126,11 @@ def parse_entry(raw: bytes | str) -> Entry:
     if doc.get("version") != ENTRY_FORMAT:
         raise EntryError(f"entry format {doc.get('version')!r} is not {ENTRY_FORMAT}")
     scope = _field(doc, "scope", list)
-    if len(scope) != 4 or not all(isinstance(s, str) for s in scope[:3]) or not isinstance(scope[3], str | None):
+    if (
+        len(scope) != 4
+        or not all(isinstance(s, str) for s in scope[:3])
+        or not isinstance(scope[3], str | None)
+    ):
         raise EntryError("entry scope is malformed")
     chunks = doc.get("chunks")
     if chunks is not None and not isinstance(chunks, list):

@@ -51,7 +51,9 @@ def _is_json(text: object) -> bool:
     return True
 
 
-def _chat_refusal(body: dict[str, Any], request: dict[str, Any] | None, reasons: frozenset[str]) -> str | None:
+def _chat_refusal(  # noqa: PLR0911 - one early return per reason, each named in its result
+    body: dict[str, Any], request: dict[str, Any] | None, reasons: frozenset[str]
+) -> str | None:
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices:
         return "no choices"
@@ -125,7 +127,7 @@ def refusal_reason(
     """
     if not isinstance(body, dict):
         return "body is not a JSON object"
-    if "error" in body and body["error"]:
+    if body.get("error"):
         return "error body"
     if endpoint is Endpoint.CHAT_COMPLETIONS:
         return _chat_refusal(body, request, finish_reasons)

@@ -85,9 +85,13 @@ class KeyPolicy(StrEnum):
     EXACT = "exact"
     """Bytes as sent."""
     TRIM = "trim"
-    """CRLF to LF, trailing spaces/tabs on each line and blank lines at both ends removed; indentation kept."""
+    """CRLF to LF, trailing spaces/tabs on each line and blank lines at both ends removed.
+
+    Indentation is always kept."""
     COLLAPSE = "collapse"
-    """The seed tutorial's ``' '.join(s.split())``: more hits, but merges prompts that differ in indentation."""
+    """The seed tutorial's ``' '.join(s.split())``.
+
+    More hits, but it merges prompts that differ only in indentation."""
 
 
 class Endpoint(StrEnum):
@@ -225,45 +229,36 @@ def _canon(value: object) -> object:
     return _canon_scalar(value)
 
 
-def _apply_to_parts(parts: list[Any], rule: Callable[[str], str], types: frozenset[str]) -> None:
-    for part in parts:
-        if type(part) is dict and part.get("type") in types and type(part.get("text")) is str:
-            part["text"] = rule(part["text"])
-
-
 _TEXT_PART_TYPES: Final = frozenset({"text", "input_text", "output_text"})
+
+
+def _apply_rule(holder: dict[str, Any], name: str, rule: Callable[[str], str]) -> None:
+    """Normalise ``holder[name]`` if it is text, or the text parts in it if it is a list of parts."""
+    value = holder.get(name)
+    if type(value) is str:
+        holder[name] = rule(value)
+    elif type(value) is list:
+        for part in value:
+            if type(part) is dict and part.get("type") in _TEXT_PART_TYPES and type(part.get("text")) is str:
+                part["text"] = rule(part["text"])
 
 
 def _apply_text_policy(request: dict[str, Any], endpoint: Endpoint, rule: Callable[[str], str]) -> None:
     """Normalise message text in place on the canonical copy; roles, tools and arguments are untouched."""
     if endpoint is Endpoint.EMBEDDINGS:
         return  # embedding input is data, not a prompt: whitespace changes the vector
-    containers: list[Any] = []
     if endpoint is Endpoint.RESPONSES:
-        if type(request.get("instructions")) is str:
-            request["instructions"] = rule(request["instructions"])
-        containers = [request] if type(request.get("input")) is str else request.get("input") or []
-        if type(request.get("input")) is str:
-            request["input"] = rule(request["input"])
-            containers = []
+        _apply_rule(request, "instructions", rule)
+        _apply_rule(request, "input", rule)
+        messages = request.get("input")
     else:
         if endpoint is Endpoint.ANTHROPIC_MESSAGES:
-            system = request.get("system")
-            if type(system) is str:
-                request["system"] = rule(system)
-            elif type(system) is list:
-                _apply_to_parts(system, rule, _TEXT_PART_TYPES)
-        containers = request.get("messages") or []
-    if type(containers) is not list:
-        return
-    for message in containers:
-        if type(message) is not dict:
-            continue
-        content = message.get("content")
-        if type(content) is str:
-            message["content"] = rule(content)
-        elif type(content) is list:
-            _apply_to_parts(content, rule, _TEXT_PART_TYPES)
+            _apply_rule(request, "system", rule)
+        messages = request.get("messages")
+    if type(messages) is list:
+        for message in messages:
+            if type(message) is dict:
+                _apply_rule(message, "content", rule)
 
 
 def _escape(value: object, what: str) -> str:

@@ -85,8 +85,8 @@ class RedisStore:
         return f"RedisStore({self._label!r})"
 
     async def get(self, key: str) -> bytes | None:
-        value: bytes | None = await self.client.get(key)
-        return value
+        value = await self.client.get(key)
+        return value if value is None or isinstance(value, bytes) else str(value).encode()
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         await self.client.set(key, value, px=max(1, int(positive(ttl, "ttl") * 1000)))

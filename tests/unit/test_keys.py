@@ -12,13 +12,12 @@ import dataclasses
 import fnmatch
 import json
 import os
-import random
 import re
 import subprocess
 import sys
 import types
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -42,6 +41,9 @@ from promptcache._keys import (
 )
 from promptcache.exceptions import ConfigError, InvalidScopeError, UncacheableRequestError
 
+if TYPE_CHECKING:
+    import random
+
 GOLDEN_PATH = Path(__file__).with_name("golden_keys.json")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GOLDEN_FAILURE = "digests changed: bump promptcache._keys.SCHEMA_VERSION and regenerate"
@@ -53,7 +55,7 @@ SLOW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthChe
 
 # --- strategies ----------------------------------------------------------------------------------
 
-# ASCII and unicode whitespace (NBSP, em space, ideographic space, VT, FF, line separator, NEL) mixed with text.
+# ASCII and unicode whitespace (NBSP, em space, ideographic space, VT, FF, LS, NEL) mixed with text.
 WHITESPACE = [" ", "\t", "\r", "\n", "\r\n", "\u00a0", "\u2003", "\u3000", "\x0b", "\x0c", "\u2028", "\x85"]
 WORDS = ["a", "b", "def", "x = 1", "\u00e9t\u00e9", "\u4f60\u597d", "\U0001f600", "#", "-"]
 ws_texts = st.lists(st.sampled_from(WHITESPACE + WORDS), max_size=30).map("".join) | st.text(max_size=40)
@@ -72,15 +74,19 @@ json_scalars = (
 )
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
     max_leaves=24,
 )
 field_names = st.text(min_size=1, max_size=10).filter(lambda k: k not in DENY_LIST)
 request_bodies = st.dictionaries(field_names, json_values, max_size=6)
 
 # Ids built from every separator, glob, hash-tag and escape character plus arbitrary unicode.
-NASTY = list(":*?[]|{}%~/ \\.-_aAb0") + ["%3A", "%25", "\u00e9", "\u00a0", "\U0001f600", "\n"]
-scope_ids = st.lists(st.sampled_from(NASTY), min_size=1, max_size=6).map("".join) | st.text(min_size=1, max_size=8)
+NASTY = [*":*?[]|{}%~/ \\.-_aAb0", "%3A", "%25", "\u00e9", "\u00a0", "\U0001f600", "\n"]
+scope_ids = st.lists(st.sampled_from(NASTY), min_size=1, max_size=6).map("".join) | st.text(
+    min_size=1, max_size=8
+)
 id_pairs = st.tuples(scope_ids, scope_ids).filter(lambda pair: pair[0] != pair[1])
 
 
@@ -231,7 +237,13 @@ def test_canonical_json_sorted_and_round_trips(value: Any, rnd: random.Random) -
     out = canonical_json(value)
     assert json.loads(out) == value
     assert canonical_json(reorder(value, rnd)) == out
-    assert b" " not in out.replace(b'" "', b"") or isinstance(value, str)
+
+    def keys_sorted(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        names = [k for k, _ in pairs]
+        assert names == sorted(names)
+        return dict(pairs)
+
+    json.loads(out, object_pairs_hook=keys_sorted)
 
 
 # --- invariance: things that must NOT change the digest -----------------------------------------
@@ -342,9 +354,15 @@ def test_mapping_request_equals_dict() -> None:
 
 TOOL_A = {
     "type": "function",
-    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
 }
-TOOL_B = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+TOOL_B = {
+    "type": "function",
+    "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}},
+}
 
 FIELD_VALUES: list[tuple[str, Any, Any]] = [
     ("frobnicate", 1, 2),
@@ -423,15 +441,17 @@ def test_indentation_change_changes_the_digest(
     """Under trim and exact, re-indenting any line changes the digest."""
     i = data.draw(st.integers(0, len(lines) - 1))
     new_indent = data.draw(indents.filter(lambda ind: ind != lines[i][0]))
-    changed = [(new_indent, b) if j == i else (ind, b) for j, (ind, b) in enumerate(lines)]
-    a = "\n".join(ind + b for ind, b in lines)
-    b = "\n".join(ind + body for ind, body in changed)
-    assert digest(chat("s", a), policy=policy) != digest(chat("s", b), policy=policy)
+    changed = [(new_indent, body) if j == i else (ind, body) for j, (ind, body) in enumerate(lines)]
+    before = "\n".join(ind + body for ind, body in lines)
+    after = "\n".join(ind + body for ind, body in changed)
+    assert digest(chat("s", before), policy=policy) != digest(chat("s", after), policy=policy)
 
 
 def test_collapse_merges_indentation_but_not_words() -> None:
     """Collapse (opt-in) merges re-indented prompts yet still tells different words apart."""
-    assert digest(chat("s", "if x:\n    y"), policy="collapse") == digest(chat("s", "if x: y"), policy="collapse")
+    assert digest(chat("s", "if x:\n    y"), policy="collapse") == digest(
+        chat("s", "if x: y"), policy="collapse"
+    )
     assert digest(chat("s", "if x: y"), policy="collapse") != digest(chat("s", "if x: z"), policy="collapse")
 
 
@@ -456,7 +476,9 @@ def test_text_policy_touches_message_text_only() -> None:
         assert digest(chat("s", "u", tools=[tool_a]), policy=policy) != digest(
             chat("s", "u", tools=[tool_b]), policy=policy
         )
-        assert digest(chat("s", "u", model="m"), policy=policy) != digest(chat("s", "u", model="m "), policy=policy)
+        assert digest(chat("s", "u", model="m"), policy=policy) != digest(
+            chat("s", "u", model="m "), policy=policy
+        )
 
 
 @pytest.mark.parametrize(
@@ -474,7 +496,7 @@ def test_text_policy_touches_message_text_only() -> None:
     ],
 )
 def test_scope_endpoint_and_policy_join_the_key(kwargs_a: dict[str, Any], kwargs_b: dict[str, Any]) -> None:
-    """Each of namespace, agent id, agent version, tenant, endpoint and policy changes digest and store key."""
+    """Namespace, agent id, agent version, tenant, endpoint and policy each change digest and store key."""
     request = chat("s", "u")
     a = make_key(request, **{"agent_id": "agent", **kwargs_a})
     b = make_key(request, **{"agent_id": "agent", **kwargs_b})
@@ -509,13 +531,21 @@ def test_every_endpoint_gives_a_different_digest() -> None:
             {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]},
             {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi\t\r\n"}]}]},
         ),
-        ("responses", {"instructions": "Be brief.", "input": "hi"}, {"instructions": "Be brief. ", "input": "hi\r\n"}),
+        (
+            "responses",
+            {"instructions": "Be brief.", "input": "hi"},
+            {"instructions": "Be brief. ", "input": "hi\r\n"},
+        ),
         (
             "responses",
             {"input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}]},
             {"input": [{"role": "user", "content": [{"type": "input_text", "text": "\nhi  "}]}]},
         ),
-        ("responses", {"input": [{"role": "user", "content": "hi"}]}, {"input": [{"role": "user", "content": "hi "}]}),
+        (
+            "responses",
+            {"input": [{"role": "user", "content": "hi"}]},
+            {"input": [{"role": "user", "content": "hi "}]},
+        ),
         (
             "chat.completions",
             {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]},
@@ -523,11 +553,17 @@ def test_every_endpoint_gives_a_different_digest() -> None:
         ),
     ],
 )
-def test_text_policy_applies_to_prompt_text(endpoint: str, clean: dict[str, Any], noisy: dict[str, Any]) -> None:
+def test_text_policy_applies_to_prompt_text(
+    endpoint: str, clean: dict[str, Any], noisy: dict[str, Any]
+) -> None:
     """Anthropic system (string or blocks), Responses instructions/input and content parts get the policy."""
     for policy in ["trim", "collapse"]:
-        assert digest(noisy, endpoint=endpoint, policy=policy) == digest(clean, endpoint=endpoint, policy=policy)
-    assert digest(noisy, endpoint=endpoint, policy="exact") != digest(clean, endpoint=endpoint, policy="exact")
+        assert digest(noisy, endpoint=endpoint, policy=policy) == digest(
+            clean, endpoint=endpoint, policy=policy
+        )
+    assert digest(noisy, endpoint=endpoint, policy="exact") != digest(
+        clean, endpoint=endpoint, policy="exact"
+    )
 
 
 @pytest.mark.parametrize("policy", list(KeyPolicy))
@@ -551,7 +587,7 @@ def assert_prefix_safe(prefix: str) -> None:
 @SLOW
 @given(pair=id_pairs)
 def test_agent_ids_never_collide_or_glob_match(pair: tuple[str, str]) -> None:
-    """Two different agent ids give different digests and prefixes, and neither prefix glob-matches the other."""
+    """Two different agent ids give different digests and prefixes, and neither prefix globs the other."""
     request = chat("s", "u")
     a = make_key(request, agent_id=pair[0])
     b = make_key(request, agent_id=pair[1])
@@ -570,7 +606,7 @@ def test_agent_ids_never_collide_or_glob_match(pair: tuple[str, str]) -> None:
 @SLOW
 @given(pair=id_pairs)
 def test_agent_versions_never_collide_or_glob_match(pair: tuple[str, str]) -> None:
-    """Two versions of one agent give different digests, and neither version prefix matches the other's keys."""
+    """Two versions of one agent give different digests; neither version prefix matches the other's keys."""
     request = chat("s", "u")
     a = make_key(request, agent_id="agent", agent_version=pair[0])
     b = make_key(request, agent_id="agent", agent_version=pair[1])
@@ -587,7 +623,7 @@ def test_agent_versions_never_collide_or_glob_match(pair: tuple[str, str]) -> No
 @SLOW
 @given(pair=id_pairs)
 def test_namespaces_never_collide_or_glob_match(pair: tuple[str, str]) -> None:
-    """Two namespaces give different digests, and neither namespace's agent prefix matches the other's keys."""
+    """Two namespaces give different digests; neither namespace's agent prefix matches the other's keys."""
     request = chat("s", "u")
     a = make_key(request, agent_id="agent", namespace=pair[0])
     b = make_key(request, agent_id="agent", namespace=pair[1])
@@ -640,8 +676,18 @@ def test_classic_injection_pairs(id_a: str, id_b: str) -> None:
     assert a.digest != b.digest
 
 
-@pytest.mark.parametrize("field", ["namespace", "agent_id", "agent_version", "tenant"])
-@pytest.mark.parametrize("bad", ["", 0, b"agent", None, ["a"], "\ud800"])
+VERSION_NONE_BUG = pytest.mark.xfail(
+    strict=True,
+    reason="make_key passes agent_version=None to agent_prefix, which drops the segment (see report)",
+)
+BAD_SCOPE_CASES: list[Any] = [
+    pytest.param(field, bad, marks=VERSION_NONE_BUG if (field, bad) == ("agent_version", None) else ())
+    for field in ["namespace", "agent_id", "agent_version", "tenant"]
+    for bad in ["", 0, b"agent", None, ["a"], "\ud800"]
+]
+
+
+@pytest.mark.parametrize(("field", "bad"), BAD_SCOPE_CASES)
 def test_bad_scope_ids_raise(field: str, bad: object) -> None:
     """Empty, non-string and unencodable scope ids raise InvalidScopeError (None is fine only for tenant)."""
     if field == "tenant" and bad is None:
@@ -702,7 +748,9 @@ def test_generate_cache_key_seed_signature() -> None:
     assert generate_cache_key("s", "  u", "m", 0, 1, policy="collapse") == generate_cache_key(
         "s", "u", "m", 0, 1, policy="collapse"
     )
-    assert generate_cache_key("s", "u", "m", 0, 1, agent_version="2") != generate_cache_key("s", "u", "m", 0, 1)
+    assert generate_cache_key("s", "u", "m", 0, 1, agent_version="2") != generate_cache_key(
+        "s", "u", "m", 0, 1
+    )
 
 
 def test_generate_cache_key_rejects_empty_agent_id() -> None:
@@ -746,7 +794,11 @@ PATH_LOST = pytest.mark.xfail(
     strict=True, reason="_keys._dumps reports '$' for orjson-rejected values (surrogates, >64-bit ints)"
 )
 BAD_PATHS: list[Any] = [
-    pytest.param(p.values[0], id=p.id, marks=PATH_LOST if p.id in {"lone-surrogate", "int-2**64", "int-below-int64", "int-10**40"} else ())
+    pytest.param(
+        p.values[0],
+        id=p.id,
+        marks=PATH_LOST if p.id in {"lone-surrogate", "int-2**64", "int-below-int64", "int-10**40"} else (),
+    )
     for p in BAD_VALUES
 ]
 
@@ -766,7 +818,10 @@ def test_uncanonicalisable_values_raise_uncacheable(bad: Any) -> None:
 @pytest.mark.parametrize("bad", BAD_PATHS)
 def test_uncacheable_error_names_the_path(bad: Any) -> None:
     """The error's path and message name where the bad value sits, e.g. $.messages[0].content."""
-    request = {"model": "m", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": bad}]}
+    request = {
+        "model": "m",
+        "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": bad}],
+    }
     with pytest.raises(UncacheableRequestError) as info:
         make_key(request, agent_id="a")
     assert info.value.path == "$.messages[1].content"
@@ -794,12 +849,18 @@ def test_non_mapping_request_raises_uncacheable(bad_request: Any) -> None:
         make_key(bad_request, agent_id="a")
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="_apply_to_parts hashes part['type'] (see the report)")
+@pytest.mark.xfail(
+    strict=True, raises=TypeError, reason="_apply_to_parts hashes part['type'] (see the report)"
+)
 @pytest.mark.parametrize("endpoint", ["chat.completions", "anthropic.messages", "responses"])
 def test_unhashable_part_type_does_not_crash(endpoint: str) -> None:
-    """A content part whose `type` is a list/dict gives a key (or a counted bypass), never a bare TypeError."""
+    """A content part whose `type` is a list or dict gives a key (or a bypass), never a bare TypeError."""
     part = {"type": ["text"], "text": "x"}
-    request = {"system": [part], "messages": [{"role": "user", "content": [part]}], "input": [{"content": [part]}]}
+    request = {
+        "system": [part],
+        "messages": [{"role": "user", "content": [part]}],
+        "input": [{"content": [part]}],
+    }
     try:
         key = make_key(request, agent_id="a", endpoint=endpoint, policy="trim")
     except UncacheableRequestError:
@@ -897,7 +958,10 @@ TOOLS_FULL = [
             "description": "Find a customer's orders.",
             "parameters": {
                 "type": "object",
-                "properties": {"customer_id": {"type": "string"}, "limit": {"type": "integer", "maximum": 50}},
+                "properties": {
+                    "customer_id": {"type": "string"},
+                    "limit": {"type": "integer", "maximum": 50},
+                },
                 "required": ["customer_id"],
             },
         },
@@ -1084,13 +1148,15 @@ def compute_golden() -> dict[str, Any]:
         cases.append({**case, "request": request, "digest": key.digest, "store_key": key.store_key})
     return {
         "schema_version": SCHEMA_VERSION,
-        "note": "Generated by `python tests/unit/test_keys.py --regenerate`; regenerate only with a schema bump.",
+        "note": "Written by `python tests/unit/test_keys.py --regenerate`, only together with a schema bump.",
         "cases": cases,
     }
 
 
 def regenerate_golden_file() -> None:
-    GOLDEN_PATH.write_text(json.dumps(compute_golden(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    GOLDEN_PATH.write_text(
+        json.dumps(compute_golden(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+    )
 
 
 def load_golden() -> dict[str, Any]:
