@@ -25,6 +25,7 @@ from promptcache.exceptions import PromptCacheError as PromptCacheError
 from promptcache.exceptions import SecretLeakError as SecretLeakError
 from promptcache.exceptions import StoreError as StoreError
 from promptcache.exceptions import UncacheableRequestError as UncacheableRequestError
+from promptcache.integrations.agent import CachedAgent as CachedAgent
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,7 @@ __all__ = [
     "CacheConfig",
     "CacheKey",
     "CacheStats",
+    "CachedAgent",
     "CassetteError",
     "CassetteFormatError",
     "CassetteMissError",

@@ -20,7 +20,7 @@ import orjson
 
 from promptcache._config import CacheConfig
 from promptcache._entry import Entry, decode_entry, encode_entry, scope_of
-from promptcache._gate import refusal_reason, usage_of
+from promptcache._gate import refusal_reason, stream_refusal, stream_summary, usage_of
 from promptcache._keys import DEFAULT_AGENT_VERSION, CacheKey, Endpoint, KeyPolicy, agent_prefix, make_key
 from promptcache._resilience import BreakerState, CircuitBreaker, Guard, StoreSkipped
 from promptcache._stats import CacheStats, Counters
@@ -207,7 +207,7 @@ class PromptCache:
                 policy=policy,
             )
         )
-        return None if entry is None else entry.body if entry.chunks is None else None
+        return None if entry is None else entry.body
 
     async def set(  # noqa: PLR0913
         self,
@@ -234,15 +234,18 @@ class PromptCache:
         data = self._encode(key, request, response, None, latency, self._ttl(ttl))
         return data is not None and await self._write(key.store_key, data, self._ttl(ttl))
 
-    async def get_entry(self, key: CacheKey) -> Entry | None:
-        """The live entry under ``key`` (checked against it), counted as a hit or a miss."""
+    async def get_entry(self, key: CacheKey, *, stream: bool = False, refresh: bool = False) -> Entry | None:
+        """The live entry under ``key`` of the asked kind (body, or stream chunks), counted as hit or miss.
+
+        An entry of the other kind counts as a miss. With ``refresh`` the store is not read (a counted miss).
+        """
         self._check_open()
         self._counters.requests += 1
-        entry = await self._lookup(key)
-        if entry is None:
+        entry = None if refresh else await self._lookup(key)
+        if entry is None or (entry.chunks is not None) != stream:
             self._counters.misses += 1
-        else:
-            self._count_hit(entry)
+            return None
+        self._count_hit(entry)
         return entry
 
     async def put_entry(  # noqa: PLR0913 - the parts of an entry
@@ -252,14 +255,31 @@ class PromptCache:
         *,
         body: Any = None,  # noqa: ANN401
         chunks: list[Any] | None = None,
-        usage_body: Any = None,  # noqa: ANN401
         ttl: float | None = None,
         latency: float = 0.0,
+        wait: bool = True,
     ) -> bool:
-        """Write an already-gated entry (integrations use it for completed streams); True when written."""
+        """Gate and write an entry for ``key``: a response ``body``, or a stream's complete ``chunks``.
+
+        Chunks are ``{"event": name | None, "data": JSON}`` (or ``"text"``) SSE events, stored only when the
+        stream reached its terminal event and its outcome is storable. With ``wait=False`` the write runs in
+        the background (tracked, drained by :meth:`aclose`). True when written (or scheduled).
+        """
         self._check_open()
-        data = self._encode(key, request, body, chunks, latency, self._ttl(ttl), usage_body=usage_body)
-        return data is not None and await self._write(key.store_key, data, self._ttl(ttl))
+        data = self._encode(key, request, body, chunks, latency, self._ttl(ttl))
+        if data is None:
+            return False
+        if not wait:
+            self._spawn_write(key, data, self._ttl(ttl), None)
+            return True
+        return await self._write(key.store_key, data, self._ttl(ttl))
+
+    def count_bypass(self, *, uncacheable: bool = False) -> None:
+        """Count a request that went upstream without the cache (for integrations that route themselves)."""
+        self._counters.requests += 1
+        self._counters.bypasses += 1
+        if uncacheable:
+            self._counters.uncacheable += 1
 
     # -- invalidation, stats, lifecycle ------------------------------------------------------------
 
@@ -499,17 +519,17 @@ class PromptCache:
         usage_body: Any = None,  # noqa: ANN401
     ) -> bytes | None:
         """The stored bytes for a success, or None (counted) when it must not be stored."""
+        req = dict(request) if request is not None else None
+        finish = self.config.finish_reasons
         if chunks is None:
-            reason = refusal_reason(
-                key.endpoint,
-                body,
-                dict(request) if request is not None else None,
-                finish_reasons=self.config.finish_reasons,
-            )
-            if reason is not None:
-                self._counters.not_stored += 1
-                log.debug("promptcache: not storing %s: %s", key.store_key, reason)
-                return None
+            reason = refusal_reason(key.endpoint, body, req, finish_reasons=finish)
+        else:
+            reason = stream_refusal(key.endpoint, chunks, req, finish_reasons=finish)
+            usage_body = stream_summary(key.endpoint, chunks) if usage_body is None else usage_body
+        if reason is not None:
+            self._counters.not_stored += 1
+            log.debug("promptcache: not storing %s: %s", key.store_key, reason)
+            return None
         source = body if usage_body is None else usage_body
         now = self._clock()
         usage = source.get("usage") if isinstance(source, dict) else None

@@ -13,7 +13,14 @@ from typing import Any, Final
 
 from promptcache._keys import Endpoint
 
-__all__ = ["DEFAULT_FINISH_REASONS", "refusal_reason", "usage_of"]
+__all__ = [
+    "DEFAULT_FINISH_REASONS",
+    "is_terminal",
+    "refusal_reason",
+    "stream_refusal",
+    "stream_summary",
+    "usage_of",
+]
 
 DEFAULT_FINISH_REASONS: Final = frozenset(
     {
@@ -150,3 +157,105 @@ def usage_of(body: object) -> tuple[int, int]:
         prompt if isinstance(prompt, int) and not isinstance(prompt, bool) else 0,
         completion if isinstance(completion, int) and not isinstance(completion, bool) else 0,
     )
+
+
+def _chat_stream_refusal(events: list[dict[str, Any]], reasons: frozenset[str]) -> str | None:
+    finished: dict[int, object] = {}
+    for event in events:
+        data = event.get("data")
+        if not isinstance(data, dict):
+            continue
+        for choice in data.get("choices") or []:
+            if not isinstance(choice, dict):
+                return "malformed chunk"
+            delta = choice.get("delta")
+            if isinstance(delta, dict) and delta.get("refusal"):
+                return "refusal"
+            if choice.get("finish_reason") is not None:
+                finished[int(choice.get("index", 0))] = choice["finish_reason"]
+    if not finished:
+        return "stream without a finish_reason"
+    bad = [r for r in finished.values() if r not in reasons]
+    return f"finish_reason {bad[0]!r}" if bad else None
+
+
+def is_terminal(endpoint: Endpoint, event: dict[str, Any]) -> bool:
+    """Whether ``event`` is the one that ends a successful stream of ``endpoint``."""
+    data = event.get("data")
+    if endpoint is Endpoint.CHAT_COMPLETIONS:
+        return event.get("text") == "[DONE]"
+    if endpoint is Endpoint.RESPONSES:
+        return event.get("event") == "response.completed" or (
+            isinstance(data, dict) and data.get("type") == "response.completed"
+        )
+    if endpoint is Endpoint.ANTHROPIC_MESSAGES:
+        return event.get("event") == "message_stop" or (
+            isinstance(data, dict) and data.get("type") == "message_stop"
+        )
+    return False
+
+
+def _data_of_type(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [
+        e["data"]
+        for e in events
+        if isinstance(e.get("data"), dict) and (e.get("event") == kind or e["data"].get("type") == kind)
+    ]
+
+
+def stream_refusal(  # noqa: PLR0911 - one early return per reason
+    endpoint: Endpoint,
+    events: list[dict[str, Any]],
+    request: dict[str, Any] | None = None,
+    *,
+    finish_reasons: frozenset[str] = DEFAULT_FINISH_REASONS,
+) -> str | None:
+    """Why a recorded stream (a list of SSE events, see ``integrations._sse``) must not be stored, or None.
+
+    A stream is storable only when it reached its terminal event and its final state would be storable.
+    """
+    if not events or not any(is_terminal(endpoint, e) for e in events):
+        return "stream did not reach its terminal event"
+    if any(e.get("event") == "error" for e in events):
+        return "stream carried an error event"
+    if endpoint is Endpoint.CHAT_COMPLETIONS:
+        return _chat_stream_refusal(events, finish_reasons)
+    if endpoint is Endpoint.RESPONSES:
+        done = _data_of_type(events, "response.completed")
+        final = done[-1].get("response") if done else None
+        return _responses_refusal(final, request) if isinstance(final, dict) else "no final response"
+    if endpoint is Endpoint.ANTHROPIC_MESSAGES:
+        deltas = _data_of_type(events, "message_delta")
+        reason = deltas[-1].get("delta", {}).get("stop_reason") if deltas else None
+        if not _data_of_type(events, "content_block_start"):
+            return "no content"
+        return None if reason in finish_reasons else f"stop_reason {reason!r}"
+    return "endpoint does not stream"
+
+
+def stream_summary(endpoint: Endpoint, events: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"model", "usage"}`` of a recorded stream, for stats and entries."""
+    model: object = None
+    usage: object = None
+    if endpoint is Endpoint.CHAT_COMPLETIONS:
+        for event in events:
+            data = event.get("data")
+            if isinstance(data, dict):
+                model = data.get("model", model)
+                usage = data.get("usage") or usage
+    elif endpoint is Endpoint.RESPONSES:
+        done = _data_of_type(events, "response.completed")
+        final = done[-1].get("response") if done else None
+        if isinstance(final, dict):
+            model, usage = final.get("model"), final.get("usage")
+    elif endpoint is Endpoint.ANTHROPIC_MESSAGES:
+        starts = _data_of_type(events, "message_start")
+        message = starts[0].get("message") if starts else None
+        merged: dict[str, Any] = {}
+        if isinstance(message, dict):
+            model = message.get("model")
+            merged.update(message.get("usage") or {})
+        for delta in _data_of_type(events, "message_delta"):
+            merged.update(delta.get("usage") or {})
+        usage = merged or None
+    return {"model": model, "usage": usage}

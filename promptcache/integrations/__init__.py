@@ -1,0 +1,1 @@
+"""Integrations: one caching HTTP transport for the OpenAI and Anthropic SDKs, and ``CachedAgent``."""
