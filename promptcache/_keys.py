@@ -20,7 +20,8 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from enum import StrEnum
+import uuid
+from enum import Enum, StrEnum
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -141,15 +142,6 @@ class CacheKey:
 
 def trim_text(text: str) -> str:
     """Apply :attr:`KeyPolicy.TRIM`: never touches indentation or characters inside a line."""
-    # Fast path: most prompts are already trimmed; these are C-speed substring checks.
-    if (
-        "\r\n" not in text
-        and " \n" not in text
-        and "\t\n" not in text
-        and not text.startswith("\n")
-        and not text.endswith((" ", "\t", "\r", "\n"))
-    ):
-        return text
     lines = [line.rstrip(" \t\r") for line in text.split("\n")]
     start, end = 0, len(lines)
     while start < end and not lines[start]:
@@ -196,6 +188,15 @@ def _canon_scalar(value: object) -> object:
         return int(value)
     if isinstance(value, str):  # StrEnum and other str subclasses become plain str
         return "" + value
+    # dict/list subclasses (OrderedDict ...) are written as their base, as orjson does.
+    if isinstance(value, dict):
+        return _canon(dict(value))
+    if isinstance(value, list | tuple):
+        return _canon(list(value))
+    if isinstance(value, Enum):  # orjson writes an enum as its value; the slow path must agree
+        return _canon(value.value)
+    if isinstance(value, uuid.UUID):  # likewise written by orjson as its canonical string
+        return str(value)
     raise _BadValue(f"{type(value).__qualname__} value has no JSON form")
 
 
@@ -206,7 +207,9 @@ def _canon(value: object) -> object:
         out: dict[str, object] = {}
         for k, v in value.items():  # type: ignore[attr-defined]
             if type(k) is not str:
-                raise _BadValue(f"dict key {k!r} is not a string")
+                if not isinstance(k, str):
+                    raise _BadValue(f"dict key {k!r} is not a string")
+                k = "" + k  # noqa: PLW2901 - a str-subclass key is written as plain str, as orjson does
             vk = type(v)
             try:
                 out[k] = v if vk is str or vk is int or v is None else _canon(v)
@@ -232,33 +235,60 @@ def _canon(value: object) -> object:
 _TEXT_PART_TYPES: Final = frozenset({"text", "input_text", "output_text"})
 
 
-def _apply_rule(holder: dict[str, Any], name: str, rule: Callable[[str], str]) -> None:
-    """Normalise ``holder[name]`` if it is text, or the text parts in it if it is a list of parts."""
-    value = holder.get(name)
-    if type(value) is str:
-        holder[name] = rule(value)
-    elif type(value) is list:
-        for part in value:
-            if type(part) is dict and part.get("type") in _TEXT_PART_TYPES and type(part.get("text")) is str:
-                part["text"] = rule(part["text"])
+def _ruled(value: Any, rule: Callable[[str], str]) -> Any:  # noqa: ANN401 - JSON
+    """``value`` with the rule applied if it is text or a list of text parts; copies only what changes."""
+    if isinstance(value, str):
+        return rule(value)
+    if not isinstance(value, list):
+        return value
+    out: list[Any] | None = None
+    for i, part in enumerate(value):
+        if (
+            isinstance(part, dict)
+            and isinstance(part.get("type"), str)
+            and part["type"] in _TEXT_PART_TYPES
+            and isinstance(part.get("text"), str)
+        ):
+            text = rule(part["text"])
+            if text != part["text"]:
+                if out is None:
+                    out = list(value)
+                out[i] = {**part, "text": text}
+    return value if out is None else out
 
 
-def _apply_text_policy(request: dict[str, Any], endpoint: Endpoint, rule: Callable[[str], str]) -> None:
-    """Normalise message text in place on the canonical copy; roles, tools and arguments are untouched."""
+def _with_text_policy(
+    request: dict[str, Any], endpoint: Endpoint, rule: Callable[[str], str]
+) -> dict[str, Any]:
+    """``request`` with message text normalised, copy-on-write: the caller's objects are never changed.
+
+    Only message text is touched: roles, tools, arguments and embedding input are not.
+    """
     if endpoint is Endpoint.EMBEDDINGS:
-        return  # embedding input is data, not a prompt: whitespace changes the vector
+        return request  # embedding input is data, not a prompt: whitespace changes the vector
+    out = dict(request)
     if endpoint is Endpoint.RESPONSES:
-        _apply_rule(request, "instructions", rule)
-        _apply_rule(request, "input", rule)
-        messages = request.get("input")
+        fields, messages_field = ("instructions", "input"), "input"
+    elif endpoint is Endpoint.ANTHROPIC_MESSAGES:
+        fields, messages_field = ("system",), "messages"
     else:
-        if endpoint is Endpoint.ANTHROPIC_MESSAGES:
-            _apply_rule(request, "system", rule)
-        messages = request.get("messages")
-    if type(messages) is list:
-        for message in messages:
-            if type(message) is dict:
-                _apply_rule(message, "content", rule)
+        fields, messages_field = (), "messages"
+    for name in fields:
+        if name in out:
+            out[name] = _ruled(out[name], rule)
+    messages = out.get(messages_field)
+    if isinstance(messages, list):
+        copied: list[Any] | None = None
+        for i, message in enumerate(messages):
+            if isinstance(message, dict) and "content" in message:
+                content = _ruled(message["content"], rule)
+                if content is not message["content"] and content != message["content"]:
+                    if copied is None:
+                        copied = list(messages)
+                    copied[i] = {**message, "content": content}
+        if copied is not None:
+            out[messages_field] = copied
+    return out
 
 
 def _escape(value: object, what: str) -> str:
@@ -297,11 +327,83 @@ def _canon_checked(value: object) -> object:
         raise UncacheableRequestError("value is nested too deeply") from None
 
 
+def _locate_unencodable(value: object, path: str = "$") -> tuple[str, str]:
+    """Where in a canonical value orjson failed: a lone surrogate or an integer beyond 64 bits."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "string holds a lone surrogate (not valid UTF-8)", path
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if not -(2**63) <= value < 2**64:
+            return "integer is beyond 64 bits", path
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            found = _locate_unencodable(k, f"{path}.{k!r}") if isinstance(k, str) else None
+            if found and found[0]:
+                return found
+            found = _locate_unencodable(v, f"{path}.{k}")
+            if found[0]:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _locate_unencodable(v, f"{path}[{i}]")
+            if found[0]:
+                return found
+    return "", path
+
+
 def _dumps(value: object) -> bytes:
     try:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError as exc:  # lone surrogates, integers beyond 64 bits
-        raise UncacheableRequestError(f"no canonical JSON form ({exc})") from None
+        what, where = _locate_unencodable(value)
+        raise UncacheableRequestError(what or f"no canonical JSON form ({exc})", where) from None
+
+
+_FAST_OPTIONS: Final = (
+    orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+)
+
+
+def _floats_need_walk(value: object) -> bool:
+    """True if any float is NaN/inf (orjson would write null) or integral (must be written as an int)."""
+    if type(value) is dict:
+        value = value.values()  # type: ignore[attr-defined]
+    elif type(value) is not list:
+        return type(value) is float and (value != value or value.is_integer() or value in _INFINITIES)  # type: ignore[attr-defined]  # noqa: PLR0124
+    for item in value:  # type: ignore[attr-defined]
+        kind = type(item)
+        if kind is str or kind is int or item is None or kind is bool:
+            continue
+        if kind is float:
+            if item != item or item.is_integer() or item in _INFINITIES:  # noqa: PLR0124 - NaN test
+                return True
+        elif kind is dict or kind is list:
+            if _floats_need_walk(item):
+                return True
+        else:
+            return True  # tuples, subclasses, enums ...: let the full walk decide
+    return False
+
+
+_INFINITIES: Final = (float("inf"), float("-inf"))
+
+
+def _fast_canonical(body: dict[str, Any]) -> bytes | None:
+    """The canonical bytes straight from orjson, or None when the full walk is needed.
+
+    orjson sorts keys and refuses non-string keys, bytes, sets, callables and out-of-range ints. What it
+    does differently from the rules is NaN/inf (written as null) and integral floats (``1.0``, not
+    ``1``); a read-only scan sends any request holding one of those, or any unusual type, down the
+    full walk, which decides exactly. Both paths give the same bytes for the same request.
+    """
+    try:
+        if _floats_need_walk(body):
+            return None
+        return orjson.dumps(body, option=_FAST_OPTIONS)
+    except (orjson.JSONEncodeError, TypeError, RecursionError):
+        return None
 
 
 def canonical_json(value: object) -> bytes:
@@ -350,21 +452,21 @@ def make_key(  # noqa: PLR0913 - the scope is four ids; bundling them would only
         if not hasattr(request, "items"):
             raise UncacheableRequestError(f"request must be a mapping, got {type(request).__qualname__}")
         request = dict(request.items())
-    canon: Any = _canon_checked({k: v for k, v in request.items() if k not in DENY_LIST})
-    if pol is not KeyPolicy.EXACT:
-        _apply_text_policy(canon, ep, _TEXT_RULES[pol])
-    prefix = agent_prefix(namespace, agent_id, agent_version)
+    prefix = agent_prefix(namespace, agent_id) + _escape(agent_version, "agent_version") + ":"
     tenant_part = _NO_TENANT if tenant is None else _escape(tenant, "tenant")
-    material = {
-        "endpoint": ep.value,
-        "policy": pol.value,
-        "request": canon,
-        # The raw ids (not the escaped ones) so the digest never depends on the escaping rule.
-        "scope": [namespace, agent_id, agent_version, tenant],
-    }
-    canonical = _dumps(canon)
-    material_bytes = _dumps(material)
-    digest = hashlib.sha256(b"promptcache-key-v%d\n%s" % (SCHEMA_VERSION, material_bytes)).hexdigest()
+    body = {k: v for k, v in request.items() if k not in DENY_LIST}
+    if pol is not KeyPolicy.EXACT:
+        body = _with_text_policy(body, ep, _TEXT_RULES[pol])
+    canonical = _fast_canonical(body)
+    if canonical is None:  # something needs normalising (or is invalid): the full walk decides
+        canonical = _dumps(_canon_checked(body))
+    # The material is {"endpoint", "policy", "request", "scope"} in canonical JSON; the request's bytes
+    # are spliced in rather than serialised twice. The raw ids (not the escaped ones) go in, so the
+    # digest never depends on the escaping rule.
+    head = _dumps({"endpoint": ep.value, "policy": pol.value})[:-1]
+    scope = _dumps([namespace, agent_id, agent_version, tenant])
+    material = b'%s,"request":%s,"scope":%s}' % (head, canonical, scope)
+    digest = hashlib.sha256(b"promptcache-key-v%d\n%s" % (SCHEMA_VERSION, material)).hexdigest()
     return CacheKey(
         digest=digest,
         store_key=f"{prefix}{tenant_part}:{{{digest}}}",
