@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
 import uuid
+from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import TYPE_CHECKING, Any, Final
 
@@ -30,7 +30,7 @@ from promptcache._validate import parse_enum
 from promptcache.exceptions import InvalidScopeError, UncacheableRequestError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
 __all__ = [
     "DEFAULT_AGENT_VERSION",
@@ -267,6 +267,7 @@ def _with_text_policy(
     if endpoint is Endpoint.EMBEDDINGS:
         return request  # embedding input is data, not a prompt: whitespace changes the vector
     out = dict(request)
+    fields: tuple[str, ...]
     if endpoint is Endpoint.RESPONSES:
         fields, messages_field = ("instructions", "input"), "input"
     elif endpoint is Endpoint.ANTHROPIC_MESSAGES:
@@ -366,13 +367,10 @@ _FAST_OPTIONS: Final = (
 )
 
 
-def _floats_need_walk(value: object) -> bool:
+def _floats_need_walk(value: dict[str, Any] | list[Any]) -> bool:
     """True if any float is NaN/inf (orjson would write null) or integral (must be written as an int)."""
-    if type(value) is dict:
-        value = value.values()  # type: ignore[attr-defined]
-    elif type(value) is not list:
-        return type(value) is float and (value != value or value.is_integer() or value in _INFINITIES)  # type: ignore[attr-defined]  # noqa: PLR0124
-    for item in value:  # type: ignore[attr-defined]
+    items: Iterable[Any] = value.values() if isinstance(value, dict) else value
+    for item in items:
         kind = type(item)
         if kind is str or kind is int or item is None or kind is bool:
             continue

@@ -1,0 +1,210 @@
+"""Cassettes: recorded LLM calls in readable, versioned YAML (safe loader only), free of secrets.
+
+A cassette file::
+
+    # promptcache cassette - recorded LLM responses, replayed by `pytest --promptcache=replay`.
+    version: 1
+    test: tests/test_agent.py::test_classifies
+    recordings:
+    - key: 3f2a...            # the production cache key's digest (schema v1)
+      endpoint: chat.completions
+      scope: {namespace: promptcache, agent_id: default, agent_version: '0', tenant: null}
+      recorded_at: '2026-11-26T06:00:00Z'
+      model: gpt-4o
+      usage: {prompt_tokens: 12, completion_tokens: 5}
+      request: {...}          # the canonical request, secrets scrubbed (for miss diffs)
+      response: {...}         # the full body; or `chunks:` for a stream
+
+Loading refuses anything that is not plain data: python tags, anchors and aliases (alias bombs), files
+over :data:`MAX_CASSETTE_BYTES`, deep nesting. Every error names the file. Writing is atomic
+(temp file + rename) and refuses to write a file in which a credential pattern survived scrubbing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from promptcache.exceptions import CassetteFormatError, SecretLeakError
+
+__all__ = [
+    "CASSETTE_FORMAT",
+    "MAX_CASSETTE_BYTES",
+    "dump_cassette",
+    "find_secret",
+    "load_cassette",
+    "parse_cassette",
+    "save_cassette",
+    "scrub",
+]
+
+CASSETTE_FORMAT: Final = 1
+MAX_CASSETTE_BYTES: Final = 64 * 1024 * 1024
+SCRUBBED: Final = "<scrubbed>"
+HEADER: Final = (
+    "# promptcache cassette - recorded LLM responses, replayed by `pytest --promptcache=replay`.\n"
+    "# Edit with care: `key` must match the request; re-record with `pytest --promptcache=rewrite`.\n"
+)
+
+# Credential shapes that must never reach a file: OpenAI/Anthropic keys, bearer tokens, AWS key ids,
+# Google API keys, GitHub tokens, private key blocks.
+SECRET_PATTERNS: Final = (
+    re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{16,}"),
+    re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/\-]{8,}=*"),
+    re.compile(r"AKIA[0-9A-Z]{16}"),
+    re.compile(r"AIza[0-9A-Za-z_\-]{35}"),
+    re.compile(r"gh[pousr]_[A-Za-z0-9]{30,}"),
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+)
+DEFAULT_SCRUB_FIELDS: Final = frozenset(
+    {"api_key", "api-key", "apikey", "authorization", "x-api-key", "password", "secret", "token"}
+)
+
+try:  # the C loader/dumper when libyaml is present: several times faster on large cassettes
+    _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
+    _BaseDumper: type[yaml.SafeDumper] = yaml.CSafeDumper  # type: ignore[assignment]
+except AttributeError:  # pragma: no cover - depends on how PyYAML was built
+    _Loader = yaml.SafeLoader
+    _BaseDumper = yaml.SafeDumper
+
+
+class _Dumper(_BaseDumper):  # type: ignore[misc,valid-type]
+    """Safe dumper writing multi-line text as literal blocks, so prompts read like prompts."""
+
+
+def _str_representer(dumper: yaml.SafeDumper, text: str) -> yaml.Node:
+    # Literal blocks cannot hold trailing spaces or odd line breaks faithfully; those stay quoted.
+    if (
+        "\n" in text
+        and len(text) > 40
+        and not any(c in text for c in "\r\t\x0b\x0c\x85\u2028\u2029")
+        and not any(line.endswith(" ") for line in text.split("\n"))
+    ):
+        return dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|")
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text)
+
+
+_Dumper.add_representer(str, _str_representer)
+
+
+def scrub(value: Any, fields: frozenset[str] = DEFAULT_SCRUB_FIELDS) -> Any:  # noqa: ANN401 - JSON
+    """A copy of ``value`` with credential patterns in strings and the values of ``fields`` replaced."""
+    if isinstance(value, str):
+        for pattern in SECRET_PATTERNS:
+            value = pattern.sub(SCRUBBED, value)
+        return value
+    if isinstance(value, dict):
+        return {
+            k: (SCRUBBED if isinstance(k, str) and k.lower() in fields and v else scrub(v, fields))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [scrub(v, fields) for v in value]
+    return value
+
+
+def find_secret(text: str) -> str | None:
+    """The name of the first credential pattern found in ``text``, or None."""
+    for pattern in SECRET_PATTERNS:
+        if pattern.search(text):
+            return pattern.pattern
+    return None
+
+
+def dump_cassette(doc: dict[str, Any]) -> str:
+    """The YAML text of a cassette document (header comment included)."""
+    return HEADER + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
+
+
+def save_cassette(path: str | Path, doc: dict[str, Any]) -> None:
+    """Write ``doc`` to ``path`` atomically, refusing if a credential pattern is still in the text.
+
+    Raises:
+        SecretLeakError: A credential pattern survived scrubbing; nothing is written.
+    """
+    path = Path(path)
+    text = dump_cassette(doc)
+    leaked = find_secret(text)
+    if leaked is not None:
+        raise SecretLeakError(f"refusing to write {path}: it would contain a credential (pattern {leaked})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        Path(tmp).replace(path)  # atomic on POSIX: readers see the old file or the new one, never half
+    except BaseException:
+        with contextlib.suppress(OSError):  # cleanup only; the original error is what matters
+            Path(tmp).unlink()
+        raise
+
+
+def _check_recording(where: str, index: int, rec: object) -> None:
+    if not isinstance(rec, dict):
+        raise CassetteFormatError(f"{where}: recordings[{index}] is not a mapping")
+    if not isinstance(rec.get("key"), str):
+        raise CassetteFormatError(f"{where}: recordings[{index}] has no string 'key'")
+    if not isinstance(rec.get("endpoint"), str):
+        raise CassetteFormatError(f"{where}: recordings[{index}] has no string 'endpoint'")
+    if "response" not in rec and not isinstance(rec.get("chunks"), list):
+        raise CassetteFormatError(f"{where}: recordings[{index}] has neither 'response' nor 'chunks'")
+
+
+def parse_cassette(text: str | bytes, where: str = "<cassette>") -> dict[str, Any]:
+    """Parse and check cassette text; ``where`` names the source in every error.
+
+    Raises:
+        CassetteFormatError: Not plain YAML data of the cassette shape.
+    """
+    if len(text) > MAX_CASSETTE_BYTES:
+        raise CassetteFormatError(f"{where}: larger than {MAX_CASSETTE_BYTES} bytes")
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CassetteFormatError(f"{where}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        # Anchors and aliases are refused before anything is built: no alias bombs.
+        for event in yaml.parse(text, Loader=_Loader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                raise CassetteFormatError(f"{where}: YAML anchors/aliases are not allowed in cassettes")
+        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is yaml's (C)SafeLoader
+    except yaml.YAMLError as exc:
+        raise CassetteFormatError(f"{where}: not valid cassette YAML ({exc})") from None
+    except RecursionError:
+        raise CassetteFormatError(f"{where}: nested too deeply") from None
+    if not isinstance(doc, dict):
+        raise CassetteFormatError(f"{where}: a cassette is a mapping with 'version' and 'recordings'")
+    if doc.get("version") != CASSETTE_FORMAT:
+        raise CassetteFormatError(
+            f"{where}: cassette version {doc.get('version')!r} is not {CASSETTE_FORMAT}"
+        )
+    recordings = doc.get("recordings")
+    if not isinstance(recordings, list):
+        raise CassetteFormatError(f"{where}: 'recordings' must be a list")
+    for index, rec in enumerate(recordings):
+        _check_recording(where, index, rec)
+    return doc
+
+
+def load_cassette(path: str | Path) -> dict[str, Any] | None:
+    """The cassette at ``path``, or None when there is no such file.
+
+    Raises:
+        CassetteFormatError: The file exists but is not a valid cassette; the message names it.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return None
+    if size > MAX_CASSETTE_BYTES:
+        raise CassetteFormatError(f"{path}: larger than {MAX_CASSETTE_BYTES} bytes")
+    return parse_cassette(path.read_bytes(), str(path))
