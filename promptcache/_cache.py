@@ -9,11 +9,12 @@ through the store's short lock (:class:`~promptcache.backends.LockingStore`) wit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import secrets
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Self
 
 import orjson
@@ -26,7 +27,13 @@ from promptcache._resilience import BreakerState, CircuitBreaker, Guard, StoreSk
 from promptcache._stats import CacheStats, Counters
 from promptcache._stores import DEFAULT_TIMEOUTS, open_store
 from promptcache.backends import LockingStore, Store
-from promptcache.exceptions import EntryError, PromptCacheError, StoreError, UncacheableRequestError
+from promptcache.exceptions import (
+    ConfigError,
+    EntryError,
+    PromptCacheError,
+    StoreError,
+    UncacheableRequestError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -40,6 +47,7 @@ log = logging.getLogger("promptcache")
 class _Flight:
     task: asyncio.Task[tuple[Any, bool]]
     waiters: int = 0
+    snapshot: bytes | None = None  # the answer's JSON, taken before any caller can change the object
 
 
 class PromptCache:
@@ -94,6 +102,12 @@ class PromptCache:
         Raises:
             ConfigError: Unknown scheme, bad path or bad option; the message names it.
         """
+        known = {f.name for f in fields(CacheConfig)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) {', '.join(unknown)}; CacheConfig has: {', '.join(sorted(known))}"
+            )
         cfg = replace(config, **options) if config is not None else CacheConfig(**options)
         return cls(open_store(url), cfg)
 
@@ -161,8 +175,8 @@ class PromptCache:
         self._check_open()
         ttl = self._ttl(ttl)
         counters = self._counters
-        counters.requests += 1
         if bypass:
+            counters.requests += 1
             counters.bypasses += 1
             return await call()
         try:
@@ -175,12 +189,18 @@ class PromptCache:
                 policy=policy,
             )
         except UncacheableRequestError as exc:
+            counters.requests += 1
             counters.bypasses += 1
             counters.uncacheable += 1
             log.debug("promptcache: request bypasses the cache: %s", exc)
             return await call()
+        counters.requests += 1  # counted once the key exists, so bad input never skews the invariant
         if not refresh:
-            entry = await self._lookup(key)
+            try:
+                entry = await self._lookup(key)
+            except BaseException:  # cancelled, or StoreError with fail_open=False: still one request
+                counters.misses += 1
+                raise
             if entry is not None and entry.chunks is None:
                 self._count_hit(entry)
                 return entry.body
@@ -223,6 +243,7 @@ class PromptCache:
         latency: float = 0.0,
     ) -> bool:
         """Store ``response`` for ``request`` if it is a storable success; True when it was written."""
+        self._check_open()
         key = self.key(
             request,
             agent_id=agent_id,
@@ -295,7 +316,12 @@ class PromptCache:
         self._check_open()
         prefix = agent_prefix(self.config.namespace, agent_id, agent_version)
         try:
-            return await self.store.delete_prefix(prefix)
+            async with asyncio.timeout(self.config.invalidate_timeout):
+                return await self.store.delete_prefix(prefix)
+        except TimeoutError as exc:
+            raise StoreError(
+                f"invalidating agent {agent_id!r} did not finish within {self.config.invalidate_timeout} s"
+            ) from exc
         except Exception as exc:
             raise StoreError(f"invalidating agent {agent_id!r} failed: {type(exc).__name__}: {exc}") from exc
 
@@ -407,6 +433,7 @@ class PromptCache:
             flight.waiters -= 1
             current = asyncio.current_task()
             if current is not None and current.cancelling():  # this caller was cancelled
+                self._counters.misses += 1
                 if flight.waiters == 0 and not flight.task.done():
                     flight.task.cancel()  # nobody is left to receive the answer
                 raise
@@ -426,7 +453,8 @@ class PromptCache:
         self._counters.hits += 1
         if not leader:
             self._counters.coalesced += 1
-            body = orjson.loads(orjson.dumps(body))  # each caller gets its own copy to mutate
+            if flight.snapshot is not None:
+                body = orjson.loads(flight.snapshot)  # each caller gets its own copy to mutate
         self._count_saving(body)
         return body
 
@@ -436,10 +464,15 @@ class PromptCache:
         self._counters.output_tokens_saved += out
 
     def _end_flight(self, store_key: str, flight: _Flight, _task: object) -> None:
+        # Runs before any waiting caller resumes (done callbacks are scheduled first), so the snapshot
+        # is taken before the first caller can change the answer it gets.
         if self._flights.get(store_key) is flight:
             del self._flights[store_key]
-        if not flight.task.cancelled():
-            flight.task.exception()  # mark it retrieved: the callers re-raise it, asyncio need not log it
+        if flight.task.cancelled() or flight.task.exception() is not None:
+            return  # exception() also marks it retrieved: the callers re-raise it
+        if flight.waiters > 1:
+            with contextlib.suppress(TypeError):  # a body that is not JSON is shared as it is
+                flight.snapshot = orjson.dumps(flight.task.result()[0])
 
     async def _fill(
         self,
@@ -487,6 +520,12 @@ class PromptCache:
             if not ok:
                 return None, None  # store trouble: answer without the lock rather than wait on it
             if got:
+                # Another process may have written the entry and released the lock between our lookup
+                # and this lock: look once more before paying for a second upstream call.
+                entry = await self._lookup(key)
+                if entry is not None and entry.chunks is None:
+                    await self._unlock(key, token)
+                    return entry, None
                 return None, token
             if not waited:
                 waited = True

@@ -38,6 +38,7 @@ class CacheConfig:
         lock_wait: Seconds a process waits for another's upstream call before calling upstream itself.
         fail_open: When True (default) a store fault turns into a miss, counted and logged; when False
             it raises :class:`~promptcache.StoreError` to the caller.
+        invalidate_timeout: Seconds an invalidation may take before it raises StoreError.
         keep_request: Store the canonical request in each entry (for diffs and ``promptcache inspect``).
         finish_reasons: Finishing reasons whose answers may be stored.
 
@@ -57,6 +58,7 @@ class CacheConfig:
     lock_wait: float = DEFAULT_LOCK_WAIT
     fail_open: bool = True
     keep_request: bool = False
+    invalidate_timeout: float = 30.0
     finish_reasons: frozenset[str] = field(default_factory=lambda: DEFAULT_FINISH_REASONS)
 
     def __post_init__(self) -> None:
@@ -74,6 +76,7 @@ class CacheConfig:
         positive(self.max_pending_writes, "max_pending_writes")
         positive(self.lock_ttl, "lock_ttl")
         positive(self.lock_wait, "lock_wait", allow_zero=True)
+        positive(self.invalidate_timeout, "invalidate_timeout")
         if not isinstance(self.finish_reasons, frozenset):
             object.__setattr__(self, "finish_reasons", frozenset(self.finish_reasons))
 

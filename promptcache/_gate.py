@@ -58,7 +58,7 @@ def _is_json(text: object) -> bool:
     return True
 
 
-def _chat_refusal(  # noqa: PLR0911 - one early return per reason, each named in its result
+def _chat_refusal(
     body: dict[str, Any], request: dict[str, Any] | None, reasons: frozenset[str]
 ) -> str | None:
     choices = body.get("choices")
@@ -203,7 +203,7 @@ def _data_of_type(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any
     ]
 
 
-def stream_refusal(  # noqa: PLR0911 - one early return per reason
+def stream_refusal(
     endpoint: Endpoint,
     events: list[dict[str, Any]],
     request: dict[str, Any] | None = None,

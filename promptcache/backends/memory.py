@@ -52,9 +52,12 @@ class MemoryStore:
             self._data.popitem(last=False)
 
     async def delete(self, key: str) -> bool:
-        return self._data.pop(key, None) is not None
+        item = self._data.pop(key, None)
+        return item is not None and item[1] > self._clock()
 
     async def delete_prefix(self, prefix: str) -> int:
+        if not prefix:
+            raise ValueError("delete_prefix needs a non-empty prefix")
         now = self._clock()
         doomed = [k for k in self._data if k.startswith(prefix)]
         live = sum(1 for k in doomed if self._data[k][1] > now)  # expired entries were already gone

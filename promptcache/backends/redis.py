@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING, Any, Final, Self
-from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -33,15 +32,16 @@ if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) 
 """
 
 
+_USERINFO: Final = re.compile(r"//[^/@]*@")
+_QUERY_SECRET: Final = re.compile(r"(?i)((?:password|passwd|pwd|username|user)=)[^&#]*")
+
+
 def redact_url(url: str) -> str:
-    """``url`` with any user name and password replaced by ``***``, safe for logs and reprs."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return parts._replace(netloc=f"***@{host}").geturl()
+    """``url`` with user name, password and password-like query values replaced by ``***``.
+
+    Never raises, even for a malformed URL: it is used while reporting exactly such URLs.
+    """
+    return _QUERY_SECRET.sub(r"\1***", _USERINFO.sub("//***@", str(url), count=1))
 
 
 def glob_escape(text: str) -> str:

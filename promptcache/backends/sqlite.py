@@ -34,11 +34,6 @@ CREATE TABLE IF NOT EXISTS promptcache_locks (
 _PURGE_EVERY: Final = 256
 
 
-def _prefix_upper_bound(prefix: str) -> str:
-    """The smallest string greater than every string starting with ``prefix`` (for a range scan)."""
-    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
-
-
 class SQLiteStore:
     """A persistent store in one SQLite file.
 
@@ -111,8 +106,14 @@ class SQLiteStore:
         await self._run(op)
 
     async def delete(self, key: str) -> bool:
+        now = self._clock()
+
         def op(conn: sqlite3.Connection) -> bool:
-            return conn.execute("DELETE FROM promptcache_entries WHERE key = ?", (key,)).rowcount > 0
+            live = conn.execute(
+                "SELECT 1 FROM promptcache_entries WHERE key = ? AND expires_at > ?", (key, now)
+            ).fetchone()
+            conn.execute("DELETE FROM promptcache_entries WHERE key = ?", (key,))
+            return live is not None
 
         return await self._run(op)
 
@@ -120,16 +121,16 @@ class SQLiteStore:
         if not prefix:
             raise ValueError("delete_prefix needs a non-empty prefix")
         now = self._clock()
-        bounds = (prefix, _prefix_upper_bound(prefix))
+        match = (len(prefix), prefix)
 
         def op(conn: sqlite3.Connection) -> int:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 (live,) = conn.execute(
-                    "SELECT COUNT(*) FROM promptcache_entries WHERE key >= ? AND key < ? AND expires_at > ?",
-                    (*bounds, now),
+                    "SELECT COUNT(*) FROM promptcache_entries WHERE substr(key, 1, ?) = ? AND expires_at > ?",
+                    (*match, now),
                 ).fetchone()
-                conn.execute("DELETE FROM promptcache_entries WHERE key >= ? AND key < ?", bounds)
+                conn.execute("DELETE FROM promptcache_entries WHERE substr(key, 1, ?) = ?", match)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise

@@ -1,0 +1,380 @@
+"""Instrumentation: a hook Protocol fed frozen event records, and two hooks that count them.
+
+A :class:`~promptcache.PromptCache` built with ``hooks=[...]`` calls each hook with one frozen record
+for every request it answers (:class:`RequestEvent`: a hit, a miss or a bypass, exactly one per request,
+so hit accounting never double-counts), every store call (:class:`StoreEvent`) and every circuit-breaker
+transition (:class:`BreakerEvent`). With no hooks nothing is built: the hit path pays one truth test.
+
+Two hooks ship here:
+
+- :class:`MetricsRecorder` keeps in-process totals by agent and model, money included (the demo and
+  tests use it; so can a health endpoint).
+- :class:`PrometheusHook` feeds ``prometheus-client`` counters and histograms (``pip install
+  promptcache[prometheus]``); :func:`start_exporter` serves them over HTTP. Metric names::
+
+      promptcache_requests_total{agent,model,result}            result: hit | miss | bypass
+      promptcache_tokens_saved_total{agent,model,token_type}    token_type: input | output
+      promptcache_cost_saved_usd_total{agent,model}             priced by a PriceTable
+      promptcache_unpriced_hits_total{agent,model}              hits whose model has no price
+      promptcache_latency_saved_seconds_total{agent,model}      upstream time the hits did not spend
+      promptcache_store_latency_seconds{operation}              histogram of store call durations
+      promptcache_store_errors_total{operation,outcome}         outcome: error | timeout | skipped
+      promptcache_breaker_state{state}                          1 for the current state, else 0
+
+A hook that raises is logged (once) and otherwise ignored: metrics never break an answer.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from promptcache._prices import PriceTable
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+__all__ = [
+    "BreakerEvent",
+    "CacheEvent",
+    "Hook",
+    "MetricsRecorder",
+    "PrometheusHook",
+    "RequestEvent",
+    "Result",
+    "StoreEvent",
+    "UsageRow",
+    "render_prometheus",
+    "start_exporter",
+]
+
+UNKNOWN: Final = "unknown"
+"""The label value for an agent or model an event does not know."""
+
+STORE_LATENCY_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class Result(StrEnum):
+    """How a request was answered.
+
+    .. versionadded:: 0.1.0
+    """
+
+    HIT = "hit"
+    MISS = "miss"
+    BYPASS = "bypass"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestEvent:
+    """One request answered by the cache: exactly one event per request.
+
+    Attributes:
+        result: Hit, miss or bypass.
+        namespace: The cache's namespace.
+        agent_id: The agent; None only for bypasses reported without one.
+        agent_version: The agent's version, when known.
+        model: The model the request asked for (its ``model`` field), when it names one.
+        input_tokens: Hit: prompt tokens saved. Miss: prompt tokens the upstream answer reported (0 when
+            the call failed or was made outside the cache). Bypass: 0.
+        output_tokens: Likewise for completion tokens.
+        latency_saved: Hit: seconds the original upstream call took (what this hit saved); else 0.
+        coalesced: Hit: the caller shared another caller's in-flight upstream call.
+        reason: Bypass: ``"requested"`` or ``"uncacheable"``. Miss: ``"error"`` when upstream raised.
+
+    .. versionadded:: 0.1.0
+    """
+
+    result: Result
+    namespace: str
+    agent_id: str | None = None
+    agent_version: str | None = None
+    model: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    latency_saved: float = 0.0
+    coalesced: bool = False
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreEvent:
+    """One store call (or one the open breaker skipped).
+
+    Attributes:
+        operation: ``get``, ``set``, ``lock`` or ``unlock``.
+        outcome: ``ok``, ``error``, ``timeout`` or ``skipped``.
+        seconds: How long the call took (0 when skipped).
+        error: The exception's type name, for errors and timeouts.
+
+    .. versionadded:: 0.1.0
+    """
+
+    namespace: str
+    operation: str
+    outcome: str
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerEvent:
+    """The store circuit breaker moved from ``old`` to ``new`` (``closed``, ``open``, ``half_open``).
+
+    .. versionadded:: 0.1.0
+    """
+
+    namespace: str
+    old: str
+    new: str
+
+
+CacheEvent = RequestEvent | StoreEvent | BreakerEvent
+"""Everything a hook is called with."""
+
+
+class Hook(Protocol):
+    """Anything callable with one :data:`CacheEvent`; called on the cache's event loop, so keep it quick.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __call__(self, event: CacheEvent) -> None: ...
+
+
+@dataclass(slots=True)
+class UsageRow:
+    """Totals for one (agent, model) pair, as counted by :class:`MetricsRecorder`."""
+
+    hits: int = 0
+    misses: int = 0
+    bypasses: int = 0
+    coalesced: int = 0
+    input_tokens_saved: int = 0
+    output_tokens_saved: int = 0
+    cost_saved: float = 0.0
+    unpriced_hits: int = 0
+    latency_saved: float = 0.0
+
+    @property
+    def requests(self) -> int:
+        return self.hits + self.misses + self.bypasses
+
+    @property
+    def hit_rate(self) -> float:
+        """Hits over lookups (hits + misses), 0.0 before the first lookup."""
+        lookups = self.hits + self.misses
+        return self.hits / lookups if lookups else 0.0
+
+    @property
+    def tokens_saved(self) -> int:
+        return self.input_tokens_saved + self.output_tokens_saved
+
+    def add(self, other: UsageRow) -> None:
+        for name in self.__slots__:  # type: ignore[attr-defined]
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+class MetricsRecorder:
+    """A hook that keeps in-process totals by ``(agent, model)``, money included.
+
+    Args:
+        prices: Turns saved tokens into dollars; :class:`~promptcache.PriceTable` defaults if None.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, prices: PriceTable | None = None) -> None:
+        self.prices = prices if prices is not None else PriceTable()
+        self.rows: dict[tuple[str, str], UsageRow] = {}
+        self.store_errors = 0
+        self.breaker_state = "closed"
+
+    def __call__(self, event: CacheEvent) -> None:
+        if isinstance(event, RequestEvent):
+            key = (event.agent_id or UNKNOWN, event.model or UNKNOWN)
+            row = self.rows.get(key)
+            if row is None:
+                row = self.rows[key] = UsageRow()
+            if event.result is Result.HIT:
+                row.hits += 1
+                row.coalesced += event.coalesced
+                row.input_tokens_saved += event.input_tokens
+                row.output_tokens_saved += event.output_tokens
+                row.latency_saved += event.latency_saved
+                cost = self.prices.cost(event.model, event.input_tokens, event.output_tokens)
+                if cost is None:
+                    row.unpriced_hits += 1
+                else:
+                    row.cost_saved += cost
+            elif event.result is Result.MISS:
+                row.misses += 1
+            else:
+                row.bypasses += 1
+        elif isinstance(event, StoreEvent):
+            self.store_errors += event.outcome in {"error", "timeout"}
+        else:
+            self.breaker_state = event.new
+
+    def total(self) -> UsageRow:
+        """Every row added up."""
+        out = UsageRow()
+        for row in self.rows.values():
+            out.add(row)
+        return out
+
+
+# -- Prometheus ------------------------------------------------------------------------------------
+
+
+def _prometheus() -> Any:  # noqa: ANN401 - the module, imported on first use only
+    try:
+        import prometheus_client  # noqa: PLC0415 - optional extra, imported lazily
+    except ImportError:
+        raise ImportError(
+            "Prometheus metrics need prometheus-client: pip install 'promptcache[prometheus]'"
+        ) from None
+    return prometheus_client
+
+
+@dataclass(slots=True)
+class _PromMetrics:
+    requests: Any
+    tokens: Any
+    cost: Any
+    unpriced: Any
+    latency_saved: Any
+    store_latency: Any
+    store_errors: Any
+    breaker: Any
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+# One metric set per registry, created on first use: two hooks on one registry share the series
+# instead of failing with "Duplicated timeseries".
+_REGISTRIES: weakref.WeakKeyDictionary[Any, _PromMetrics] = weakref.WeakKeyDictionary()
+_REGISTRIES_LOCK = threading.Lock()
+
+
+def _metrics_for(registry: Any) -> _PromMetrics:  # noqa: ANN401
+    with _REGISTRIES_LOCK:
+        found = _REGISTRIES.get(registry)
+        if found is not None:
+            return found
+        prom = _prometheus()
+        agent_model = ("agent", "model")
+        metrics = _PromMetrics(
+            requests=prom.Counter(
+                "promptcache_requests", "Requests answered, by result.", (*agent_model, "result"),
+                registry=registry,
+            ),
+            tokens=prom.Counter(
+                "promptcache_tokens_saved", "Tokens cache hits did not spend.", (*agent_model, "token_type"),
+                registry=registry,
+            ),
+            cost=prom.Counter(
+                "promptcache_cost_saved_usd", "US dollars cache hits did not spend.", agent_model,
+                registry=registry,
+            ),
+            unpriced=prom.Counter(
+                "promptcache_unpriced_hits", "Hits whose model has no price (cost saved unknown).",
+                agent_model, registry=registry,
+            ),
+            latency_saved=prom.Counter(
+                "promptcache_latency_saved_seconds", "Upstream seconds cache hits did not wait.",
+                agent_model, registry=registry,
+            ),
+            store_latency=prom.Histogram(
+                "promptcache_store_latency_seconds", "Store call duration.", ("operation",),
+                buckets=STORE_LATENCY_BUCKETS, registry=registry,
+            ),
+            store_errors=prom.Counter(
+                "promptcache_store_errors", "Store calls that failed, timed out or were skipped.",
+                ("operation", "outcome"), registry=registry,
+            ),
+            breaker=prom.Gauge(
+                "promptcache_breaker_state", "1 for the store circuit breaker's current state.", ("state",),
+                registry=registry,
+            ),
+        )  # fmt: skip
+        for state in ("closed", "open", "half_open"):
+            metrics.breaker.labels(state).set(1 if state == "closed" else 0)
+        _REGISTRIES[registry] = metrics
+        return metrics
+
+
+class PrometheusHook:
+    """A hook feeding Prometheus counters and histograms (labels ``agent`` and ``model``).
+
+    Args:
+        registry: The ``prometheus_client.CollectorRegistry``; the global default if None.
+        prices: Turns saved tokens into dollars; :class:`~promptcache.PriceTable` defaults if None.
+
+    Raises:
+        ImportError: prometheus-client is not installed (the message names the extra).
+
+    Example::
+
+        hook = PrometheusHook()
+        cache = PromptCache.from_url("redis://localhost:6379/0", hooks=[hook])
+        start_exporter(9464)  # http://localhost:9464/metrics
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, prices: PriceTable | None = None) -> None:
+        prom = _prometheus()
+        self.registry = registry if registry is not None else prom.REGISTRY
+        self.prices = prices if prices is not None else PriceTable()
+        self._metrics: _PromMetrics | None = None
+
+    def __call__(self, event: CacheEvent) -> None:
+        m = self._metrics
+        if m is None:
+            m = self._metrics = _metrics_for(self.registry)
+        if isinstance(event, RequestEvent):
+            agent, model = event.agent_id or UNKNOWN, event.model or UNKNOWN
+            m.requests.labels(agent, model, event.result.value).inc()
+            if event.result is not Result.HIT:
+                return
+            m.tokens.labels(agent, model, "input").inc(event.input_tokens)
+            m.tokens.labels(agent, model, "output").inc(event.output_tokens)
+            m.latency_saved.labels(agent, model).inc(event.latency_saved)
+            cost = self.prices.cost(event.model, event.input_tokens, event.output_tokens)
+            if cost is None:
+                m.unpriced.labels(agent, model).inc()
+            else:
+                m.cost.labels(agent, model).inc(cost)
+        elif isinstance(event, StoreEvent):
+            if event.outcome != "skipped":
+                m.store_latency.labels(event.operation).observe(event.seconds)
+            if event.outcome != "ok":
+                m.store_errors.labels(event.operation, event.outcome).inc()
+        else:
+            with m.lock:  # the three gauges move together
+                for state in ("closed", "open", "half_open"):
+                    m.breaker.labels(state).set(1 if state == event.new else 0)
+
+
+def render_prometheus(registry: CollectorRegistry | None = None) -> str:
+    """The registry's metrics in the Prometheus text exposition format (what ``/metrics`` serves)."""
+    prom = _prometheus()
+    data: bytes = prom.generate_latest(registry if registry is not None else prom.REGISTRY)
+    return data.decode("utf-8")
+
+
+def start_exporter(
+    port: int = 9464, addr: str = "127.0.0.1", registry: CollectorRegistry | None = None
+) -> Any:  # noqa: ANN401 - the http.server instance prometheus-client returns
+    """Serve ``/metrics`` on ``addr:port`` from a daemon thread; returns the server (``.shutdown()``).
+
+    Port 0 picks a free port: read it from ``server.server_port``. Binds to loopback unless told otherwise.
+    """
+    prom = _prometheus()
+    server, _thread = prom.start_http_server(
+        port, addr=addr, registry=registry if registry is not None else prom.REGISTRY
+    )
+    return server

@@ -1,0 +1,307 @@
+"""The recorder behind one test: replays recordings by the production cache key, records what is missing.
+
+Interception happens at the SDKs' HTTP transports (``httpx2`` and ``httpx``: ``HTTPTransport`` and
+``AsyncHTTPTransport``), so clients built deep inside the code under test are covered without injection.
+Only requests to the cached endpoints are intercepted; everything else passes through untouched.
+
+A replay miss fails the test with :func:`pytest.fail`, whose exception derives from ``BaseException``:
+the SDKs' retry loops catch ``Exception``, so the miss reaches pytest at once, with no retries and no
+backoff sleeps.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pytest
+
+from promptcache._cassette import CASSETTE_FORMAT, DEFAULT_SCRUB_FIELDS, scrub
+from promptcache._gate import is_terminal, stream_summary, usage_of
+from promptcache._keys import DEFAULT_AGENT_VERSION, DEFAULT_NAMESPACE, CacheKey, KeyPolicy, make_key
+from promptcache.exceptions import UncacheableRequestError
+from promptcache.integrations._sse import SSEParser, encode_events
+from promptcache.integrations._transport import TransportScope, httpx_module, plan_request
+from promptcache.pytest_plugin._report import miss_message
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+    from promptcache.pytest_plugin._stores import CassetteStore
+
+__all__ = ["Mode", "Recorder"]
+
+_HOP_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+
+
+class Mode(StrEnum):
+    """Record/replay modes (validated at the boundary; the error lists these values)."""
+
+    REPLAY = "replay"  # no network; a miss fails the test
+    AUTO = "auto"  # replay, record what is missing
+    RECORD = "record"  # always call upstream and overwrite the recordings of the requests made
+    REWRITE = "rewrite"  # drop the test's recordings, then record
+    OFF = "off"
+
+
+@dataclass
+class Recorder:
+    """What one test recorded and replayed; exposed to tests as the ``promptcache`` fixture.
+
+    Attributes:
+        calls: Intercepted LLM requests.
+        replayed: Answered from the cassette.
+        recorded: Sent upstream and recorded.
+        missing: Replay misses (each failed the test).
+        usage: Tokens of the replayed answers (what the test did not pay for).
+    """
+
+    test_id: str
+    cassette: str
+    mode: Mode
+    store: CassetteStore
+    namespace: str = DEFAULT_NAMESPACE
+    agent_id: str = "default"
+    agent_version: str = DEFAULT_AGENT_VERSION
+    policy: KeyPolicy = KeyPolicy.TRIM
+    scrub_fields: frozenset[str] = DEFAULT_SCRUB_FIELDS
+    calls: int = 0
+    replayed: int = 0
+    recorded: int = 0
+    missing: int = 0
+    usage: Counter[str] = field(default_factory=Counter)
+    replayed_recordings: list[dict[str, Any]] = field(default_factory=list)
+    _existing: list[dict[str, Any]] = field(default_factory=list)
+    _new: list[dict[str, Any]] = field(default_factory=list)
+    _positions: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        if self.mode is not Mode.REWRITE:
+            doc = self.store.load(self.cassette)
+            self._existing = list(doc["recordings"]) if doc else []
+
+    # -- decisions (no I/O) -----------------------------------------------------------------------
+
+    def _scope(self) -> TransportScope:
+        return TransportScope(agent_id=self.agent_id, agent_version=self.agent_version, policy=self.policy)
+
+    def _key(self, request: Any) -> tuple[CacheKey, dict[str, Any]] | None:  # noqa: ANN401
+        plan = plan_request(request, self._scope())
+        if plan is None:
+            return None
+        try:
+            key = make_key(
+                plan.body,
+                namespace=self.namespace,
+                agent_id=plan.agent_id,
+                agent_version=plan.agent_version,
+                tenant=plan.tenant,
+                endpoint=plan.endpoint,
+                policy=self.policy,
+            )
+        except UncacheableRequestError:
+            return None
+        return key, plan.body
+
+    def _replay(self, key: CacheKey) -> dict[str, Any] | None:
+        """The next recording for ``key`` in order (the n-th identical request gets the n-th answer)."""
+        if self.mode in (Mode.RECORD, Mode.REWRITE):
+            return None
+        matches = [r for r in self._existing if r.get("key") == key.digest]
+        position = self._positions[key.digest]
+        if position >= len(matches):
+            return None
+        self._positions[key.digest] += 1
+        self.replayed += 1
+        recording = matches[position]
+        self.replayed_recordings.append(recording)
+        inp, out = usage_of({"usage": recording.get("usage")})
+        self.usage.update(input_tokens=inp, output_tokens=out)
+        return recording
+
+    def _miss(self, key: CacheKey) -> None:
+        if self.mode is Mode.REPLAY:
+            self.missing += 1
+            request = scrub(orjson.loads(key.canonical), self.scrub_fields)
+            pytest.fail(
+                miss_message(
+                    test_id=self.test_id,
+                    where=self.store.describe(self.cassette),
+                    key=key,
+                    request=request,
+                    recordings=self._existing,
+                    times_seen=self._positions[key.digest],
+                ),
+                pytrace=False,
+            )
+
+    def _record(self, key: CacheKey, status: int, body: Any = None, chunks: list[Any] | None = None) -> None:  # noqa: ANN401
+        source = body if chunks is None else stream_summary(key.endpoint, chunks)
+        recording: dict[str, Any] = {
+            "key": key.digest,
+            "endpoint": key.endpoint.value,
+            "scope": {
+                "namespace": key.namespace,
+                "agent_id": key.agent_id,
+                "agent_version": key.agent_version,
+                "tenant": key.tenant,
+            },
+            "recorded_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "model": source.get("model") if isinstance(source, dict) else None,
+            "usage": source.get("usage") if isinstance(source, dict) else None,
+            "status": status,
+            "request": scrub(orjson.loads(key.canonical), self.scrub_fields),
+        }
+        if chunks is not None:
+            recording["chunks"] = scrub(chunks, self.scrub_fields)
+        else:
+            recording["response"] = scrub(body, self.scrub_fields)
+        self._new.append(recording)
+        self.recorded += 1
+
+    def unused(self) -> list[dict[str, Any]]:
+        """Existing recordings this test did not replay (meaningful after a passing replay run)."""
+        left = Counter(self._positions)
+        out = []
+        for rec in self._existing:
+            digest = rec.get("key", "")
+            if left[digest] > 0:
+                left[digest] -= 1
+            else:
+                out.append(rec)
+        return out
+
+    def save(self, *, prune: bool = False) -> None:
+        """Write what this test recorded (or drop unused recordings when pruning)."""
+        if not self._new and not (prune and self.unused()) and self.mode is not Mode.REWRITE:
+            return
+        new, mode = list(self._new), self.mode
+        called = {r["key"] for r in new}
+        unused_ids = {id(r) for r in self.unused()} if prune else set()
+        kept_ids = {id(r) for r in self._existing if id(r) not in unused_ids}
+
+        def change(current: dict[str, Any] | None) -> dict[str, Any] | None:
+            old = list(current["recordings"]) if current and mode is not Mode.REWRITE else []
+            if mode is Mode.RECORD:
+                old = [r for r in old if r.get("key") not in called]
+            if prune:
+                # Keep what another writer added since we loaded, and what this test did use.
+                mine = {_fingerprint(r) for r in self._existing if id(r) in kept_ids}
+                theirs = {_fingerprint(r) for r in self._existing}
+                old = [r for r in old if _fingerprint(r) in mine or _fingerprint(r) not in theirs]
+            recordings = old + new
+            if not recordings:
+                return None
+            return {"version": CASSETTE_FORMAT, "test": self.test_id, "recordings": recordings}
+
+        self.store.update(self.cassette, change)
+
+    # -- I/O shells: async and sync share the decisions above -------------------------------------
+
+    async def handle_async(self, transport: Any, request: Any, send: Any) -> Any:  # noqa: ANN401
+        found = self._key(request)
+        if found is None:
+            return await send(transport, request)
+        key, body = found
+        self.calls += 1
+        recording = self._replay(key)
+        if recording is not None:
+            return _replay_response(request, recording)
+        self._miss(key)
+        response = await send(transport, request)
+        if body.get("stream") is True and _is_event_stream(response):
+            return _tee(request, response, lambda events: self._record(key, 200, chunks=events), key)
+        await response.aread()
+        self._record_response(key, response)
+        return response
+
+    def handle_sync(self, transport: Any, request: Any, send: Any) -> Any:  # noqa: ANN401
+        found = self._key(request)
+        if found is None:
+            return send(transport, request)
+        key, body = found
+        self.calls += 1
+        recording = self._replay(key)
+        if recording is not None:
+            return _replay_response(request, recording)
+        self._miss(key)
+        response = send(transport, request)
+        if body.get("stream") is True and _is_event_stream(response):
+            return _tee(request, response, lambda events: self._record(key, 200, chunks=events), key)
+        response.read()
+        self._record_response(key, response)
+        return response
+
+    def _record_response(self, key: CacheKey, response: Any) -> None:  # noqa: ANN401
+        try:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            body = response.text
+        self._record(key, response.status_code, body=body)
+
+
+def _fingerprint(recording: dict[str, Any]) -> bytes:
+    return orjson.dumps(recording, option=orjson.OPT_SORT_KEYS)
+
+
+def _is_event_stream(response: Any) -> bool:  # noqa: ANN401
+    return response.status_code == 200 and "event-stream" in response.headers.get("content-type", "")
+
+
+def _replay_response(request: Any, recording: dict[str, Any]) -> Any:  # noqa: ANN401
+    mod = httpx_module(request)
+    status = int(recording.get("status", 200))
+    headers = [("x-promptcache", "replay")]
+    if "chunks" in recording:
+        headers.append(("content-type", "text/event-stream"))
+        content = encode_events(recording["chunks"])
+    elif isinstance(recording.get("response"), str):
+        headers.append(("content-type", "text/plain"))
+        content = recording["response"].encode()
+    else:
+        headers.append(("content-type", "application/json"))
+        content = orjson.dumps(recording.get("response"))
+    return mod.Response(status, headers=headers, content=content, request=request)
+
+
+def _tee(request: Any, response: Any, on_complete: Any, key: CacheKey) -> Any:  # noqa: ANN401
+    """Forward a live stream chunk by chunk and record its events once the terminal event arrives."""
+    mod = httpx_module(request)
+    headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _HOP_HEADERS]
+    parser = SSEParser()
+    state = {"done": False}
+
+    def feed(chunk: bytes) -> None:
+        seen = len(parser.events)
+        parser.feed(chunk)
+        if not state["done"] and any(is_terminal(key.endpoint, e) for e in parser.events[seen:]):
+            state["done"] = True
+            on_complete(parser.events)
+
+    class AsyncTee(mod.AsyncByteStream):  # type: ignore[misc,name-defined]
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            async for chunk in response.aiter_bytes():
+                feed(chunk)
+                yield chunk
+
+        async def aclose(self) -> None:
+            await response.aclose()
+
+    class SyncTee(mod.SyncByteStream):  # type: ignore[misc,name-defined]
+        def __iter__(self) -> Iterator[bytes]:
+            for chunk in response.iter_bytes():
+                feed(chunk)
+                yield chunk
+
+        def close(self) -> None:
+            response.close()
+
+    is_async = isinstance(response.stream, mod.AsyncByteStream) and not isinstance(
+        response.stream, mod.SyncByteStream
+    )
+    stream = AsyncTee() if is_async else SyncTee()
+    return mod.Response(response.status_code, headers=headers, stream=stream, request=request)

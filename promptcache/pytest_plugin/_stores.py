@@ -1,0 +1,158 @@
+"""Where cassettes live: a folder of YAML files (one per test) or a Redis server shared by CI runners.
+
+Both hold the same cassette document; the folder store writes atomically under an exclusive lock on the
+folder, so parallel pytest-xdist workers never lose or interleave recordings, even in a shared cassette.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from promptcache._cassette import dump_cassette, find_secret, load_cassette, parse_cassette, save_cassette
+from promptcache.backends.redis import redact_url
+from promptcache.exceptions import ConfigError, SecretLeakError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+__all__ = ["CassetteStore", "DirectoryStore", "RedisCassetteStore", "cassette_name", "open_cassette_store"]
+
+_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.\-\[\]]+")
+REDIS_PREFIX: Final = "promptcache:cassette:"
+
+
+def cassette_name(nodeid: str) -> str:
+    """A file-system-safe cassette name for a test id.
+
+    ``tests/test_a.py::TestX::test_y[p]`` becomes ``tests/test_a/TestX.test_y[p]``.
+    """
+    path, _, rest = nodeid.partition("::")
+    path = path.removesuffix(".py")
+    parts = [_UNSAFE.sub("_", p) or "_" for p in path.split("/") if p not in {"", ".", ".."}]
+    test = _UNSAFE.sub("_", rest.replace("::", ".")) or "module"
+    return "/".join([*parts, test[:150]])
+
+
+class CassetteStore(Protocol):
+    """Load a cassette document by name, or update one under an exclusive lock."""
+
+    def load(self, name: str) -> dict[str, Any] | None: ...
+
+    def update(self, name: str, change: Callable[[dict[str, Any] | None], dict[str, Any] | None]) -> None:
+        """Re-read ``name`` under a lock, apply ``change`` and write the result (None deletes it)."""
+        ...
+
+    def names(self) -> list[str]: ...
+
+    def describe(self, name: str) -> str: ...
+
+
+class DirectoryStore:
+    """Cassettes as ``<root>/<name>.yaml`` files."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def path(self, name: str) -> Path:
+        return self.root / f"{name}.yaml"
+
+    def describe(self, name: str) -> str:
+        return str(self.path(name))
+
+    def load(self, name: str) -> dict[str, Any] | None:
+        return load_cassette(self.path(name))
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # one writer at a time across xdist workers
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    def update(self, name: str, change: Callable[[dict[str, Any] | None], dict[str, Any] | None]) -> None:
+        with self._locked():
+            new = change(self.load(name))
+            if new is None:
+                self.path(name).unlink(missing_ok=True)
+            else:
+                save_cassette(self.path(name), new)
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(str(p.relative_to(self.root).with_suffix("")) for p in self.root.rglob("*.yaml"))
+
+
+class RedisCassetteStore:
+    """Cassettes in Redis, one string per cassette under ``promptcache:cassette:<name>``, as YAML text."""
+
+    def __init__(self, url: str) -> None:
+        import redis  # noqa: PLC0415 - only this store needs the sync client
+
+        self._label = redact_url(url)
+        self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+
+    def describe(self, name: str) -> str:
+        return f"{self._label} key {REDIS_PREFIX}{name}"
+
+    def load(self, name: str) -> dict[str, Any] | None:
+        raw = self.client.get(REDIS_PREFIX + name)
+        if raw is None:
+            return None
+        return parse_cassette(raw if isinstance(raw, bytes) else str(raw).encode(), self.describe(name))
+
+    def update(self, name: str, change: Callable[[dict[str, Any] | None], dict[str, Any] | None]) -> None:
+        key = REDIS_PREFIX + name
+        with self.client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]  # optimistic lock: retried if another runner writes in between
+                    raw = pipe.get(key)
+                    current = None if raw is None else parse_cassette(raw, self.describe(name))
+                    new = change(current)
+                    pipe.multi()
+                    if new is None:
+                        pipe.delete(key)
+                    else:
+                        text = dump_cassette(new)
+                        leaked = find_secret(text)
+                        if leaked is not None:
+                            msg = f"refusing to write {self.describe(name)}: it would contain a credential"
+                            raise SecretLeakError(f"{msg} (pattern {leaked})")
+                        pipe.set(key, text.encode("utf-8"))
+                    pipe.execute()
+                except redis_watch_error():
+                    continue
+                return
+
+    def names(self) -> list[str]:
+        found = self.client.scan_iter(match=REDIS_PREFIX + "*", count=1000)
+        return sorted(k.decode()[len(REDIS_PREFIX) :] for k in found)
+
+
+def redis_watch_error() -> type[Exception]:
+    from redis.exceptions import WatchError  # noqa: PLC0415
+
+    return WatchError
+
+
+def open_cassette_store(spec: str, rootdir: Path) -> CassetteStore:
+    """A folder path (relative to the pytest rootdir) or a ``redis://`` / ``rediss://`` URL.
+
+    Raises:
+        ConfigError: An unsupported URL scheme.
+    """
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        return RedisCassetteStore(spec)
+    if "://" in spec:
+        raise ConfigError(f"--promptcache-store takes a folder or a redis:// URL, got {redact_url(spec)!r}")
+    path = Path(spec)
+    return DirectoryStore(path if path.is_absolute() else rootdir / path)

@@ -1,0 +1,661 @@
+"""Behaviour under store faults: circuit breaker, per-call deadlines, fail-open, bounded background writes.
+
+The breaker is driven by a fake monotonic clock; failing stores are a fakeredis server switched to
+"disconnected" (redis-py raises its own ``ConnectionError``) and small fakes that hang or are slow. Nothing
+here asserts a duration except "no call waits longer than its deadline plus a generous margin".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Self
+
+import fakeredis
+import fakeredis.aioredis
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from promptcache import CacheConfig, PromptCache, StoreError
+from promptcache._resilience import BreakerState, CircuitBreaker, Guard, StoreSkipped
+from promptcache.backends import LockingStore, Store
+from promptcache.backends.memory import MemoryStore
+from promptcache.backends.redis import RedisStore
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+pytestmark = pytest.mark.anyio
+
+REQ: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
+DEADLINE_MARGIN = 0.5  # seconds: a generous bound for "returned at the deadline, not at the hang's end"
+
+
+class FakeClock:
+    """A clock that only moves when told to."""
+
+    def __init__(self, start: float = 100.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def chat_body(content: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "gpt-4o-mini",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+    }
+
+
+class Upstream:
+    """A fake provider call that counts its calls and answers ``answer <n>``."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self) -> dict[str, Any]:
+        self.calls += 1
+        return chat_body(f"answer {self.calls}")
+
+
+def req(i: int) -> dict[str, Any]:
+    """A distinct request per ``i``."""
+    return {**REQ, "seed": i}
+
+
+# --- fake stores ----------------------------------------------------------------------------------
+
+
+class CountingStore:
+    """A LockingStore that forwards to ``inner`` and counts every call made to it, by operation."""
+
+    def __init__(self, inner: RedisStore) -> None:
+        self.inner = inner
+        self.calls: dict[str, int] = {}
+
+    @property
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+    def _count(self, op: str) -> None:
+        self.calls[op] = self.calls.get(op, 0) + 1
+
+    async def get(self, key: str) -> bytes | None:
+        self._count("get")
+        return await self.inner.get(key)
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        self._count("set")
+        await self.inner.set(key, value, ttl)
+
+    async def delete(self, key: str) -> bool:
+        self._count("delete")
+        return await self.inner.delete(key)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        self._count("delete_prefix")
+        return await self.inner.delete_prefix(prefix)
+
+    async def try_lock(self, name: str, token: str, ttl: float) -> bool:
+        self._count("try_lock")
+        return await self.inner.try_lock(name, token, ttl)
+
+    async def unlock(self, name: str, token: str) -> bool:
+        self._count("unlock")
+        return await self.inner.unlock(name, token)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class HangingStore:
+    """A LockingStore whose every call sleeps far beyond any deadline (a Redis that stopped answering)."""
+
+    def __init__(self, hang: float = 5.0) -> None:
+        self.hang = hang
+        self.calls = 0
+        self.cancelled = 0
+
+    async def _hang(self) -> None:
+        self.calls += 1
+        try:
+            await asyncio.sleep(self.hang)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+    async def get(self, key: str) -> bytes | None:  # noqa: ARG002
+        await self._hang()
+        return None
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:  # noqa: ARG002
+        await self._hang()
+
+    async def delete(self, key: str) -> bool:  # noqa: ARG002
+        await self._hang()
+        return False
+
+    async def delete_prefix(self, prefix: str) -> int:  # noqa: ARG002
+        await self._hang()
+        return 0
+
+    async def try_lock(self, name: str, token: str, ttl: float) -> bool:  # noqa: ARG002
+        await self._hang()
+        return False
+
+    async def unlock(self, name: str, token: str) -> bool:  # noqa: ARG002
+        await self._hang()
+        return False
+
+    async def aclose(self) -> None:
+        return None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class GatedWriteStore:
+    """A plain Store over a MemoryStore whose writes wait for ``gate``; counts started and finished writes."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryStore()
+        self.gate = asyncio.Event()
+        self.sets_started = 0
+        self.sets_done = 0
+
+    async def get(self, key: str) -> bytes | None:
+        return await self.inner.get(key)
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        self.sets_started += 1
+        await self.gate.wait()
+        await self.inner.set(key, value, ttl)
+        self.sets_done += 1
+
+    async def delete(self, key: str) -> bool:
+        return await self.inner.delete(key)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        return await self.inner.delete_prefix(prefix)
+
+    async def aclose(self) -> None:
+        return None  # keep the inner data so the test can look at it after the cache closed
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+def test_the_fakes_have_the_store_shapes() -> None:
+    """The fakes satisfy the Store Protocol (and LockingStore where they offer locks), as the cache checks."""
+    assert isinstance(HangingStore(), LockingStore)
+    assert isinstance(GatedWriteStore(), Store)
+    assert not isinstance(GatedWriteStore(), LockingStore)
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+
+
+class Broken:
+    """A fakeredis server that can be cut off (redis-py then raises ConnectionError) and healed."""
+
+    def __init__(self) -> None:
+        self.server = fakeredis.FakeServer()
+        self.store = CountingStore(RedisStore(fakeredis.aioredis.FakeRedis(server=self.server)))
+
+    def cut(self) -> None:
+        self.server.connected = False
+
+    def heal(self) -> None:
+        self.server.connected = True
+
+
+@pytest.fixture
+async def broken() -> AsyncIterator[Broken]:
+    """A counted RedisStore over a fakeredis server that starts disconnected."""
+    b = Broken()
+    b.cut()
+    yield b
+    b.heal()
+    await b.store.aclose()
+
+
+# ===================================================================================================
+# CircuitBreaker: the state machine on a fake clock
+# ===================================================================================================
+
+
+def _state(breaker: CircuitBreaker) -> BreakerState:
+    """The breaker's state, read through a call so the type checker does not narrow it between reads."""
+    return breaker.state
+
+
+def _breaker(threshold: int = 3, cooldown: float = 10.0) -> tuple[CircuitBreaker, FakeClock, list[str]]:
+    clock = FakeClock()
+    changes: list[str] = []
+    breaker = CircuitBreaker(
+        threshold, cooldown, clock=clock, on_change=lambda old, new: changes.append(f"{old}->{new}")
+    )
+    return breaker, clock, changes
+
+
+def test_breaker_opens_after_threshold_consecutive_failures() -> None:
+    """The breaker stays closed below the threshold and opens on the threshold-th consecutive failure."""
+    breaker, _, changes = _breaker(threshold=3)
+    for _ in range(2):
+        assert breaker.allow()
+        breaker.failure()
+    assert _state(breaker) is BreakerState.CLOSED
+    assert breaker.allow()
+    breaker.failure()
+    assert _state(breaker) is BreakerState.OPEN
+    assert changes == ["closed->open"]
+
+
+def test_a_success_resets_the_failure_count() -> None:
+    """Failures must be consecutive: a success in between starts the count again."""
+    breaker, _, _ = _breaker(threshold=3)
+    for _ in range(5):
+        breaker.failure()
+        breaker.failure()
+        breaker.success()
+    assert _state(breaker) is BreakerState.CLOSED
+    assert breaker.failures == 0
+
+
+def test_open_breaker_refuses_calls_until_the_cooldown_has_passed() -> None:
+    """While open, allow() is False however often it is asked, until the cool-down elapses."""
+    breaker, clock, _ = _breaker(threshold=1, cooldown=10.0)
+    breaker.failure()
+    for _ in range(3):
+        assert not breaker.allow()
+        clock.advance(3.0)
+    assert _state(breaker) is BreakerState.OPEN
+    clock.advance(1.0)  # 12 s after opening
+    assert breaker.allow()
+
+
+def test_half_open_lets_exactly_one_probe_through() -> None:
+    """After the cool-down the first allow() is the probe and every other caller is refused meanwhile."""
+    breaker, clock, changes = _breaker(threshold=1, cooldown=10.0)
+    breaker.failure()
+    clock.advance(10.0)
+    assert breaker.allow()
+    assert _state(breaker) is BreakerState.HALF_OPEN
+    assert [breaker.allow() for _ in range(5)] == [False] * 5
+    assert changes == ["closed->open", "open->half_open"]
+
+
+def test_a_successful_probe_closes_the_breaker() -> None:
+    """A probe that succeeds closes the breaker and every call is allowed again."""
+    breaker, clock, changes = _breaker(threshold=1, cooldown=10.0)
+    breaker.failure()
+    clock.advance(11.0)
+    assert breaker.allow()
+    breaker.success()
+    assert _state(breaker) is BreakerState.CLOSED
+    assert all(breaker.allow() for _ in range(5))
+    assert changes == ["closed->open", "open->half_open", "half_open->closed"]
+
+
+def test_a_failed_probe_reopens_for_a_full_cooldown() -> None:
+    """A failed probe reopens the breaker, which then waits a whole new cool-down before the next probe."""
+    breaker, clock, changes = _breaker(threshold=1, cooldown=10.0)
+    breaker.failure()
+    clock.advance(11.0)
+    assert breaker.allow()
+    breaker.failure()
+    assert _state(breaker) is BreakerState.OPEN
+    clock.advance(9.0)
+    assert not breaker.allow()
+    clock.advance(1.5)
+    assert breaker.allow()
+    assert changes == ["closed->open", "open->half_open", "half_open->open", "open->half_open"]
+
+
+def test_a_released_probe_lets_the_next_caller_probe() -> None:
+    """A probe that ended without a verdict frees the slot, so the breaker cannot stay half-open forever."""
+    breaker, clock, _ = _breaker(threshold=1, cooldown=10.0)
+    breaker.failure()
+    clock.advance(10.0)
+    assert breaker.allow()
+    assert not breaker.allow()
+    breaker.release_probe()
+    assert _state(breaker) is BreakerState.HALF_OPEN
+    assert breaker.allow()
+    assert not breaker.allow()
+
+
+def _guard(breaker: CircuitBreaker, timeout: float = 1.0) -> tuple[Guard, list[tuple[str, str, bool]]]:
+    errors: list[tuple[str, str, bool]] = []
+    guard = Guard(
+        breaker, timeout, lambda op, exc, timed_out: errors.append((op, type(exc).__name__, timed_out))
+    )
+    return guard, errors
+
+
+async def test_cancelling_a_probe_releases_it() -> None:
+    """A caller cancelled during the half-open probe neither counts as a failure nor keeps the probe slot."""
+    breaker, clock, _ = _breaker(threshold=1, cooldown=10.0)
+    guard, errors = _guard(breaker)
+    breaker.failure()
+    clock.advance(10.0)
+    started = asyncio.Event()
+
+    async def stuck() -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    probe = asyncio.create_task(guard.run("get", stuck))
+    await started.wait()
+    with pytest.raises(StoreSkipped):
+        await guard.run("get", stuck)  # the probe is out: others skip the store
+    probe.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+    assert errors == []
+    assert _state(breaker) is BreakerState.HALF_OPEN
+    assert breaker.allow()
+
+
+async def test_guard_classifies_errors_timeouts_and_skips() -> None:
+    """The guard reports an error, then a deadline overrun as timed out, then skips once the breaker opens."""
+    breaker, _, _ = _breaker(threshold=2, cooldown=10.0)
+    guard, errors = _guard(breaker, timeout=0.02)
+    calls = 0
+
+    async def refused() -> None:
+        nonlocal calls
+        calls += 1
+        raise RedisConnectionError("refused")
+
+    async def hangs() -> None:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(5)
+
+    with pytest.raises(RedisConnectionError):
+        await guard.run("get", refused)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await guard.run("set", hangs)
+    assert time.monotonic() - started < DEADLINE_MARGIN
+    assert errors == [("get", "ConnectionError", False), ("set", "TimeoutError", True)]
+    assert _state(breaker) is BreakerState.OPEN
+    with pytest.raises(StoreSkipped):
+        await guard.run("get", refused)
+    assert calls == 2
+
+
+async def test_guard_returns_the_result_and_closes_a_half_open_breaker() -> None:
+    """A successful call through the guard returns its value and closes the breaker it probed."""
+    breaker, clock, _ = _breaker(threshold=1, cooldown=1.0)
+    guard, errors = _guard(breaker)
+    breaker.failure()
+    clock.advance(1.0)
+
+    async def ok() -> bytes:
+        return b"value"
+
+    assert await guard.run("get", ok) == b"value"
+    assert _state(breaker) is BreakerState.CLOSED
+    assert errors == []
+
+
+# ===================================================================================================
+# The cache over a failing store
+# ===================================================================================================
+
+
+async def test_connection_errors_never_reach_the_caller(
+    broken: Broken, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With Redis refusing connections each request is answered upstream; each error is counted and logged."""
+    up = Upstream()
+    cfg = CacheConfig(breaker_threshold=1000, store_timeout=1.0)
+    async with PromptCache(broken.store, cfg, owns_store=False) as cache:
+        with caplog.at_level(logging.WARNING, logger="promptcache"):
+            for i in range(5):
+                assert await cache.get_or_call(req(i), up, agent_id="a") == chat_body(f"answer {i + 1}")
+            assert await cache.get_or_call(req(0), up, agent_id="a") == chat_body("answer 6")
+            await cache.drain()
+        stats = cache.stats()
+    assert up.calls == 6
+    assert stats.store_errors == broken.store.total > 0
+    assert stats.store_timeouts == 0
+    assert (stats.misses, stats.writes, stats.hits) == (6, 0, 0)
+    assert stats.hits + stats.misses + stats.bypasses == stats.requests
+    warnings = [
+        r for r in caplog.records if r.levelno == logging.WARNING and "ConnectionError" in r.getMessage()
+    ]
+    assert len(warnings) == stats.store_errors
+
+
+async def test_breaker_opens_skips_the_store_then_probes_and_recovers(broken: Broken) -> None:
+    """After `threshold` errors the store is not called at all; after the cool-down a probe closes it."""
+    clock = FakeClock()
+    up = Upstream()
+    cfg = CacheConfig(breaker_threshold=3, breaker_cooldown=30.0, store_timeout=1.0)
+    async with PromptCache(broken.store, cfg, owns_store=False, monotonic=clock) as cache:
+        i = 0
+        while cache.stats().breaker_state != "open":
+            await cache.get_or_call(req(i), up, agent_id="a")
+            await cache.drain()
+            i += 1
+            assert i < 10, "the breaker never opened"
+        opened = cache.stats()
+        assert opened.store_errors == 3
+        assert opened.breaker_opened == 1
+        calls_when_opened = broken.store.total
+
+        # Open: requests are answered upstream without touching the store, not even after Redis heals.
+        broken.heal()
+        for j in range(5):
+            await cache.get_or_call(req(100 + j), up, agent_id="a")
+        await cache.drain()
+        assert broken.store.total == calls_when_opened
+        assert cache.stats().store_skipped >= 5
+        clock.advance(29.0)
+        await cache.get_or_call(req(200), up, agent_id="a")
+        await cache.drain()
+        assert broken.store.total == calls_when_opened
+
+        # Cool-down over: the next lookup is the probe; Redis answers, the breaker closes, hits resume.
+        clock.advance(2.0)
+        answer = await cache.get_or_call(req(300), up, agent_id="a")
+        await cache.drain()
+        assert broken.store.calls["get"] > 0
+        assert broken.store.total > calls_when_opened
+        assert cache.stats().breaker_state == "closed"
+        calls_before_hit = up.calls
+        assert await cache.get_or_call(req(300), up, agent_id="a") == answer
+        stats = cache.stats()
+    assert up.calls == calls_before_hit
+    assert stats.hits == 1
+    assert stats.breaker_closed == 1
+    assert stats.hits + stats.misses + stats.bypasses == stats.requests
+
+
+async def test_a_failed_probe_keeps_the_store_skipped(broken: Broken) -> None:
+    """A failed probe reopens the breaker: one store call for the probe, none until the next cool-down."""
+    clock = FakeClock()
+    up = Upstream()
+    cfg = CacheConfig(breaker_threshold=1, breaker_cooldown=30.0, store_timeout=1.0)
+    async with PromptCache(broken.store, cfg, owns_store=False, monotonic=clock) as cache:
+        await cache.get_or_call(req(0), up, agent_id="a")
+        await cache.drain()
+        assert cache.stats().breaker_state == "open"
+        before = broken.store.total
+        clock.advance(31.0)
+        await cache.get_or_call(req(1), up, agent_id="a")
+        await cache.get_or_call(req(2), up, agent_id="a")
+        await cache.drain()
+        stats = cache.stats()
+    assert broken.store.total == before + 1
+    assert stats.breaker_state == "open"
+    assert stats.breaker_opened == 2
+    assert up.calls == 3
+
+
+async def test_a_hanging_store_is_abandoned_at_the_deadline() -> None:
+    """A store call that hangs for 5 s is given up at store_timeout; upstream answers at once instead."""
+    store = HangingStore(hang=5.0)
+    up = Upstream()
+    cfg = CacheConfig(store_timeout=0.02, breaker_threshold=1000)
+    cache = PromptCache(store, cfg)
+    started = time.monotonic()
+    answer = await cache.get_or_call(REQ, up, agent_id="a")
+    assert time.monotonic() - started < DEADLINE_MARGIN
+    assert answer == chat_body("answer 1")
+    started = time.monotonic()
+    await cache.aclose()  # the background write is bounded by the same deadline
+    assert time.monotonic() - started < DEADLINE_MARGIN
+    stats = cache.stats()
+    assert stats.store_timeouts == store.calls == store.cancelled >= 2  # get, try_lock, set: each abandoned
+    assert stats.store_errors == 0
+    assert (stats.misses, stats.writes) == (1, 0)
+
+
+async def test_timeouts_open_the_breaker_and_later_requests_skip_the_hung_store() -> None:
+    """Deadline overruns count as failures: once the breaker opens, requests no longer wait on the store."""
+    store = HangingStore(hang=5.0)
+    up = Upstream()
+    cfg = CacheConfig(store_timeout=0.02, breaker_threshold=2)
+    async with PromptCache(store, cfg) as cache:
+        await cache.get_or_call(req(0), up, agent_id="a")
+        await cache.drain()
+        assert cache.stats().breaker_state == "open"
+        calls = store.calls
+        for i in range(1, 6):
+            started = time.monotonic()
+            await cache.get_or_call(req(i), up, agent_id="a")
+            assert time.monotonic() - started < DEADLINE_MARGIN
+        await cache.drain()
+        stats = cache.stats()
+    assert store.calls == calls
+    assert stats.store_timeouts == 2
+    assert stats.store_skipped >= 5
+    assert up.calls == 6
+
+
+@pytest.mark.parametrize("fault", ["refused", "hanging"])
+async def test_fail_closed_raises_store_error(broken: Broken, fault: str) -> None:
+    """With fail_open=False a refused or hung lookup raises StoreError in time, and upstream is not called."""
+    store: Store = broken.store if fault == "refused" else HangingStore(hang=5.0)
+    up = Upstream()
+    cfg = CacheConfig(fail_open=False, store_timeout=0.02)
+    async with PromptCache(store, cfg, owns_store=False) as cache:
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="get") as info:
+            await cache.get_or_call(REQ, up, agent_id="a")
+        assert time.monotonic() - started < DEADLINE_MARGIN
+    expected = RedisConnectionError if fault == "refused" else TimeoutError
+    assert isinstance(info.value.__cause__, expected)
+    assert up.calls == 0
+
+
+async def test_invalidate_raises_store_error_when_redis_is_down(broken: Broken) -> None:
+    """Invalidation against a Redis that refuses connections raises StoreError instead of returning 0."""
+    async with PromptCache(broken.store, CacheConfig(store_timeout=1.0), owns_store=False) as cache:
+        with pytest.raises(StoreError) as info:
+            await cache.invalidate("a")
+    assert isinstance(info.value.__cause__, RedisConnectionError)
+
+
+async def test_a_healthy_fakeredis_store_serves_hits(broken: Broken) -> None:
+    """The same counted fakeredis store, once healed, is a working cache: a hit after a miss, no errors."""
+    broken.heal()
+    up = Upstream()
+    async with PromptCache(broken.store, CacheConfig(store_timeout=1.0), owns_store=False) as cache:
+        await cache.get_or_call(REQ, up, agent_id="a")
+        await cache.drain()
+        await cache.get_or_call(REQ, up, agent_id="a")
+        stats = cache.stats()
+    assert up.calls == 1
+    assert (stats.hits, stats.store_errors, stats.store_timeouts) == (1, 0, 0)
+    assert broken.store.calls["unlock"] == 1  # the single-flight lock was released after the write
+
+
+# ===================================================================================================
+# Background writes: off the response path, bounded, awaited on aclose()
+# ===================================================================================================
+
+
+async def test_background_writes_are_bounded_and_awaited_on_aclose() -> None:
+    """Beyond max_pending_writes a write is dropped (counted); aclose() waits for the ones in flight."""
+    store = GatedWriteStore()
+    up = Upstream()
+    cfg = CacheConfig(max_pending_writes=2, store_timeout=30.0)
+    cache = PromptCache(store, cfg)
+    for i in range(5):
+        await cache.get_or_call(req(i), up, agent_id="a")  # answered although no write can finish
+    await asyncio.sleep(0.01)
+    assert (store.sets_started, store.sets_done) == (2, 0)
+    assert cache.stats().writes_dropped == 3
+    closing = asyncio.create_task(cache.aclose())
+    await asyncio.sleep(0.05)
+    assert not closing.done()  # aclose() is waiting for the two pending writes
+    store.gate.set()
+    await closing
+    assert store.sets_done == 2
+    stats = cache.stats()
+    assert (stats.writes, stats.writes_dropped, stats.misses) == (2, 3, 5)
+    assert len(store.inner) == 2
+    async with PromptCache(store, cfg) as again:
+        for i in range(5):
+            await again.get_or_call(req(i), up, agent_id="a")
+        assert again.stats().hits == 2
+    assert up.calls == 8
+
+
+async def test_the_answer_does_not_wait_for_the_write() -> None:
+    """get_or_call returns while its write is still blocked in the store; drain() then completes it."""
+    store = GatedWriteStore()
+    up = Upstream()
+    async with PromptCache(store, CacheConfig(store_timeout=30.0)) as cache:
+        answer = await cache.get_or_call(REQ, up, agent_id="a")
+        assert answer == chat_body("answer 1")
+        await asyncio.sleep(0.01)
+        assert (store.sets_started, store.sets_done, len(cache._writes)) == (1, 0, 1)
+        store.gate.set()
+        await cache.drain()
+        assert store.sets_done == 1
+        assert await cache.get_or_call(REQ, up, agent_id="a") == answer
+    assert up.calls == 1
+
+
+async def test_concurrent_requests_during_an_outage_all_get_answers(broken: Broken) -> None:
+    """Many concurrent requests while Redis is down each get their own upstream answer and none raises."""
+    cfg = CacheConfig(breaker_threshold=3, store_timeout=1.0)
+    async with PromptCache(broken.store, cfg, owns_store=False) as cache:
+        up = Upstream()
+        results = await asyncio.gather(*(cache.get_or_call(req(i), up, agent_id="b") for i in range(20)))
+        await cache.drain()
+        stats = cache.stats()
+    assert up.calls == 20
+    assert sorted(r["choices"][0]["message"]["content"] for r in results) == sorted(
+        f"answer {n}" for n in range(1, 21)
+    )
+    assert stats.breaker_state == "open"
+    assert stats.hits + stats.misses + stats.bypasses == stats.requests
