@@ -34,9 +34,12 @@ from promptcache.exceptions import (
     StoreError,
     UncacheableRequestError,
 )
+from promptcache.metrics import BreakerEvent, RequestEvent, Result, StoreEvent
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+    from promptcache.metrics import CacheEvent, Hook
 
 __all__ = ["PromptCache"]
 
@@ -59,6 +62,8 @@ class PromptCache:
         owns_store: Whether :meth:`aclose` closes the store.
         clock: Wall-clock seconds (entry timestamps); injectable for tests.
         monotonic: Monotonic seconds (latency, lock waits, breaker); injectable for tests.
+        hooks: Called with a frozen :mod:`promptcache.metrics` event for every request (exactly one hit,
+            miss or bypass each), store call and breaker transition; see :class:`~promptcache.metrics.Hook`.
 
     A cache belongs to the event loop it is first used on, like the ``redis.asyncio`` client inside it.
 
@@ -73,8 +78,11 @@ class PromptCache:
         owns_store: bool = True,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        hooks: Sequence[Hook] = (),
     ) -> None:
         self.config = config if config is not None else CacheConfig()
+        self._hooks: tuple[Hook, ...] = tuple(hooks)
+        self._failed_hooks: set[int] = set()
         self.store = store
         self._owns_store = owns_store
         self._clock = clock
@@ -94,10 +102,18 @@ class PromptCache:
         self._closed = False
 
     @classmethod
-    def from_url(cls, url: str, config: CacheConfig | None = None, **options: Any) -> PromptCache:  # noqa: ANN401
+    def from_url(
+        cls,
+        url: str,
+        config: CacheConfig | None = None,
+        *,
+        hooks: Sequence[Hook] = (),
+        **options: Any,  # noqa: ANN401
+    ) -> PromptCache:
         """Open a cache on ``memory://``, ``sqlite:///path``, ``redis://``, ``rediss://`` or ``unix://``.
 
-        Keyword options are :class:`CacheConfig` fields (``namespace=``, ``default_ttl=`` ...).
+        Keyword options are :class:`CacheConfig` fields (``namespace=``, ``default_ttl=`` ...); ``hooks``
+        go to the constructor.
 
         Raises:
             ConfigError: Unknown scheme, bad path or bad option; the message names it.
@@ -109,7 +125,7 @@ class PromptCache:
                 f"unknown option(s) {', '.join(unknown)}; CacheConfig has: {', '.join(sorted(known))}"
             )
         cfg = replace(config, **options) if config is not None else CacheConfig(**options)
-        return cls(open_store(url), cfg)
+        return cls(open_store(url), cfg, hooks=hooks)
 
     def __repr__(self) -> str:
         return f"PromptCache({self.store!r}, namespace={self.config.namespace!r})"
@@ -178,6 +194,8 @@ class PromptCache:
         if bypass:
             counters.requests += 1
             counters.bypasses += 1
+            if self._hooks:
+                self._emit_bypass("requested", agent_id, agent_version, request)
             return await call()
         try:
             key = self.key(
@@ -193,6 +211,8 @@ class PromptCache:
             counters.bypasses += 1
             counters.uncacheable += 1
             log.debug("promptcache: request bypasses the cache: %s", exc)
+            if self._hooks:
+                self._emit_bypass("uncacheable", agent_id, agent_version, request)
             return await call()
         counters.requests += 1  # counted once the key exists, so bad input never skews the invariant
         if not refresh:
@@ -200,9 +220,11 @@ class PromptCache:
                 entry = await self._lookup(key)
             except BaseException:  # cancelled, or StoreError with fail_open=False: still one request
                 counters.misses += 1
+                if self._hooks:
+                    self._emit_request(Result.MISS, key, request, reason="error")
                 raise
             if entry is not None and entry.chunks is None:
-                self._count_hit(entry)
+                self._count_hit(entry, key, request)
                 return entry.body
         return await self._join_flight(key, request, call, ttl, refresh=refresh)
 
@@ -265,8 +287,10 @@ class PromptCache:
         entry = None if refresh else await self._lookup(key)
         if entry is None or (entry.chunks is not None) != stream:
             self._counters.misses += 1
+            if self._hooks:
+                self._emit_request(Result.MISS, key, None)
             return None
-        self._count_hit(entry)
+        self._count_hit(entry, key, None)
         return entry
 
     async def put_entry(  # noqa: PLR0913 - the parts of an entry
@@ -295,12 +319,24 @@ class PromptCache:
             return True
         return await self._write(key.store_key, data, self._ttl(ttl))
 
-    def count_bypass(self, *, uncacheable: bool = False) -> None:
-        """Count a request that went upstream without the cache (for integrations that route themselves)."""
+    def count_bypass(
+        self,
+        *,
+        uncacheable: bool = False,
+        agent_id: str | None = None,
+        agent_version: str | None = None,
+        request: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Count a request that went upstream without the cache (for integrations that route themselves).
+
+        The optional scope and request only label the hooks' bypass event.
+        """
         self._counters.requests += 1
         self._counters.bypasses += 1
         if uncacheable:
             self._counters.uncacheable += 1
+        if self._hooks:
+            self._emit_bypass("uncacheable" if uncacheable else "requested", agent_id, agent_version, request)
 
     # -- invalidation, stats, lifecycle ------------------------------------------------------------
 
@@ -362,19 +398,82 @@ class PromptCache:
             raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
         return float(ttl)
 
-    def _count_hit(self, entry: Entry) -> None:
+    def _count_hit(self, entry: Entry, key: CacheKey, request: Mapping[str, Any] | None) -> None:
         counters = self._counters
         counters.hits += 1
         inp, out = usage_of({"usage": entry.usage})
         counters.input_tokens_saved += inp
         counters.output_tokens_saved += out
         counters.latency_saved += entry.latency
+        if self._hooks:
+            self._emit_request(Result.HIT, key, request, tokens=(inp, out), latency_saved=entry.latency)
 
-    def _on_breaker_change(self, _old: BreakerState, new: BreakerState) -> None:
+    # -- instrumentation: every emitter is called behind `if self._hooks`, so no hooks cost nothing ---
+
+    def _emit(self, event: CacheEvent) -> None:
+        for hook in self._hooks:
+            try:
+                hook(event)
+            except Exception:  # a metrics hook must never break an answer; logged (once), not silent
+                if id(hook) not in self._failed_hooks:
+                    self._failed_hooks.add(id(hook))
+                    log.exception("promptcache: metrics hook %r failed; further failures not logged", hook)
+
+    def _emit_request(  # noqa: PLR0913
+        self,
+        result: Result,
+        key: CacheKey,
+        request: Mapping[str, Any] | None,
+        *,
+        tokens: tuple[int, int] = (0, 0),
+        latency_saved: float = 0.0,
+        coalesced: bool = False,
+        reason: str | None = None,
+    ) -> None:
+        if request is None:  # integrations hand over the key only; the model is in the canonical request
+            request = orjson.loads(key.canonical)
+        model = request.get("model") if isinstance(request, dict) else None
+        self._emit(
+            RequestEvent(
+                result=result,
+                namespace=key.namespace,
+                agent_id=key.agent_id,
+                agent_version=key.agent_version,
+                model=model if isinstance(model, str) else None,
+                input_tokens=tokens[0],
+                output_tokens=tokens[1],
+                latency_saved=latency_saved,
+                coalesced=coalesced,
+                reason=reason,
+            )
+        )
+
+    def _emit_bypass(
+        self,
+        reason: str,
+        agent_id: str | None,
+        agent_version: str | None,
+        request: Mapping[str, Any] | None,
+    ) -> None:
+        model = request.get("model") if isinstance(request, dict) else None
+        self._emit(
+            RequestEvent(
+                result=Result.BYPASS,
+                namespace=self.config.namespace,
+                agent_id=agent_id if isinstance(agent_id, str) else None,
+                agent_version=agent_version if isinstance(agent_version, str) else None,
+                model=model if isinstance(model, str) else None,
+                reason=reason,
+            )
+        )
+
+    def _on_breaker_change(self, old: BreakerState, new: BreakerState) -> None:
         if new is BreakerState.OPEN:
             self._counters.breaker_opened += 1
         elif new is BreakerState.CLOSED:
             self._counters.breaker_closed += 1
+        if self._hooks:
+            self._emit(BreakerEvent(namespace=self.config.namespace, old=old.value, new=new.value))
 
     def _on_store_error(self, operation: str, exc: BaseException, timed_out: bool) -> None:  # noqa: FBT001
         if timed_out:
@@ -390,6 +489,8 @@ class PromptCache:
 
     async def _guarded(self, operation: str, call: Callable[[], Awaitable[Any]]) -> tuple[bool, Any]:
         """``(True, result)`` or ``(False, None)`` when the store was skipped or failed (already counted)."""
+        if self._hooks:
+            return await self._guarded_timed(operation, call)
         try:
             return True, await self._guard.run(operation, call)
         except StoreSkipped:
@@ -400,13 +501,43 @@ class PromptCache:
                 raise StoreError(f"store {operation} failed: {type(exc).__name__}") from exc
         return False, None
 
-    async def _lookup(self, key: CacheKey) -> Entry | None:
+    async def _guarded_timed(self, operation: str, call: Callable[[], Awaitable[Any]]) -> tuple[bool, Any]:
+        """:meth:`_guarded`, timed, with one :class:`~promptcache.metrics.StoreEvent` per call for the hooks."""
+        namespace = self.config.namespace
+        started = self._mono()
+        try:
+            found = await self._guard.run(operation, call)
+        except StoreSkipped:
+            self._counters.store_skipped += 1
+            self._emit(StoreEvent(namespace=namespace, operation=operation, outcome="skipped"))
+        except Exception as exc:
+            self._emit(
+                StoreEvent(
+                    namespace=namespace,
+                    operation=operation,
+                    outcome="timeout" if isinstance(exc, TimeoutError) else "error",
+                    seconds=self._mono() - started,
+                    error=type(exc).__name__,
+                )
+            )
+            if not self.config.fail_open:
+                raise StoreError(f"store {operation} failed: {type(exc).__name__}") from exc
+        else:
+            seconds = self._mono() - started
+            self._emit(StoreEvent(namespace=namespace, operation=operation, outcome="ok", seconds=seconds))
+            return True, found
+        return False, None
+
+    async def _lookup(self, key: CacheKey, *, again: bool = False) -> Entry | None:
+        """The entry under ``key``; ``again`` marks a re-read within one request (a bad value counts once)."""
         ok, raw = await self._guarded("get", lambda: self.store.get(key.store_key))
         if not ok or raw is None:
             return None
         try:
             return decode_entry(raw, key, self._clock())
         except EntryError as exc:
+            if again:
+                return None
             self._counters.corrupt_entries += 1
             log.warning("promptcache: ignoring a bad value under %s: %s", key.store_key, exc)
             return None
@@ -434,6 +565,8 @@ class PromptCache:
             current = asyncio.current_task()
             if current is not None and current.cancelling():  # this caller was cancelled
                 self._counters.misses += 1
+                if self._hooks:
+                    self._emit_request(Result.MISS, key, request, reason="cancelled")
                 if flight.waiters == 0 and not flight.task.done():
                     flight.task.cancel()  # nobody is left to receive the answer
                 raise
@@ -445,23 +578,30 @@ class PromptCache:
             self._counters.misses += 1
             if leader:
                 self._counters.upstream_errors += 1
+            if self._hooks:
+                self._emit_request(Result.MISS, key, request, reason="error")
             raise
         flight.waiters -= 1
         if leader and not from_store:
             self._counters.misses += 1
+            if self._hooks:
+                self._emit_request(Result.MISS, key, request, tokens=usage_of(body))
             return body
         self._counters.hits += 1
         if not leader:
             self._counters.coalesced += 1
             if flight.snapshot is not None:
                 body = orjson.loads(flight.snapshot)  # each caller gets its own copy to mutate
-        self._count_saving(body)
+        tokens = self._count_saving(body)
+        if self._hooks:
+            self._emit_request(Result.HIT, key, request, tokens=tokens, coalesced=not leader)
         return body
 
-    def _count_saving(self, body: Any) -> None:  # noqa: ANN401
+    def _count_saving(self, body: Any) -> tuple[int, int]:  # noqa: ANN401
         inp, out = usage_of(body)
         self._counters.input_tokens_saved += inp
         self._counters.output_tokens_saved += out
+        return inp, out
 
     def _end_flight(self, store_key: str, flight: _Flight, _task: object) -> None:
         # Runs before any waiting caller resumes (done callbacks are scheduled first), so the snapshot
@@ -522,7 +662,7 @@ class PromptCache:
             if got:
                 # Another process may have written the entry and released the lock between our lookup
                 # and this lock: look once more before paying for a second upstream call.
-                entry = await self._lookup(key)
+                entry = await self._lookup(key, again=True)
                 if entry is not None and entry.chunks is None:
                     await self._unlock(key, token)
                     return entry, None
@@ -530,7 +670,7 @@ class PromptCache:
             if not waited:
                 waited = True
                 self._counters.lock_waits += 1
-            entry = await self._lookup(key)
+            entry = await self._lookup(key, again=True)
             if entry is not None and entry.chunks is None:
                 return entry, None
             remaining = deadline - self._mono()
