@@ -152,7 +152,8 @@ class Guard:
             raise
         except Exception as exc:
             self.breaker.failure()
-            self._on_error(operation, exc, False)  # noqa: FBT003
+            # redis-py's TimeoutError is not the builtin one; a timeout is a timeout whoever noticed it.
+            self._on_error(operation, exc, type(exc).__name__ == "TimeoutError")
             raise
         self.breaker.success()
         return result

@@ -24,7 +24,11 @@ __all__ = ["RedisStore", "redact_url"]
 
 SCAN_COUNT: Final = 1000
 DELETE_BATCH: Final = 500
-DEFAULT_SOCKET_TIMEOUT: Final = 1.0  # a backstop only; the cache's own per-call deadline is much shorter
+# No socket timeout by default: redis-py then sends and reads without its own asyncio.wait_for, whose
+# handling of cancellation on Python 3.11 can swallow the cache's deadline (the call then lasts until the
+# socket timeout). Every call the cache makes runs under its own deadline instead; code that uses a
+# RedisStore directly should do the same (asyncio.timeout).
+DEFAULT_SOCKET_TIMEOUT: Final[float | None] = None
 _GLOB_SPECIAL: Final = re.compile(r"([*?\[\]\\])")
 
 _UNLOCK_LUA: Final = """
@@ -67,12 +71,17 @@ class RedisStore:
 
     @classmethod
     def from_url(
-        cls, url: str, *, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT, max_connections: int | None = None
+        cls,
+        url: str,
+        *,
+        socket_timeout: float | None = DEFAULT_SOCKET_TIMEOUT,
+        max_connections: int | None = None,
     ) -> RedisStore:
         """Open a pooled client on ``redis://`` / ``rediss://`` / ``unix://`` with retries disabled."""
+        timeout = None if socket_timeout is None else positive(socket_timeout, "socket_timeout")
         kwargs: dict[str, Any] = {
-            "socket_timeout": positive(socket_timeout, "socket_timeout"),
-            "socket_connect_timeout": positive(socket_timeout, "socket_timeout"),
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
             "retry": Retry(NoBackoff(), 0),
             "health_check_interval": 0,
         }
