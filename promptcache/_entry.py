@@ -107,20 +107,18 @@ def _as_tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
     return kinds if isinstance(kinds, tuple) else (kinds,)
 
 
-def parse_entry(raw: bytes | str) -> Entry:
-    """Parse stored bytes into an Entry without checking it against a key.
-
-    Raises:
-        EntryError: Not a promptcache entry of a known format.
-    """
+def _load(raw: bytes | str) -> Any:  # noqa: ANN401 - JSON
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogatepass")
     if raw.startswith(_ZLIB_MAGIC):
         raw = _inflate(raw)
     try:
-        doc = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise EntryError(f"entry is not valid JSON ({exc})") from None
+
+
+def _entry_of(doc: Any) -> Entry:  # noqa: ANN401 - parsed JSON, checked here
     if not isinstance(doc, dict):
         raise EntryError("entry is not a JSON object")
     if doc.get("version") != ENTRY_FORMAT:
@@ -154,8 +152,20 @@ def parse_entry(raw: bytes | str) -> Entry:
     )
 
 
+def parse_entry(raw: bytes | str) -> Entry:
+    """Parse stored bytes into an Entry without checking it against a key.
+
+    Raises:
+        EntryError: Not a promptcache entry of a known format.
+    """
+    return _entry_of(_load(raw))
+
+
 def decode_entry(raw: bytes | str, key: CacheKey, now: float) -> Entry | None:
     """Parse stored bytes and check them against the key they were found under.
+
+    The identity checks (digest, scope, endpoint) run on the parsed document first, so a foreign value
+    is rejected before any of it is turned into an entry.
 
     Returns:
         The entry, or None when it has expired (the app-level check behind the store's own TTL).
@@ -163,13 +173,15 @@ def decode_entry(raw: bytes | str, key: CacheKey, now: float) -> Entry | None:
     Raises:
         EntryError: Corrupt, foreign (written for another digest or scope) or of another format.
     """
-    entry = parse_entry(raw)
-    if entry.digest != key.digest:
-        raise EntryError("entry was written for another key")
-    if entry.scope != scope_of(key):
-        raise EntryError("entry was written for another scope")
-    if entry.endpoint != key.endpoint.value:
-        raise EntryError("entry was written for another endpoint")
+    doc = _load(raw)
+    if isinstance(doc, dict) and doc.get("version") == ENTRY_FORMAT:
+        if doc.get("digest") != key.digest:
+            raise EntryError("entry was written for another key")
+        if doc.get("scope") != [key.namespace, key.agent_id, key.agent_version, key.tenant]:
+            raise EntryError("entry was written for another scope")
+        if doc.get("endpoint") != key.endpoint.value:
+            raise EntryError("entry was written for another endpoint")
+    entry = _entry_of(doc)
     if entry.expires_at <= now:
         return None
     return entry

@@ -17,6 +17,7 @@ Nothing here does I/O; it is pure and safe to call from any thread.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import uuid
@@ -296,6 +297,11 @@ def _escape(value: object, what: str) -> str:
     """Escape one scope id so it holds no separator, glob or hash-tag character (injective)."""
     if not isinstance(value, str):
         raise InvalidScopeError(f"{what} must be a str, got {type(value).__qualname__}")
+    return _escape_str("" + value, what)
+
+
+@functools.lru_cache(maxsize=4096)  # ids repeat on every call; escaping each once is enough
+def _escape_str(value: str, what: str) -> str:
     if not value:
         raise InvalidScopeError(f"{what} must not be empty")
     if _SAFE_ID.fullmatch(value):
@@ -404,6 +410,12 @@ def _fast_canonical(body: dict[str, Any]) -> bytes | None:
         return None
 
 
+@functools.cache
+def _material_head(endpoint: Endpoint, policy: KeyPolicy) -> bytes:
+    """``{"endpoint":...,"policy":...`` without the closing brace (the rest of the material follows)."""
+    return _dumps({"endpoint": endpoint.value, "policy": policy.value})[:-1]
+
+
 def canonical_json(value: object) -> bytes:
     """Canonical JSON bytes of any JSON-like value (sorted keys, compact, UTF-8, ``0 == 0.0``).
 
@@ -461,7 +473,7 @@ def make_key(  # noqa: PLR0913 - the scope is four ids; bundling them would only
     # The material is {"endpoint", "policy", "request", "scope"} in canonical JSON; the request's bytes
     # are spliced in rather than serialised twice. The raw ids (not the escaped ones) go in, so the
     # digest never depends on the escaping rule.
-    head = _dumps({"endpoint": ep.value, "policy": pol.value})[:-1]
+    head = _material_head(ep, pol)
     scope = _dumps([namespace, agent_id, agent_version, tenant])
     material = b'%s,"request":%s,"scope":%s}' % (head, canonical, scope)
     digest = hashlib.sha256(b"promptcache-key-v%d\n%s" % (SCHEMA_VERSION, material)).hexdigest()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
+from promptcache.backends.cluster import RedisClusterStore
 from promptcache.backends.memory import MemoryStore
 from promptcache.backends.redis import RedisStore, redact_url
 from promptcache.backends.sqlite import SQLiteStore
@@ -19,6 +20,9 @@ __all__ = ["DEFAULT_TIMEOUTS", "open_store"]
 
 DEFAULT_TIMEOUTS: Final[dict[str, float]] = {
     "RedisStore": 0.05,  # a loopback GET is ~0.13 ms; 50 ms means Redis is in trouble, not busy
+    # One routed GET is one loopback/LAN round trip, as for RedisStore; a topology refresh after a
+    # failover (CLUSTER SLOTS + COMMAND, ~5-10 ms) also fits, so the first call after it is not a timeout.
+    "RedisClusterStore": 0.05,
     "MemoryStore": 0.05,
     "SQLiteStore": 0.25,  # a WAL checkpoint on a slow disk can take a while; it is still better than a call
 }
@@ -49,8 +53,10 @@ def _redis(url: str) -> Store:
 
 
 def _cluster(url: str) -> Store:
-    # The seam for Redis Cluster (issue 8): a separate store module using redis.asyncio.cluster.
-    raise ConfigError(f"Redis Cluster URLs are not supported yet: {redact_url(url)!r}")
+    try:
+        return RedisClusterStore.from_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"bad Redis Cluster URL {redact_url(url)!r}: {exc}") from None
 
 
 _OPENERS: Final[dict[str, Callable[[str], Store]]] = {
@@ -60,6 +66,7 @@ _OPENERS: Final[dict[str, Callable[[str], Store]]] = {
     "rediss": _redis,
     "unix": _redis,
     "redis+cluster": _cluster,
+    "rediss+cluster": _cluster,
 }
 
 

@@ -1028,7 +1028,7 @@ async def test_from_url_redis(redis_url: str) -> None:
         ("sqlite://", "sqlite:///path"),
         ("memory://host", "memory://"),
         (42, "42"),
-        ("redis+cluster://h:1", "Cluster"),
+        ("redis+cluster://h:1/2", "Cluster"),
         ("no-scheme-at-all", "scheme://"),
         ("redis://127.0.0.1:99999/0", "Port"),
         ("redis://127.0.0.1:1/0?socket_timeout=abc", "socket_timeout"),

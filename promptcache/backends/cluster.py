@@ -1,0 +1,342 @@
+"""The Redis Cluster store (``redis.asyncio.cluster.RedisCluster``): the same Store, spread over shards.
+
+Every command touches one key, so every command lives in one slot; nothing here ever sends a multi-key
+command across slots. Entries are keyed ``<ns>:v1:<agent>:<version>:<tenant>:{<digest>}`` and locks
+``<ns>:lock:{<digest>}``: the ``{digest}`` hash tag puts an entry and its lock in the same slot, while the
+digests of different requests (even of one agent) spread evenly over all slots and so over all primaries.
+Invalidating an agent therefore has to look everywhere: :meth:`RedisClusterStore.delete_prefix` SCANs
+every primary and UNLINKs what it finds one slot at a time.
+
+Deadlines: redis-py's cluster client retries a failed command (after re-reading the topology, with
+backoff) ``retry`` times, which would break the cache's per-call deadline of tens of milliseconds. Here
+the cluster-level retry is ``Retry(NoBackoff(), 0)`` (each node's connections retry nothing already). A
+failed command still marks the topology stale; the store then re-reads it (CLUSTER SLOTS, a few ms) in
+one shared task that no caller's deadline cancels, and so finds a promoted replica within a call or two.
+redis-py's own refresh would also re-fetch the whole COMMAND table (25-40 ms of parsing on the event
+loop) each time; the store's key-position table is known up front instead. MOVED and ASK redirections
+during a reshard are followed within the call. A command cancelled mid-reply (by the deadline) makes
+redis-py drop that connection, never return it to the pool half-read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any, Final, Self
+from urllib.parse import urlsplit, urlunsplit
+
+from redis._parsers.commands import AsyncCommandsParser
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
+from redis.utils import str_if_bytes
+
+from promptcache._validate import positive
+from promptcache.backends.redis import DEFAULT_SOCKET_TIMEOUT, SCAN_COUNT, glob_escape, redact_url
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+__all__ = ["RedisClusterStore", "cluster_url_to_redis"]
+
+CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+DELETE_BATCH: Final = 500  # UNLINKs per pipeline round (each one slot's keys)
+REFRESH_TIMEOUT: Final = 2.0  # seconds one topology refresh may take; callers time out long before
+# redis-py's flag for "topology unknown or stale; re-read it before the next command" (RedisCluster slot).
+_STALE: Final = "_initialize"
+
+_UNLOCK_LUA: Final = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
+"""
+
+
+def cluster_url_to_redis(url: str) -> tuple[str, list[tuple[str, int]]]:
+    """Split ``redis+cluster://[user:pass@]host:port[,host:port...][/0][?opts]`` for redis-py.
+
+    Returns:
+        The first node as a ``redis://`` (or ``rediss://``) URL that ``RedisCluster.from_url`` parses, and
+        the further startup nodes as ``(host, port)`` pairs.
+
+    Raises:
+        ValueError: Unknown scheme, no host, a bad port, or a database other than 0.
+    """
+    scheme, sep, rest = url.partition("://")
+    target = CLUSTER_SCHEMES.get(scheme.lower())
+    if not sep or target is None:
+        raise ValueError("a cluster URL starts with redis+cluster:// or rediss+cluster://")
+    parts = urlsplit(f"{target}://{rest}")
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    seeds: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon:
+            host, port = item.strip(), "6379"
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"each cluster node must be host:port, got {item.strip()!r}")
+        seeds.append((host.strip("[]"), int(port)))
+    if parts.path not in {"", "/", "/0"}:
+        raise ValueError("Redis Cluster has only database 0")
+    host, port_number = seeds[0]
+    first = f"[{host}]:{port_number}" if ":" in host else f"{host}:{port_number}"  # IPv6 keeps its brackets
+    netloc = f"{userinfo}{at}{first}"
+    return urlunsplit((target, netloc, "", parts.query, "")), seeds[1:]
+
+
+# Where the keys of the commands this store sends are (COMMAND's arity, flags, first/last key, step);
+# fixed since Redis 2.x. Routing them never needs a COMMAND round trip.
+_KEY_POSITIONS: Final[dict[str, tuple[int, list[str], int, int, int]]] = {
+    "get": (2, ["readonly", "fast"], 1, 1, 1),
+    "set": (-3, ["write", "denyoom"], 1, 1, 1),
+    "del": (-2, ["write"], 1, -1, 1),
+    "unlink": (-2, ["write", "fast"], 1, -1, 1),
+}
+_COMMAND_INFO_FIELDS: Final = 6  # name, arity, flags, first key, last key, step
+
+
+def _command_entry(raw: list[Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": str_if_bytes(raw[0]).lower(),
+        "arity": int(raw[1]),
+        "flags": [str_if_bytes(flag) for flag in raw[2]],
+        "first_key_pos": int(raw[3]),
+        "last_key_pos": int(raw[4]),
+        "step_count": int(raw[5]),
+    }
+    if len(raw) > 9:  # Redis >= 7: subcommands are the 10th field
+        entry["subcommands"] = raw[9]
+    return entry
+
+
+class _LazyCommandTable(AsyncCommandsParser):
+    """redis-py's key-position table, learnt one command at a time instead of with COMMAND.
+
+    redis-py fetches the whole COMMAND table on the first call and again after every connection error
+    (with retries off: on the next call): a ~250-entry reply whose pure-Python parse takes 25-40 ms of
+    event-loop time, most of a 50 ms deadline, at start-up and during exactly the failover the refresh is
+    for. The store's own commands are known up front; any other command a shared client sends is looked
+    up once with ``COMMAND INFO <name>``.
+    """
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name, (arity, flags, first, last, step) in _KEY_POSITIONS.items():
+            self.commands[name] = _command_entry([name, arity, flags, first, last, step])
+
+    async def initialize(self, node: ClusterNode | None = None) -> None:
+        if node is not None:
+            self.node = node
+
+    async def get_keys(self, *args: Any) -> tuple[str, ...] | None:  # noqa: ANN401 - redis-py's signature
+        if len(args) >= 2 and isinstance(args[0], str):  # a command and at least one argument
+            name = args[0].lower().split()[0]
+            if name not in self.commands:
+                for raw in await self.node.execute_command("COMMAND INFO", name) or []:
+                    if raw and len(raw) >= _COMMAND_INFO_FIELDS:
+                        entry = _command_entry(raw)
+                        self.commands[entry["name"]] = entry
+        return await super().get_keys(*args)
+
+
+def _consume(task: asyncio.Task[Any]) -> None:
+    # Mark the outcome retrieved: when every waiting caller has timed out, nobody else will.
+    if not task.cancelled():
+        task.exception()
+
+
+def _text(key: object) -> str:
+    return key.decode() if isinstance(key, bytes) else str(key)
+
+
+class RedisClusterStore:
+    """A store on a Redis Cluster; implements :class:`~promptcache.backends.LockingStore`.
+
+    Args:
+        client: A ``redis.asyncio.cluster.RedisCluster``; closed by :meth:`aclose` only when ``owns_client``.
+            Pass your own to share its pool; give it ``retry=Retry(NoBackoff(), 0)`` as :meth:`from_url`
+            does, or a retry inside a call can outlast the cache's per-call deadline. Its stock command
+            parser is replaced by one that never re-fetches the COMMAND table (see the module docstring).
+        owns_client: Whether this store closes the client.
+        label: How ``repr`` names the store (never with a password).
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self, client: RedisCluster, *, owns_client: bool = True, label: str = "redis+cluster"
+    ) -> None:
+        self.client = client
+        self._owns_client = owns_client
+        self._label = label
+        self._refresh: asyncio.Task[None] | None = None
+        self._closed = False
+        if type(getattr(client, "commands_parser", None)) is AsyncCommandsParser:  # not a customised one
+            parser = _LazyCommandTable()
+            parser.commands.update(client.commands_parser.commands)
+            client.commands_parser = parser
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        socket_timeout: float | None = DEFAULT_SOCKET_TIMEOUT,
+        max_connections: int | None = None,
+    ) -> RedisClusterStore:
+        """Open a cluster client on ``redis+cluster://host:port`` (more seeds after commas), retries off.
+
+        No socket timeout by default, as for :class:`~promptcache.backends.redis.RedisStore`: the cache's
+        own deadline bounds every call (and :data:`REFRESH_TIMEOUT` every topology refresh).
+        ``max_connections`` is per node. Nothing connects until the first command.
+
+        Raises:
+            ValueError: The URL or an option in it is malformed.
+        """
+        redis_url, more = cluster_url_to_redis(url)
+        timeout = None if socket_timeout is None else positive(socket_timeout, "socket_timeout")
+        kwargs: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "health_check_interval": 0,
+        }
+        if more:
+            kwargs["startup_nodes"] = [ClusterNode(host, port) for host, port in more]
+        if max_connections is not None:
+            kwargs["max_connections"] = int(positive(max_connections, "max_connections"))
+        try:
+            client = RedisCluster.from_url(redis_url, **kwargs)
+        except (RedisClusterException, TypeError) as exc:  # db != 0, an option RedisCluster does not take
+            raise ValueError(str(exc)) from None
+        return cls(client, label=redact_url(url))
+
+    def __repr__(self) -> str:
+        return f"RedisClusterStore({self._label!r})"
+
+    # -- one key, one slot -------------------------------------------------------------------------
+
+    async def get(self, key: str) -> bytes | None:
+        if getattr(self.client, _STALE, False):
+            await self._refresh_topology()
+        value = await self.client.get(key)
+        return value if value is None or isinstance(value, bytes) else str(value).encode()
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        if getattr(self.client, _STALE, False):
+            await self._refresh_topology()
+        await self.client.set(key, value, px=max(1, int(positive(ttl, "ttl") * 1000)))
+
+    async def delete(self, key: str) -> bool:
+        if getattr(self.client, _STALE, False):
+            await self._refresh_topology()
+        return bool(await self.client.delete(key))
+
+    async def try_lock(self, name: str, token: str, ttl: float) -> bool:
+        if getattr(self.client, _STALE, False):
+            await self._refresh_topology()
+        return bool(await self.client.set(name, token, nx=True, px=max(1, int(ttl * 1000))))
+
+    async def unlock(self, name: str, token: str) -> bool:
+        # Plain EVAL rather than a registered script: EVALSHA would need the script on whichever node now
+        # owns the slot (a promoted replica has an empty script cache) and SCRIPT LOAD goes to every
+        # primary, so one dead primary would break unlocking everywhere. EVAL with one key goes to one slot.
+        if getattr(self.client, _STALE, False):
+            await self._refresh_topology()
+        return bool(await self.client.eval(_UNLOCK_LUA, 1, name, token))
+
+    # -- every primary -----------------------------------------------------------------------------
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """SCAN every primary for ``prefix`` (literal) and UNLINK what it holds, one slot per command."""
+        if not prefix:
+            raise ValueError("delete_prefix needs a non-empty prefix")
+        primaries = await self._primaries()
+        counts = await asyncio.gather(*(self._delete_on(node, prefix) for node in primaries))
+        return sum(counts)
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        """Keys starting with ``prefix``, from every primary (SCAN, never KEYS; for the CLI and tests)."""
+        found: list[str] = []
+        for node in await self._primaries():
+            found.extend([_text(key) async for key in self._scan(node, prefix)])
+        return found
+
+    async def key_counts(self) -> dict[str, int]:
+        """Keys held by each primary (DBSIZE), by node name ``host:port``; ``sum()`` it for the cluster."""
+        primaries = await self._primaries()
+        sizes = await asyncio.gather(*(self.client.dbsize(target_nodes=node) for node in primaries))
+        return {node.name: int(size) for node, size in zip(primaries, sizes, strict=True)}
+
+    async def aclose(self) -> None:
+        self._closed = True
+        refresh, self._refresh = self._refresh, None
+        if refresh is not None and not refresh.done():
+            refresh.cancel()
+            with contextlib.suppress(BaseException):  # cleanup: its outcome no longer matters to anyone
+                await refresh
+        if self._owns_client:
+            await self.client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    async def _refresh_topology(self) -> None:
+        """Read the topology (CLUSTER SLOTS) in one shared task that no caller's deadline can cancel.
+
+        redis-py would do it inside the next command, under that caller's deadline; cancelled halfway, it
+        closes every connection and leaves the topology stale, so under a short deadline it could fail for
+        ever. Here callers wait on the shared task (shielded) and time out on their own, while the task
+        finishes; its error, if any, reaches the callers waiting then and is dropped otherwise.
+        """
+        if self._closed:
+            return  # after aclose: start no task that would outlive the store (redis-py reconnects inline)
+        task = self._refresh
+        if task is None or task.done():
+            task = self._refresh = asyncio.create_task(self._initialize())
+            task.add_done_callback(_consume)
+        await asyncio.shield(task)
+
+    async def _initialize(self) -> None:
+        # Bounded on its own: with no socket timeout, a node that accepts and never answers (paused, or
+        # behind a partition) would otherwise hold the refresh, and so the store, for ever.
+        async with asyncio.timeout(REFRESH_TIMEOUT):
+            await self.client.initialize()
+
+    async def _primaries(self) -> list[ClusterNode]:
+        if getattr(self.client, _STALE, False):
+            await self._refresh_topology()
+        return list(self.client.get_primaries())
+
+    def _scan(self, node: ClusterNode, prefix: str) -> AsyncIterator[Any]:
+        return self.client.scan_iter(match=glob_escape(prefix) + "*", count=SCAN_COUNT, target_nodes=node)
+
+    async def _delete_on(self, node: ClusterNode, prefix: str) -> int:
+        # Keys found on one node can still belong to many slots, and a multi-key UNLINK across slots is a
+        # CROSSSLOT error even on one node: group by slot, one UNLINK per slot, pipelined per batch.
+        deleted = 0
+        by_slot: defaultdict[int, list[bytes]] = defaultdict(list)
+        pending = 0
+        async for key in self._scan(node, prefix):
+            by_slot[self.client.keyslot(key)].append(key)
+            pending += 1
+            if pending >= DELETE_BATCH:
+                deleted += await self._unlink(by_slot)
+                by_slot.clear()
+                pending = 0
+        if pending:
+            deleted += await self._unlink(by_slot)
+        return deleted
+
+    async def _unlink(self, by_slot: dict[int, list[bytes]]) -> int:
+        pipe = self.client.pipeline()
+        for keys in by_slot.values():
+            pipe.execute_command("UNLINK", *keys)  # one slot's keys: never a cross-slot command
+        return sum(int(n) for n in await pipe.execute())
