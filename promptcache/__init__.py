@@ -8,12 +8,15 @@ from __future__ import annotations
 from promptcache._cache import PromptCache as PromptCache
 from promptcache._config import CacheConfig as CacheConfig
 from promptcache._entry import Entry as Entry
+from promptcache._events import Hook as Hook
 from promptcache._keys import CacheKey as CacheKey
 from promptcache._keys import Endpoint as Endpoint
 from promptcache._keys import KeyPolicy as KeyPolicy
 from promptcache._keys import canonical_json as canonical_json
 from promptcache._keys import generate_cache_key as generate_cache_key
 from promptcache._keys import make_key as make_key
+from promptcache._prices import ModelPrice as ModelPrice
+from promptcache._prices import PriceTable as PriceTable
 from promptcache._stats import CacheStats as CacheStats
 from promptcache.exceptions import CassetteError as CassetteError
 from promptcache.exceptions import CassetteFormatError as CassetteFormatError
@@ -41,8 +44,11 @@ __all__ = [
     "Endpoint",
     "Entry",
     "EntryError",
+    "Hook",
     "InvalidScopeError",
     "KeyPolicy",
+    "ModelPrice",
+    "PriceTable",
     "PromptCache",
     "PromptCacheError",
     "SecretLeakError",

@@ -21,6 +21,7 @@ import orjson
 
 from promptcache._config import CacheConfig
 from promptcache._entry import Entry, decode_entry, encode_entry, scope_of
+from promptcache._events import Emitter, Result
 from promptcache._gate import refusal_reason, stream_refusal, stream_summary, usage_of
 from promptcache._keys import DEFAULT_AGENT_VERSION, CacheKey, Endpoint, KeyPolicy, agent_prefix, make_key
 from promptcache._resilience import BreakerState, CircuitBreaker, Guard, StoreSkipped
@@ -34,12 +35,11 @@ from promptcache.exceptions import (
     StoreError,
     UncacheableRequestError,
 )
-from promptcache.metrics import BreakerEvent, RequestEvent, Result, StoreEvent
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-    from promptcache.metrics import CacheEvent, Hook
+    from promptcache._events import Hook
 
 __all__ = ["PromptCache"]
 
@@ -70,7 +70,7 @@ class PromptCache:
     .. versionadded:: 0.1.0
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - all but the store and config are keyword-only
         self,
         store: Store,
         config: CacheConfig | None = None,
@@ -81,8 +81,9 @@ class PromptCache:
         hooks: Sequence[Hook] = (),
     ) -> None:
         self.config = config if config is not None else CacheConfig()
+        # Emitting is always guarded by `if self._hooks:` (a tuple's truth test), so no hooks cost nothing.
         self._hooks: tuple[Hook, ...] = tuple(hooks)
-        self._failed_hooks: set[int] = set()
+        self._events = Emitter(self._hooks, self.config.namespace)
         self.store = store
         self._owns_store = owns_store
         self._clock = clock
@@ -195,7 +196,7 @@ class PromptCache:
             counters.requests += 1
             counters.bypasses += 1
             if self._hooks:
-                self._emit_bypass("requested", agent_id, agent_version, request)
+                self._events.bypass("requested", agent_id, agent_version, request)
             return await call()
         try:
             key = self.key(
@@ -212,7 +213,7 @@ class PromptCache:
             counters.uncacheable += 1
             log.debug("promptcache: request bypasses the cache: %s", exc)
             if self._hooks:
-                self._emit_bypass("uncacheable", agent_id, agent_version, request)
+                self._events.bypass("uncacheable", agent_id, agent_version, request)
             return await call()
         counters.requests += 1  # counted once the key exists, so bad input never skews the invariant
         if not refresh:
@@ -221,7 +222,7 @@ class PromptCache:
             except BaseException:  # cancelled, or StoreError with fail_open=False: still one request
                 counters.misses += 1
                 if self._hooks:
-                    self._emit_request(Result.MISS, key, request, reason="error")
+                    self._events.request(Result.MISS, key, request, reason="error")
                 raise
             if entry is not None and entry.chunks is None:
                 self._count_hit(entry, key, request)
@@ -288,7 +289,7 @@ class PromptCache:
         if entry is None or (entry.chunks is not None) != stream:
             self._counters.misses += 1
             if self._hooks:
-                self._emit_request(Result.MISS, key, None)
+                self._events.request(Result.MISS, key, None)
             return None
         self._count_hit(entry, key, None)
         return entry
@@ -336,7 +337,9 @@ class PromptCache:
         if uncacheable:
             self._counters.uncacheable += 1
         if self._hooks:
-            self._emit_bypass("uncacheable" if uncacheable else "requested", agent_id, agent_version, request)
+            self._events.bypass(
+                "uncacheable" if uncacheable else "requested", agent_id, agent_version, request
+            )
 
     # -- invalidation, stats, lifecycle ------------------------------------------------------------
 
@@ -406,66 +409,7 @@ class PromptCache:
         counters.output_tokens_saved += out
         counters.latency_saved += entry.latency
         if self._hooks:
-            self._emit_request(Result.HIT, key, request, tokens=(inp, out), latency_saved=entry.latency)
-
-    # -- instrumentation: every emitter is called behind `if self._hooks`, so no hooks cost nothing ---
-
-    def _emit(self, event: CacheEvent) -> None:
-        for hook in self._hooks:
-            try:
-                hook(event)
-            except Exception:  # a metrics hook must never break an answer; logged (once), not silent
-                if id(hook) not in self._failed_hooks:
-                    self._failed_hooks.add(id(hook))
-                    log.exception("promptcache: metrics hook %r failed; further failures not logged", hook)
-
-    def _emit_request(  # noqa: PLR0913
-        self,
-        result: Result,
-        key: CacheKey,
-        request: Mapping[str, Any] | None,
-        *,
-        tokens: tuple[int, int] = (0, 0),
-        latency_saved: float = 0.0,
-        coalesced: bool = False,
-        reason: str | None = None,
-    ) -> None:
-        if request is None:  # integrations hand over the key only; the model is in the canonical request
-            request = orjson.loads(key.canonical)
-        model = request.get("model") if isinstance(request, dict) else None
-        self._emit(
-            RequestEvent(
-                result=result,
-                namespace=key.namespace,
-                agent_id=key.agent_id,
-                agent_version=key.agent_version,
-                model=model if isinstance(model, str) else None,
-                input_tokens=tokens[0],
-                output_tokens=tokens[1],
-                latency_saved=latency_saved,
-                coalesced=coalesced,
-                reason=reason,
-            )
-        )
-
-    def _emit_bypass(
-        self,
-        reason: str,
-        agent_id: str | None,
-        agent_version: str | None,
-        request: Mapping[str, Any] | None,
-    ) -> None:
-        model = request.get("model") if isinstance(request, dict) else None
-        self._emit(
-            RequestEvent(
-                result=Result.BYPASS,
-                namespace=self.config.namespace,
-                agent_id=agent_id if isinstance(agent_id, str) else None,
-                agent_version=agent_version if isinstance(agent_version, str) else None,
-                model=model if isinstance(model, str) else None,
-                reason=reason,
-            )
-        )
+            self._events.request(Result.HIT, key, request, tokens=(inp, out), latency_saved=entry.latency)
 
     def _on_breaker_change(self, old: BreakerState, new: BreakerState) -> None:
         if new is BreakerState.OPEN:
@@ -473,7 +417,7 @@ class PromptCache:
         elif new is BreakerState.CLOSED:
             self._counters.breaker_closed += 1
         if self._hooks:
-            self._emit(BreakerEvent(namespace=self.config.namespace, old=old.value, new=new.value))
+            self._events.breaker(old.value, new.value)
 
     def _on_store_error(self, operation: str, exc: BaseException, timed_out: bool) -> None:  # noqa: FBT001
         if timed_out:
@@ -502,29 +446,20 @@ class PromptCache:
         return False, None
 
     async def _guarded_timed(self, operation: str, call: Callable[[], Awaitable[Any]]) -> tuple[bool, Any]:
-        """:meth:`_guarded`, timed, with one :class:`~promptcache.metrics.StoreEvent` per call for the hooks."""
-        namespace = self.config.namespace
+        """:meth:`_guarded`, timed, reporting one store event per call to the hooks."""
         started = self._mono()
         try:
             found = await self._guard.run(operation, call)
         except StoreSkipped:
             self._counters.store_skipped += 1
-            self._emit(StoreEvent(namespace=namespace, operation=operation, outcome="skipped"))
+            self._events.store(operation, "skipped")
         except Exception as exc:
-            self._emit(
-                StoreEvent(
-                    namespace=namespace,
-                    operation=operation,
-                    outcome="timeout" if isinstance(exc, TimeoutError) else "error",
-                    seconds=self._mono() - started,
-                    error=type(exc).__name__,
-                )
-            )
+            outcome = "timeout" if isinstance(exc, TimeoutError) else "error"
+            self._events.store(operation, outcome, self._mono() - started, type(exc).__name__)
             if not self.config.fail_open:
                 raise StoreError(f"store {operation} failed: {type(exc).__name__}") from exc
         else:
-            seconds = self._mono() - started
-            self._emit(StoreEvent(namespace=namespace, operation=operation, outcome="ok", seconds=seconds))
+            self._events.store(operation, "ok", self._mono() - started)
             return True, found
         return False, None
 
@@ -566,7 +501,7 @@ class PromptCache:
             if current is not None and current.cancelling():  # this caller was cancelled
                 self._counters.misses += 1
                 if self._hooks:
-                    self._emit_request(Result.MISS, key, request, reason="cancelled")
+                    self._events.request(Result.MISS, key, request, reason="cancelled")
                 if flight.waiters == 0 and not flight.task.done():
                     flight.task.cancel()  # nobody is left to receive the answer
                 raise
@@ -579,13 +514,13 @@ class PromptCache:
             if leader:
                 self._counters.upstream_errors += 1
             if self._hooks:
-                self._emit_request(Result.MISS, key, request, reason="error")
+                self._events.request(Result.MISS, key, request, reason="error")
             raise
         flight.waiters -= 1
         if leader and not from_store:
             self._counters.misses += 1
             if self._hooks:
-                self._emit_request(Result.MISS, key, request, tokens=usage_of(body))
+                self._events.request(Result.MISS, key, request, tokens=usage_of(body))
             return body
         self._counters.hits += 1
         if not leader:
@@ -594,7 +529,7 @@ class PromptCache:
                 body = orjson.loads(flight.snapshot)  # each caller gets its own copy to mutate
         tokens = self._count_saving(body)
         if self._hooks:
-            self._emit_request(Result.HIT, key, request, tokens=tokens, coalesced=not leader)
+            self._events.request(Result.HIT, key, request, tokens=tokens, coalesced=not leader)
         return body
 
     def _count_saving(self, body: Any) -> tuple[int, int]:  # noqa: ANN401

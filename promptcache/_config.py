@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
 
 from promptcache._gate import DEFAULT_FINISH_REASONS
 from promptcache._keys import KeyPolicy
 from promptcache._validate import parse_enum, positive
 from promptcache.exceptions import ConfigError
 
-__all__ = ["CacheConfig"]
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = ["URL_ENV", "CacheConfig", "url_from_env"]
+
+URL_ENV: Final = "PROMPTCACHE_URL"
 
 DEFAULT_TTL = 3600.0
 DEFAULT_MAX_ENTRY_BYTES = 1024 * 1024
@@ -83,3 +90,18 @@ class CacheConfig:
     @property
     def key_policy(self) -> KeyPolicy:
         return parse_enum(KeyPolicy, self.policy, "policy")
+
+
+def url_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """The store URL in ``PROMPTCACHE_URL``, or None when it is unset or empty.
+
+    This is the one place promptcache reads the environment, and only the ``promptcache`` command and the
+    pytest plugin call it: a library user passes the URL to :meth:`PromptCache.from_url` explicitly.
+
+    Args:
+        environ: The environment to read; ``os.environ`` when None.
+
+    .. versionadded:: 0.1.0
+    """
+    value = (os.environ if environ is None else environ).get(URL_ENV, "").strip()
+    return value or None

@@ -29,19 +29,23 @@ from __future__ import annotations
 import threading
 import weakref
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
-from promptcache._prices import PriceTable
+from promptcache._events import UNKNOWN, BreakerEvent, CacheEvent, Hook, RequestEvent, Result, StoreEvent
+from promptcache._prices import PRICES_AS_OF, ModelPrice, PriceTable
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 __all__ = [
+    "PRICES_AS_OF",
+    "UNKNOWN",
     "BreakerEvent",
     "CacheEvent",
     "Hook",
     "MetricsRecorder",
+    "ModelPrice",
+    "PriceTable",
     "PrometheusHook",
     "RequestEvent",
     "Result",
@@ -51,98 +55,10 @@ __all__ = [
     "start_exporter",
 ]
 
-UNKNOWN: Final = "unknown"
-"""The label value for an agent or model an event does not know."""
-
-STORE_LATENCY_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
-
-
-class Result(StrEnum):
-    """How a request was answered.
-
-    .. versionadded:: 0.1.0
-    """
-
-    HIT = "hit"
-    MISS = "miss"
-    BYPASS = "bypass"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RequestEvent:
-    """One request answered by the cache: exactly one event per request.
-
-    Attributes:
-        result: Hit, miss or bypass.
-        namespace: The cache's namespace.
-        agent_id: The agent; None only for bypasses reported without one.
-        agent_version: The agent's version, when known.
-        model: The model the request asked for (its ``model`` field), when it names one.
-        input_tokens: Hit: prompt tokens saved. Miss: prompt tokens the upstream answer reported (0 when
-            the call failed or was made outside the cache). Bypass: 0.
-        output_tokens: Likewise for completion tokens.
-        latency_saved: Hit: seconds the original upstream call took (what this hit saved); else 0.
-        coalesced: Hit: the caller shared another caller's in-flight upstream call.
-        reason: Bypass: ``"requested"`` or ``"uncacheable"``. Miss: ``"error"`` when upstream raised.
-
-    .. versionadded:: 0.1.0
-    """
-
-    result: Result
-    namespace: str
-    agent_id: str | None = None
-    agent_version: str | None = None
-    model: str | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    latency_saved: float = 0.0
-    coalesced: bool = False
-    reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StoreEvent:
-    """One store call (or one the open breaker skipped).
-
-    Attributes:
-        operation: ``get``, ``set``, ``lock`` or ``unlock``.
-        outcome: ``ok``, ``error``, ``timeout`` or ``skipped``.
-        seconds: How long the call took (0 when skipped).
-        error: The exception's type name, for errors and timeouts.
-
-    .. versionadded:: 0.1.0
-    """
-
-    namespace: str
-    operation: str
-    outcome: str
-    seconds: float = 0.0
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BreakerEvent:
-    """The store circuit breaker moved from ``old`` to ``new`` (``closed``, ``open``, ``half_open``).
-
-    .. versionadded:: 0.1.0
-    """
-
-    namespace: str
-    old: str
-    new: str
-
-
-CacheEvent = RequestEvent | StoreEvent | BreakerEvent
-"""Everything a hook is called with."""
-
-
-class Hook(Protocol):
-    """Anything callable with one :data:`CacheEvent`; called on the cache's event loop, so keep it quick.
-
-    .. versionadded:: 0.1.0
-    """
-
-    def __call__(self, event: CacheEvent) -> None: ...
+STORE_LATENCY_BUCKETS: Final = (
+    *(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005),
+    *(0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
 
 
 @dataclass(slots=True)
@@ -174,7 +90,7 @@ class UsageRow:
         return self.input_tokens_saved + self.output_tokens_saved
 
     def add(self, other: UsageRow) -> None:
-        for name in self.__slots__:  # type: ignore[attr-defined]
+        for name in self.__slots__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 

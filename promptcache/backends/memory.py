@@ -65,6 +65,11 @@ class MemoryStore:
             del self._data[k]
         return live
 
+    async def keys(self, prefix: str = "") -> list[str]:
+        """Live keys starting with ``prefix``, read-only: no LRU reordering (for the CLI and tests)."""
+        now = self._clock()
+        return [k for k, (_, expires) in self._data.items() if k.startswith(prefix) and expires > now]
+
     async def aclose(self) -> None:
         self._data.clear()
 

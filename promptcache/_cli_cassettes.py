@@ -1,0 +1,214 @@
+"""Exported cassettes: stored entries to YAML recordings and back (byte-exact), and cassette checks.
+
+An exported recording carries every field of the stored envelope (timestamps, latency, compression), so
+``import`` rebuilds the very bytes ``export`` read. Recordings written by the pytest plugin import too: they
+get their creation time from ``recorded_at`` and a fresh TTL. Store keys are rebuilt from a recording's
+scope with the key module's own prefix rule, so an imported entry lands where production looks it up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import yaml
+
+from promptcache._cassette import CASSETTE_FORMAT, SCRUBBED, find_secret, parse_cassette
+from promptcache._cli_support import store_key_of
+from promptcache._config import DEFAULT_COMPRESS_ABOVE
+from promptcache._entry import Entry, encode_entry
+from promptcache._keys import Endpoint, KeyPolicy, make_key
+from promptcache._validate import parse_enum
+from promptcache.exceptions import CassetteFormatError, EntryError, PromptCacheError
+
+if TYPE_CHECKING:
+    from promptcache._cli_support import StoredEntry
+
+__all__ = ["export_doc", "from_recording", "to_recording", "verify_cassette"]
+
+
+def _iso(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def to_recording(stored: StoredEntry) -> dict[str, Any]:
+    """A cassette recording holding every field of the stored envelope, so import rebuilds its bytes."""
+    entry = stored.entry
+    if entry is None:
+        raise EntryError(f"{stored.store_key}: {stored.error}")
+    names = ("namespace", "agent_id", "agent_version", "tenant")
+    rec: dict[str, Any] = {
+        "key": entry.digest,
+        "endpoint": entry.endpoint,
+        "scope": dict(zip(names, entry.scope, strict=True)),
+        "recorded_at": _iso(entry.created_at),
+        "created_at": entry.created_at,
+        "expires_at": entry.expires_at,
+        "model": entry.model,
+        "usage": entry.usage,
+        "latency": entry.latency,
+        "compressed": stored.compressed,
+    }  # fmt: skip
+    if entry.request is not None:
+        rec["request"] = entry.request
+    if entry.chunks is not None:
+        rec["chunks"] = entry.chunks
+    else:
+        rec["response"] = entry.body
+    return rec
+
+
+def export_doc(
+    recordings: list[dict[str, Any]], namespace: str, agent_id: str, version: str | None
+) -> dict[str, Any]:
+    """A cassette document of exported entries (``parse_cassette`` reads it like any other)."""
+    return {
+        "version": CASSETTE_FORMAT,
+        "exported": {"namespace": namespace, "agent_id": agent_id, "agent_version": version},
+        "recordings": recordings,
+    }
+
+
+def _scope_of(rec: dict[str, Any], where: str) -> tuple[str, str, str, str | None]:
+    scope = rec.get("scope")
+    if not isinstance(scope, dict):
+        raise CassetteFormatError(f"{where}: no 'scope' mapping")
+    ids = [scope.get(name) for name in ("namespace", "agent_id", "agent_version")]
+    tenant = scope.get("tenant")
+    if not all(isinstance(i, str) and i for i in ids) or not (tenant is None or isinstance(tenant, str)):
+        raise CassetteFormatError(f"{where}: scope needs string namespace, agent_id and agent_version")
+    return (str(ids[0]), str(ids[1]), str(ids[2]), tenant)
+
+
+def _created_at(rec: dict[str, Any], now: float) -> float:
+    value = rec.get("created_at")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    stamp = rec.get("recorded_at")
+    if isinstance(stamp, str):
+        try:
+            return dt.datetime.fromisoformat(stamp).timestamp()
+        except ValueError:
+            pass
+    return now
+
+
+def from_recording(
+    rec: dict[str, Any], where: str, *, now: float, ttl: float
+) -> tuple[str, bytes, float] | None:
+    """``(store_key, value, ttl)`` to write for a recording, or None when it has already expired.
+
+    Recordings from ``export`` carry their timestamps and compression; test recordings get ``ttl`` from now.
+
+    Raises:
+        CassetteFormatError: The recording cannot become an entry; the message says where and why.
+    """
+    scope = _scope_of(rec, where)
+    digest = rec["key"]
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise CassetteFormatError(f"{where}: key {digest!r} is not a 64-hex digest")
+    try:
+        endpoint = parse_enum(Endpoint, rec["endpoint"], "endpoint")
+        store_key = store_key_of(scope, digest)
+    except PromptCacheError as exc:
+        raise CassetteFormatError(f"{where}: {exc}") from None
+    expires = rec.get("expires_at")
+    expires_at = (
+        float(expires) if isinstance(expires, int | float) and not isinstance(expires, bool) else now + ttl
+    )
+    if expires_at <= now:
+        return None
+    usage, model, latency = rec.get("usage"), rec.get("model"), rec.get("latency")
+    entry = Entry(
+        digest=digest,
+        scope=scope,
+        endpoint=endpoint.value,
+        created_at=_created_at(rec, now),
+        expires_at=expires_at,
+        body=None if "chunks" in rec else rec.get("response"),
+        chunks=rec.get("chunks"),
+        model=model if isinstance(model, str) else None,
+        usage=usage if isinstance(usage, dict) else None,
+        latency=float(latency) if isinstance(latency, int | float) and not isinstance(latency, bool) else 0.0,
+        request=rec.get("request"),
+    )
+    compressed = rec.get("compressed")
+    threshold = DEFAULT_COMPRESS_ABOVE if compressed is None else (0 if compressed else None)
+    try:
+        return store_key, encode_entry(entry, compress_above=threshold), expires_at - now
+    except TypeError as exc:
+        raise CassetteFormatError(f"{where}: the response is not JSON ({exc})") from None
+
+
+def _duplicate_keys(node: yaml.Node, path: str, out: list[str]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+            if name in seen:
+                out.append(f"{path}: duplicate key {name!r} (line {key_node.start_mark.line + 1})")
+            seen.add(name)
+            _duplicate_keys(value_node, f"{path}.{name}", out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _duplicate_keys(item, f"{path}[{i}]", out)
+
+
+def _key_matches_request(rec: dict[str, Any], scope: tuple[str, str, str, str | None]) -> bool:
+    request = rec.get("request")
+    if not isinstance(request, dict) or SCRUBBED in orjson.dumps(request).decode():
+        return True  # nothing to check against (scrubbed text cannot reproduce the key)
+    namespace, agent_id, agent_version, tenant = scope
+    for policy in KeyPolicy:  # the canonical request is a fixed point of the policy that made it
+        key = make_key(
+            request,
+            namespace=namespace,
+            agent_id=agent_id,
+            agent_version=agent_version,
+            tenant=tenant,
+            endpoint=rec["endpoint"],
+            policy=policy,
+        )
+        if key.digest == rec["key"]:
+            return True
+    return False
+
+
+def verify_cassette(text: bytes, where: str) -> tuple[int, list[str]]:
+    """``(recordings, problems)`` for one cassette file: safe-loader parse, secrets, duplicate keys.
+
+    Duplicate mapping keys are always problems (a YAML loader silently keeps the last one). A repeated
+    recording key is a problem in an exported cassette; in a test cassette it is the n-th answer to the
+    n-th identical request, which is how the pytest plugin records.
+    """
+    try:
+        doc = parse_cassette(text, where)
+        node = yaml.compose(text.decode("utf-8"), Loader=yaml.SafeLoader)
+    except (CassetteFormatError, yaml.YAMLError) as exc:
+        return 0, [str(exc)]
+    problems: list[str] = []
+    leaked = find_secret(text.decode("utf-8"))
+    if leaked is not None:
+        problems.append(f"{where}: holds a credential (pattern {leaked})")
+    dupes: list[str] = []
+    if node is not None:
+        _duplicate_keys(node, "$", dupes)
+    problems.extend(f"{where}: {d}" for d in dupes)
+    seen: set[tuple[object, ...]] = set()
+    for i, rec in enumerate(doc["recordings"]):
+        here = f"{where}: recordings[{i}]"
+        try:
+            scope = _scope_of(rec, here)
+            if not _key_matches_request(rec, scope):
+                problems.append(
+                    f"{here}: key {rec['key'][:12]}... does not match its request (edited by hand?)"
+                )
+        except (CassetteFormatError, PromptCacheError) as exc:
+            problems.append(str(exc) if str(exc).startswith(where) else f"{here}: {exc}")
+            continue
+        ident = (*scope, rec["key"])
+        if "exported" in doc and ident in seen:
+            problems.append(f"{here}: key {rec['key'][:12]}... appears twice in an exported cassette")
+        seen.add(ident)
+    return len(doc["recordings"]), problems

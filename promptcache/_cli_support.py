@@ -1,0 +1,361 @@
+"""What the ``promptcache`` command does to a store and prints about it, apart from parsing flags.
+
+Listing a namespace's entries, finding one by digest or store key, diffing canonical requests, and the
+text shown by ``inspect`` and ``explain``. Nothing here prints or exits; :mod:`promptcache.cli` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO, runtime_checkable
+
+import orjson
+
+from promptcache._entry import Entry, parse_entry
+from promptcache._keys import DENY_LIST, agent_prefix
+from promptcache.backends.redis import RedisStore
+from promptcache.exceptions import ConfigError, EntryError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from promptcache._keys import CacheKey
+    from promptcache.backends import Store
+
+__all__ = [
+    "ListingStore",
+    "Progress",
+    "Side",
+    "StoredEntry",
+    "echo",
+    "entry_json",
+    "entry_text",
+    "explain_text",
+    "find_entry",
+    "json_diff",
+    "list_keys",
+    "load_request",
+    "namespace_prefix",
+    "read_entries",
+    "read_metrics",
+    "store_key_of",
+    "why_text",
+]
+
+
+def echo(*lines: str) -> None:
+    """Write lines to standard output: what the command prints (the library itself prints nothing)."""
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()
+
+
+PROGRESS_MIN: Final = 200  # a bar for runs at least this long, and only on a terminal
+
+
+class Progress:
+    """A one-line progress bar on stderr for long runs (hidden unless ``enabled``)."""
+
+    def __init__(
+        self, total: int, label: str, *, stream: TextIO | None = None, enabled: bool | None = None
+    ) -> None:
+        self.stream = sys.stderr if stream is None else stream
+        self.total, self.label, self.done = total, label, 0
+        self.enabled = (total >= PROGRESS_MIN and self.stream.isatty()) if enabled is None else enabled
+        self._shown = -1
+
+    def advance(self, n: int = 1) -> None:
+        self.done = min(self.total, self.done + n)
+        percent = self.done * 100 // max(1, self.total)
+        if self.enabled and percent != self._shown:
+            self._shown = percent
+            filled = percent * 30 // 100
+            bar = "#" * filled + "-" * (30 - filled)
+            self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total}")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self._shown >= 0:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+_ZLIB_MAGIC: Final = b"PCZ1"  # the entry module's marker of a compressed value
+READ_BATCH: Final = 256
+
+
+@runtime_checkable
+class ListingStore(Protocol):
+    """A store that can list its keys (SQLite, Redis and memory can; the Store protocol does not ask)."""
+
+    async def keys(self, prefix: str = "") -> list[str]: ...
+
+
+def namespace_prefix(namespace: str) -> str:
+    """The prefix of every entry key in ``namespace`` (never of a lock key)."""
+    return agent_prefix(namespace, "_").removesuffix("_:")
+
+
+def _escaped(scope_id: str) -> str:
+    # agent_prefix escapes its first id by the key module's rule, and an escaped id never holds ":".
+    return agent_prefix(scope_id, "_").split(":", 1)[0]
+
+
+def store_key_of(scope: tuple[str, str, str, str | None], digest: str) -> str:
+    """The store key of the entry with ``digest`` in ``scope``, as :func:`~promptcache.make_key` builds it."""
+    namespace, agent_id, agent_version, tenant = scope
+    tenant_part = "~" if tenant is None else _escaped(tenant)
+    return f"{agent_prefix(namespace, agent_id, agent_version)}{tenant_part}:{{{digest}}}"
+
+
+async def list_keys(store: Store, prefix: str) -> list[str]:
+    """Live keys under ``prefix``, sorted.
+
+    Raises:
+        ConfigError: The store cannot list its keys.
+    """
+    if not isinstance(store, ListingStore):
+        raise ConfigError(f"{store!r} cannot list its keys")
+    return sorted(await store.keys(prefix))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """One stored value: its key, its bytes, and the entry they hold (or why they hold none)."""
+
+    store_key: str
+    raw: bytes
+    entry: Entry | None
+    error: str | None = None
+
+    @property
+    def compressed(self) -> bool:
+        return self.raw.startswith(_ZLIB_MAGIC)
+
+
+def _parsed(store_key: str, raw: bytes) -> StoredEntry:
+    try:
+        return StoredEntry(store_key, raw, parse_entry(raw))
+    except EntryError as exc:
+        return StoredEntry(store_key, raw, None, str(exc))
+
+
+async def read_entries(
+    store: Store, keys: list[str], progress: Callable[[int], None] | None = None
+) -> list[StoredEntry]:
+    """The values under ``keys`` (those that expired meanwhile are left out), parsed, in key order."""
+    out: list[StoredEntry] = []
+    for start in range(0, len(keys), READ_BATCH):
+        batch = keys[start : start + READ_BATCH]
+        if isinstance(store, RedisStore):  # one round trip per batch instead of one per key
+            values: list[Any] = await store.client.mget(batch)
+        else:
+            values = list(await asyncio.gather(*(store.get(k) for k in batch)))
+        out.extend(_parsed(k, bytes(v)) for k, v in zip(batch, values, strict=True) if v is not None)
+        if progress is not None:
+            progress(len(batch))
+    return out
+
+
+async def find_entry(store: Store, namespace: str, key: str) -> StoredEntry:
+    """The entry under a store key, or under a bare 64-hex digest anywhere in ``namespace``.
+
+    Raises:
+        ConfigError: ``key`` is neither, or nothing live is stored under it.
+    """
+    prefix = namespace_prefix(namespace)
+    if key.startswith(prefix):
+        candidates = [key]
+    elif len(key) == 64 and all(c in "0123456789abcdef" for c in key):
+        candidates = [k for k in await list_keys(store, prefix) if k.endswith(f"{{{key}}}")]
+    else:
+        raise ConfigError(f"{key!r} is not a key: give a 64-hex digest or a store key starting {prefix!r}")
+    found = await read_entries(store, candidates)
+    if not found:
+        raise ConfigError(f"no live entry under {key!r} in namespace {namespace!r}")
+    return found[0]
+
+
+# -- diffs ----------------------------------------------------------------------------------------
+
+
+def _short(value: object, width: int = 70) -> str:
+    text = orjson.dumps(value).decode() if not isinstance(value, str) else repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def json_diff(a: object, b: object, path: str = "$") -> list[str]:
+    """Where two JSON values differ, one line per changed, added (``+``) or removed (``-``) path."""
+    out: list[str] = []
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(a.keys() | b.keys()):
+            where = f"{path}.{k}"
+            if k not in b:
+                out.append(f"- {where}: {_short(a[k])}")
+            elif k not in a:
+                out.append(f"+ {where}: {_short(b[k])}")
+            else:
+                out.extend(json_diff(a[k], b[k], where))
+    elif isinstance(a, list) and isinstance(b, list):
+        for i in range(max(len(a), len(b))):
+            where = f"{path}[{i}]"
+            if i >= len(b):
+                out.append(f"- {where}: {_short(a[i])}")
+            elif i >= len(a):
+                out.append(f"+ {where}: {_short(b[i])}")
+            else:
+                out.extend(json_diff(a[i], b[i], where))
+    elif a != b or type(a) is not type(b):
+        out.append(f"~ {path}: {_short(a)} -> {_short(b)}")
+    return out
+
+
+# -- what inspect and explain show ----------------------------------------------------------------
+
+
+def _pretty(value: object, indent: str = "  ") -> str:
+    text = orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+    return "\n".join(indent + line for line in text.splitlines())
+
+
+def _iso(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def entry_json(stored: StoredEntry, now: float) -> dict[str, Any]:
+    """One entry as a JSON-able dict, for ``inspect --json``."""
+    entry = stored.entry
+    if entry is None:
+        return {"store_key": stored.store_key, "error": stored.error}
+    namespace, agent_id, agent_version, tenant = entry.scope
+    return {
+        "store_key": stored.store_key,
+        "digest": entry.digest,
+        "scope": {
+            "namespace": namespace,
+            "agent_id": agent_id,
+            "agent_version": agent_version,
+            "tenant": tenant,
+        },
+        "endpoint": entry.endpoint,
+        "model": entry.model,
+        "usage": entry.usage,
+        "created_at": _iso(entry.created_at),
+        "ttl_left": round(max(0.0, entry.expires_at - now), 3),
+        "latency": entry.latency,
+        "request": entry.request,
+        "response": entry.body if entry.chunks is None else None,
+        "chunks": entry.chunks,
+    }
+
+
+def entry_text(stored: StoredEntry, now: float) -> str:
+    """One entry as ``inspect`` prints it: scope, model, usage, TTL left, canonical request, response."""
+    entry: Entry | None = stored.entry
+    if entry is None:
+        return f"key:       {stored.store_key}\nunreadable: {stored.error}"
+    _, agent_id, agent_version, tenant = entry.scope
+    usage = entry.usage or {}
+    inp = usage.get("prompt_tokens", usage.get("input_tokens", "?"))
+    out = usage.get("completion_tokens", usage.get("output_tokens", "?"))
+    lines = [
+        f"key:       {stored.store_key}",
+        f"agent:     {agent_id}, version {agent_version}, tenant {tenant or 'none'}",
+        f"endpoint:  {entry.endpoint}, model {entry.model or 'unknown'}, usage {inp} in / {out} out",
+        (
+            f"created:   {_iso(entry.created_at)}, TTL left {max(0.0, entry.expires_at - now):.0f} s,"
+            f" upstream latency {entry.latency:.3f} s"
+        ),
+        "request (canonical):",
+        _pretty(entry.request)
+        if entry.request is not None
+        else "  (not kept: the cache ran with keep_request=False)",
+    ]
+    if entry.chunks is not None:
+        lines += [f"response: a stream of {len(entry.chunks)} events:", _pretty(entry.chunks)]
+    else:
+        lines += ["response:", _pretty(entry.body)]
+    return "\n".join(lines)
+
+
+def load_request(path: str) -> dict[str, Any]:
+    """A request body from a JSON file (``-`` for stdin).
+
+    Raises:
+        ConfigError: Not JSON, or not a JSON object.
+        OSError: The file cannot be read.
+    """
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: a request body is a JSON object, got {type(value).__name__}")
+    return value
+
+
+def read_metrics(source: str) -> str:
+    """Prometheus text from an ``http(s)://`` URL (a ``/metrics`` endpoint) or a file."""
+    if source.startswith(("http://", "https://")):
+        with urllib.request.urlopen(source, timeout=5) as response:  # noqa: S310 - the scheme is checked above
+            data: bytes = response.read()
+        return data.decode("utf-8")
+    return Path(source).read_text(encoding="utf-8")
+
+
+def explain_text(key: CacheKey, request: dict[str, Any]) -> str:
+    """What ``explain`` prints: the key, its scope, what was left out, and the canonical request."""
+    left_out = sorted(k for k in request if k in DENY_LIST)
+    lines = [
+        f"key:        {key.digest}",
+        f"store key:  {key.store_key}",
+        (
+            f"scope:      namespace {key.namespace!r}, agent {key.agent_id!r}, version {key.agent_version!r},"
+            f" tenant {key.tenant or 'none'}"
+        ),
+        f"endpoint:   {key.endpoint.value}, text policy {key.policy.value}",
+    ]
+    if left_out:
+        lines.append(f"left out:   {', '.join(left_out)} (deny-list: they cannot change the answer)")
+    lines.append("canonical request (hashed with the scope, endpoint and policy):")
+    lines.append(_pretty(orjson.loads(key.canonical)))
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class Side:
+    """The other side of an ``explain --against`` comparison."""
+
+    digest: str
+    request: Any
+    endpoint: str
+    scope: tuple[str, str, str, str | None]
+
+
+def why_text(key: CacheKey, theirs: Side) -> str:
+    """Why ``key`` and ``theirs`` differ: scope, endpoint, then each changed path of the canonical request."""
+    if key.digest == theirs.digest:
+        return f"same key: both are cached under {key.digest}"
+    lines = [f"why the keys differ (theirs {theirs.digest[:12]}... -> this {key.digest[:12]}...):"]
+    mine = (key.namespace, key.agent_id, key.agent_version, key.tenant)
+    for name, a, b in zip(
+        ("namespace", "agent_id", "agent_version", "tenant"), theirs.scope, mine, strict=True
+    ):
+        if a != b:
+            lines.append(f"  ~ scope.{name}: {a!r} -> {b!r}")
+    if theirs.endpoint != key.endpoint.value:
+        lines.append(f"  ~ endpoint: {theirs.endpoint!r} -> {key.endpoint.value!r}")
+    lines.extend("  " + d for d in json_diff(theirs.request, orjson.loads(key.canonical)))
+    if len(lines) == 1:
+        lines.append(
+            "  scope, endpoint and canonical request are equal:"
+            f" the text policy differs (this one: {key.policy.value})"
+        )
+    else:
+        lines.append("  (~ changed, + only in this request, - only in theirs)")
+    return "\n".join(lines)

@@ -1,0 +1,266 @@
+"""Plain-text tables: the seed tutorial's "Real-World Results" table, the ``stats`` table, one formatter.
+
+Pure functions over measured or stored numbers; nothing here measures, prints or reads a clock. The demo
+prints both tables; ``promptcache stats`` prints the second.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from promptcache.metrics import UNKNOWN, UsageRow
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from promptcache._cli_support import StoredEntry
+    from promptcache._entry import Entry
+
+__all__ = [
+    "RunSummary",
+    "StoredRow",
+    "format_table",
+    "improvement",
+    "parse_prometheus",
+    "percentile",
+    "render_results",
+    "render_stats",
+    "stats_json",
+    "stored_rows",
+]
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str = "") -> str:
+    """Columns padded to their widest cell; ``align`` has one ``l``/``r`` per column (default: left)."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    sides = align.ljust(len(headers), "l")
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            cell.rjust(w) if side == "r" else cell.ljust(w)
+            for cell, w, side in zip(cells, widths, sides, strict=True)
+        ]
+        return "  ".join(padded).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """The ``pct`` percentile (0-100) by the nearest-rank method; 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * pct // 100))  # ceil(n * p / 100), at least the first value
+    return ordered[int(rank) - 1]
+
+
+def improvement(before: float, after: float) -> str:
+    """How much lower ``after`` is than ``before``, as the seed's "Improvement" column shows it."""
+    if before <= 0:
+        return "N/A"
+    return f"{(before - after) / before:.0%}"
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """What one run of the workload measured (latencies in seconds at real scale, money in dollars).
+
+    ``spend`` is None when the model has no price in the price table.
+    """
+
+    calls: int
+    latencies: tuple[float, ...]
+    upstream_calls: int
+    input_tokens: int
+    output_tokens: int
+    spend: float | None
+    hits: int
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.calls if self.calls else 0.0
+
+
+def _money(value: float | None) -> str:
+    if value is None:
+        return "unpriced"
+    return f"${value:,.2f}" if value >= 1 else f"${value:,.4f}"
+
+
+def render_results(before: RunSummary, after: RunSummary, *, calls_per_day: int) -> str:
+    """The seed tutorial's "Real-World Results" table, filled with what the two runs measured."""
+    b50, a50 = percentile(before.latencies, 50), percentile(after.latencies, 50)
+    b99, a99 = percentile(before.latencies, 99), percentile(after.latencies, 99)
+
+    def per_day(run: RunSummary) -> float | None:
+        return None if run.spend is None or not run.calls else run.spend / run.calls * calls_per_day
+
+    spend_gain = "N/A"
+    if before.spend is not None and after.spend is not None:
+        spend_gain = improvement(before.spend, after.spend)
+    day_before, day_after = per_day(before), per_day(after)
+    rows = [
+        ["P50 Latency", f"{b50:.2f}s", f"{a50:.2f}s", improvement(b50, a50)],
+        ["P99 Latency", f"{b99:.2f}s", f"{a99:.2f}s", improvement(b99, a99)],
+        ["Upstream Calls", f"{before.upstream_calls:,}", f"{after.upstream_calls:,}",
+         improvement(before.upstream_calls, after.upstream_calls)],
+        ["Tokens Spent", f"{before.tokens:,}", f"{after.tokens:,}", improvement(before.tokens, after.tokens)],
+        ["Token Spend (this run)", _money(before.spend), _money(after.spend), spend_gain],
+        [f"Daily Token Spend ({calls_per_day:,}/day)", _money(day_before), _money(day_after), spend_gain],
+        ["Cache Hit Rate", f"{before.hit_rate:.0%}", f"{after.hit_rate:.0%}", "N/A"],
+    ]  # fmt: skip
+    return format_table(["Metric", "Before Cache", "After Cache", "Improvement"], rows, "lrrr")
+
+
+@dataclass(slots=True)
+class StoredRow:
+    """What the store holds for one (agent, model): entries and the tokens each future hit saves."""
+
+    entries: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+def _model_of(entry: Entry) -> str:
+    # The model the request asked for, as metrics label it; the answer's model when no request was kept.
+    asked = entry.request.get("model") if isinstance(entry.request, dict) else None
+    return asked if isinstance(asked, str) else (entry.model or UNKNOWN)
+
+
+def stored_rows(entries: Iterable[StoredEntry]) -> dict[tuple[str, str], StoredRow]:
+    """Stored entries grouped by (agent, model)."""
+    rows: dict[tuple[str, str], StoredRow] = {}
+    for stored in entries:
+        entry = stored.entry
+        if entry is None:
+            continue
+        row = rows.setdefault((entry.scope[1], _model_of(entry)), StoredRow())
+        row.entries += 1
+        usage = entry.usage or {}
+        row.input_tokens += int(usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0)
+        row.output_tokens += int(usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0)
+    return rows
+
+
+def parse_prometheus(text: str) -> dict[tuple[str, str], UsageRow]:
+    """promptcache's counters by (agent, model) from Prometheus text (parsed by prometheus-client).
+
+    Raises:
+        ImportError: prometheus-client is not installed (the message names the extra).
+        ValueError: The text is not in the Prometheus exposition format.
+    """
+    try:
+        from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415 - optional
+    except ImportError:
+        raise ImportError(
+            "reading metrics needs prometheus-client: pip install 'promptcache[prometheus]'"
+        ) from None
+    rows: dict[tuple[str, str], UsageRow] = {}
+    fields = {
+        "promptcache_cost_saved_usd_total": "cost_saved",
+        "promptcache_unpriced_hits_total": "unpriced_hits",
+        "promptcache_latency_saved_seconds_total": "latency_saved",
+    }
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if "agent" not in labels or "model" not in labels:
+                continue
+            row = rows.setdefault((labels["agent"], labels["model"]), UsageRow())
+            if sample.name == "promptcache_requests_total" and labels.get("result") in {
+                "hit",
+                "miss",
+                "bypass",
+            }:
+                name = {"hit": "hits", "miss": "misses", "bypass": "bypasses"}[labels["result"]]
+                setattr(row, name, getattr(row, name) + int(sample.value))
+            elif sample.name == "promptcache_tokens_saved_total":
+                name = "input_tokens_saved" if labels.get("token_type") == "input" else "output_tokens_saved"
+                setattr(row, name, getattr(row, name) + int(sample.value))
+            elif sample.name in fields:
+                name = fields[sample.name]
+                cast = float if name != "unpriced_hits" else int
+                setattr(row, name, getattr(row, name) + cast(sample.value))
+    return rows
+
+
+def render_stats(
+    stored: dict[tuple[str, str], StoredRow], counted: dict[tuple[str, str], UsageRow] | None
+) -> str:
+    """The ``stats`` table: stored entries always, request counters when a source for them was given."""
+    rows: list[list[str]] = []
+    total_stored, total_counted = StoredRow(), UsageRow()
+    unpriced = False
+
+    def cells(agent: str, model: str, s: StoredRow, c: UsageRow | None) -> list[str]:
+        head = [agent, model, f"{s.entries:,}", f"{s.input_tokens + s.output_tokens:,}"]
+        if c is None:
+            return [*head, "-", "-", "-", "-", "-"]
+        cost = _money(c.cost_saved) + ("*" if c.unpriced_hits else "")
+        return [*head, f"{c.hits:,}", f"{c.misses:,}", f"{c.hit_rate:.1%}", f"{c.tokens_saved:,}", cost]
+
+    for agent, model in sorted(stored.keys() | (counted or {}).keys()):
+        s = stored.get((agent, model), StoredRow())
+        c = None if counted is None else counted.get((agent, model), UsageRow())
+        rows.append(cells(agent, model, s, c))
+        total_stored.entries += s.entries
+        total_stored.input_tokens += s.input_tokens
+        total_stored.output_tokens += s.output_tokens
+        if c is not None:
+            total_counted.add(c)
+            unpriced = unpriced or c.unpriced_hits > 0
+    rows.append(cells("total", "", total_stored, None if counted is None else total_counted))
+    headers = [
+        "agent",
+        "model",
+        "entries",
+        "tokens stored",
+        "hits",
+        "misses",
+        "hit rate",
+        "tokens saved",
+        "cost saved",
+    ]
+    table = format_table(headers, rows, "llrrrrrrr")
+    if unpriced:
+        table += "\n* includes hits of models with no price: their savings count as $0"
+    return table
+
+
+def stats_json(
+    stored: dict[tuple[str, str], StoredRow], counted: dict[tuple[str, str], UsageRow] | None
+) -> str:
+    """The ``stats`` rows as JSON; the counter fields appear only when a source for them was given."""
+    rows: list[dict[str, object]] = []
+    for agent, model in sorted(stored.keys() | (counted or {}).keys()):
+        s = stored.get((agent, model), StoredRow())
+        row: dict[str, object] = {
+            "agent": agent,
+            "model": model,
+            "entries": s.entries,
+            "input_tokens_stored": s.input_tokens,
+            "output_tokens_stored": s.output_tokens,
+        }
+        if counted is not None:
+            c = counted.get((agent, model), UsageRow())
+            row.update(
+                hits=c.hits,
+                misses=c.misses,
+                bypasses=c.bypasses,
+                hit_rate=c.hit_rate,
+                input_tokens_saved=c.input_tokens_saved,
+                output_tokens_saved=c.output_tokens_saved,
+                cost_saved_usd=c.cost_saved,
+                unpriced_hits=c.unpriced_hits,
+            )
+        rows.append(row)
+    return json.dumps({"rows": rows}, indent=2)

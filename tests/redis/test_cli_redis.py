@@ -1,0 +1,208 @@
+"""The ``promptcache`` command against a real redis-server: every command, Redis <-> cassette round trips."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pytest
+import redis
+import yaml
+
+from promptcache import PromptCache
+from promptcache.cli import main
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+Run = Callable[..., tuple[int, str, str]]
+
+NS = "svc"
+MODEL = "gpt-4o"
+DEMO_NS = "promptcache-demo"
+
+
+def request_for(prompt: str) -> dict[str, Any]:
+    return {"model": MODEL, "messages": [{"role": "user", "content": prompt}], "temperature": 0}
+
+
+def answer(prompt: str, pad: int = 0) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-r",
+        "object": "chat.completion",
+        "model": MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": f"re: {prompt}{'.' * pad}"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+    }
+
+
+def populate(url: str) -> None:
+    """Two agents in one namespace, one answer big enough to be stored compressed, one with a tenant."""
+
+    async def go() -> None:
+        cache = PromptCache.from_url(url, namespace=NS, keep_request=True)
+        for agent, prompt in [("triage", "a"), ("triage", "b"), ("billing", "c")]:
+            assert await cache.set(request_for(prompt), answer(prompt), agent_id=agent, agent_version="1")
+        assert await cache.set(
+            request_for("big"), answer("big", pad=50_000), agent_id="triage", agent_version="2"
+        )
+        assert await cache.set(
+            request_for("t"), answer("t"), agent_id="billing", agent_version="1", tenant="eu/1"
+        )
+        await cache.aclose()
+
+    asyncio.run(go())
+
+
+def raw(url: str, pattern: str = f"{NS}:v1:*") -> dict[bytes, bytes]:
+    """Every matching key and its exact bytes, read with a plain redis client."""
+    client = redis.Redis.from_url(url)
+    try:
+        found: dict[bytes, bytes] = {}
+        for key in client.scan_iter(match=pattern):
+            value = client.get(key)
+            assert isinstance(value, bytes)
+            found[key] = value
+        return found
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Run:
+    """Run ``promptcache ARGS``; returns (exit code, stdout, stderr)."""
+    monkeypatch.delenv("PROMPTCACHE_URL", raising=False)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def test_demo_on_redis_then_stats_from_its_metrics(cli: Run, redis_url: str, tmp_path: Path) -> None:
+    """The demo runs on Redis; ``stats`` reads entries from Redis and counters from the metrics file."""
+    metrics = tmp_path / "demo.prom"
+    code, out, _ = cli(
+        "demo", "--calls", "60", "--scale", "1000", "--url", redis_url, "--metrics-out", str(metrics)
+    )
+    assert code == 0
+    counters = re.search(r"(\d+) requests = (\d+) hits .* \+ (\d+) misses", out)
+    assert counters is not None
+    hits, misses = int(counters[2]), int(counters[3])
+    code, out, _ = cli("stats", "--url", redis_url, "--namespace", DEMO_NS, "--metrics", str(metrics))
+    assert code == 0
+    total = next(line.split() for line in out.splitlines() if line.startswith("total"))
+    assert total[1] == str(misses)  # every miss stored one entry
+    assert (total[3], total[4]) == (str(hits), str(misses))
+    assert len(raw(redis_url, f"{DEMO_NS}:v1:*")) == misses
+    code, out, _ = cli("demo", "--calls", "60", "--scale", "1000", "--url", redis_url)
+    assert f"(cleared {misses} entries of earlier demo runs first)" in out
+
+
+def test_inspect_explain_and_invalidate_on_redis(cli: Run, redis_url: str, tmp_path: Path) -> None:
+    """inspect finds entries by digest and agent, explain diffs a stored key, invalidate deletes one agent."""
+    populate(url=redis_url)
+    code, out, _ = cli("inspect", "--agent", "billing", "--url", redis_url, "--namespace", NS, "--json")
+    assert code == 0
+    entries = orjson.loads(out)
+    assert {e["scope"]["tenant"] for e in entries} == {None, "eu/1"}
+    digest = next(e["digest"] for e in entries if e["scope"]["tenant"] is None)
+    code, out, _ = cli("inspect", digest, "--url", redis_url, "--namespace", NS)
+    assert code == 0
+    assert "re: c" in out
+    request = tmp_path / "req.json"
+    request.write_bytes(orjson.dumps(request_for("d")))
+    args = ["--url", redis_url, "--namespace", NS, "--agent", "billing", "--agent-version", "1"]
+    code, out, _ = cli("explain", str(request), *args, "--against", digest)
+    assert code == 0
+    assert "~ $.messages[0].content: 'c' -> 'd'" in out
+    code, out, _ = cli("invalidate", "--agent", "triage", "--url", redis_url, "--namespace", NS)
+    assert (code, out.strip()) == (0, "invalidated 3 entries of agent 'triage' in namespace 'svc'")
+    assert all(b":billing:" in k for k in raw(redis_url))
+    code, _, err = cli("invalidate", "--agent", "triage", "--url", redis_url, "--namespace", NS)
+    assert code == 1
+    assert "agents with entries: billing" in err
+
+
+def test_redis_to_cassette_to_redis_is_byte_exact(cli: Run, redis_url: str, tmp_path: Path) -> None:
+    """Export from Redis, flush, import: the same keys hold the same bytes; a second export is identical."""
+    populate(url=redis_url)
+    before = raw(redis_url)
+    assert any(v.startswith(b"PCZ1") for v in before.values())  # the big answer is stored compressed
+    first, second = tmp_path / "triage.yaml", tmp_path / "again.yaml"
+    for agent in ("triage", "billing"):
+        code, _, _ = cli(
+            "export",
+            "--agent",
+            agent,
+            "-o",
+            str(tmp_path / f"{agent}.yaml"),
+            "--url",
+            redis_url,
+            "--namespace",
+            NS,
+        )
+        assert code == 0
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    client.close()
+    for agent in ("triage", "billing"):
+        code, out, _ = cli("import", str(tmp_path / f"{agent}.yaml"), "--url", redis_url, "--namespace", NS)
+        assert code == 0, out
+    assert raw(redis_url) == before
+    cli("export", "--agent", "triage", "-o", str(second), "--url", redis_url, "--namespace", NS)
+    assert first.read_bytes() == second.read_bytes()
+    code, out, _ = cli("verify", str(tmp_path))
+    assert code == 0
+    assert out.startswith("ok: 3 cassettes")
+
+
+def test_redis_cassette_imports_into_sqlite_and_back(cli: Run, redis_url: str, tmp_path: Path) -> None:
+    """A cassette exported from Redis imports into the SQLite store with the same bytes, and back again."""
+    populate(url=redis_url)
+    sqlite_url = f"sqlite:///{tmp_path / 'cache.db'}"
+    path, back = tmp_path / "billing.yaml", tmp_path / "back.yaml"
+    cli("export", "--agent", "billing", "-o", str(path), "--url", redis_url, "--namespace", NS)
+    cli("import", str(path), "--url", sqlite_url, "--namespace", NS)
+    cli("export", "--agent", "billing", "-o", str(back), "--url", sqlite_url, "--namespace", NS)
+    assert path.read_bytes() == back.read_bytes()
+    assert len(yaml.safe_load(back.read_text())["recordings"]) == 2
+
+
+def test_an_unreachable_redis_is_one_line(
+    cli: Run, private_redis: Callable[..., RedisServer], tmp_path: Path
+) -> None:
+    """Every store command against a Redis that went away prints one line and exits 1."""
+    server = private_redis()
+    url = server.url
+    server.stop()
+    cassette = tmp_path / "c.yaml"
+    cassette.write_text("version: 1\nrecordings: []\n")
+    for argv in (
+        ["stats"],
+        ["inspect", "--agent", "a"],
+        ["invalidate", "--agent", "a"],
+        ["export", "--agent", "a", "-o", str(tmp_path / "x.yaml")],
+        ["import", str(cassette)],
+    ):
+        code, out, err = cli(*argv, "--url", url)
+        assert code == 1, argv
+        assert out == ""
+        lines = err.strip().splitlines()
+        assert len(lines) == 1
+        assert lines[0].startswith(f"promptcache: error: cannot reach the store at {url}")
