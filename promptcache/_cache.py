@@ -14,6 +14,7 @@ import functools
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Self
 
@@ -44,6 +45,11 @@ if TYPE_CHECKING:
 __all__ = ["PromptCache"]
 
 log = logging.getLogger("promptcache")
+
+_RETRY: Any = object()  # a shared read that did not finish: its waiters read for themselves
+_MEMO_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+_MEMO_MAX_REQUEST = 64 * 1024
+_MEMO_MAX_TOTAL = 16 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -99,6 +105,9 @@ class PromptCache:
         self._guard = Guard(self.breaker, timeout, self._on_store_error)
         self._locks = store if isinstance(store, LockingStore) else None
         self._flights: dict[str, _Flight] = {}
+        self._reads: dict[str, asyncio.Future[Any]] = {}
+        self._key_memo: OrderedDict[tuple[Any, ...], CacheKey] = OrderedDict()
+        self._key_memo_bytes = 0
         self._writes: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -143,16 +152,41 @@ class PromptCache:
         endpoint: Endpoint | str = Endpoint.CHAT_COMPLETIONS,
         policy: KeyPolicy | str | None = None,
     ) -> CacheKey:
-        """The key this cache gives ``request`` (its namespace and default policy applied)."""
-        return make_key(
+        """The key this cache gives ``request`` (its namespace and default policy applied).
+
+        Keys are memoised by the request's JSON bytes and scope: agents repeat requests, and the hit path
+        should not rebuild the same key. A request whose JSON holds ``null`` is never memoised, because
+        orjson writes NaN as ``null`` too and NaN must stay uncacheable.
+        """
+        pol = self.config.key_policy if policy is None else policy
+        memo: tuple[Any, ...] | None = None
+        if type(request) is dict:
+            try:
+                raw = orjson.dumps(request, option=_MEMO_OPTIONS)
+            except (orjson.JSONEncodeError, TypeError):
+                raw = b"null"
+            if len(raw) <= _MEMO_MAX_REQUEST and b"null" not in raw:
+                memo = (raw, agent_id, agent_version, tenant, endpoint, pol)
+                found = self._key_memo.get(memo)
+                if found is not None:
+                    self._key_memo.move_to_end(memo)
+                    return found
+        key = make_key(
             request,
             namespace=self.config.namespace,
             agent_id=agent_id,
             agent_version=agent_version,
             tenant=tenant,
             endpoint=endpoint,
-            policy=self.config.key_policy if policy is None else policy,
+            policy=pol,
         )
+        if memo is not None:
+            self._key_memo[memo] = key
+            self._key_memo_bytes += len(memo[0])
+            while self._key_memo_bytes > _MEMO_MAX_TOTAL or len(self._key_memo) > 4096:
+                old, _ = self._key_memo.popitem(last=False)
+                self._key_memo_bytes -= len(old[0])
+        return key
 
     # -- the main door -----------------------------------------------------------------------------
 
@@ -464,9 +498,38 @@ class PromptCache:
         return False, None
 
     async def _lookup(self, key: CacheKey, *, again: bool = False) -> Entry | None:
-        """The entry under ``key``; ``again`` marks a re-read within one request (a bad value counts once)."""
+        """The entry under ``key``; ``again`` marks a re-read within one request (a bad value counts once).
+
+        Concurrent first reads of one key share a single store GET (a burst of identical requests costs
+        one round trip and one connection, not one each); every caller decodes its own copy.
+        """
+        if again:
+            return self._decode(key, await self._fetch(key), again=True)
+        pending = self._reads.get(key.store_key)
+        if pending is not None:
+            raw = await asyncio.shield(pending)
+            if raw is not _RETRY:
+                return self._decode(key, raw, again=True)  # the first reader already counted a bad value
+            return self._decode(key, await self._fetch(key), again=again)
+        pending = self._reads[key.store_key] = asyncio.get_running_loop().create_future()
+        try:
+            raw = await self._fetch(key)
+        except BaseException:
+            pending.set_result(_RETRY)  # cancelled or raised: the others read for themselves
+            raise
+        else:
+            pending.set_result(raw)
+        finally:
+            if self._reads.get(key.store_key) is pending:
+                del self._reads[key.store_key]
+        return self._decode(key, raw, again=again)
+
+    async def _fetch(self, key: CacheKey) -> bytes | None:
         ok, raw = await self._guarded("get", lambda: self.store.get(key.store_key))
-        if not ok or raw is None:
+        return raw if ok else None
+
+    def _decode(self, key: CacheKey, raw: bytes | None, *, again: bool) -> Entry | None:
+        if raw is None:
             return None
         try:
             return decode_entry(raw, key, self._clock())
@@ -571,6 +634,9 @@ class PromptCache:
             await self._unlock(key, token)
             raise
         self._counters.upstream_calls += 1
+        if self.breaker.is_open():
+            self._counters.store_skipped += 1  # nothing could be written: skip encoding it at all
+            return body, False
         data = self._encode(key, request, body, None, self._mono() - started, ttl)
         if data is None:
             await self._unlock(key, token)

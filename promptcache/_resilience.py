@@ -85,6 +85,10 @@ class CircuitBreaker:
         self._probe_out = True
         return True
 
+    def is_open(self) -> bool:
+        """True while calls are being skipped (open, cool-down not yet over); no side effects."""
+        return self.state is BreakerState.OPEN and self._clock() - self._opened_at < self.cooldown
+
     def success(self) -> None:
         self.failures = 0
         self._probe_out = False

@@ -68,13 +68,16 @@ class CachedAgent:
             completion = await self.client.chat.completions.create(**request)
             return completion.model_dump(mode="json", exclude_unset=True)
 
-        body = await self.cache.get_or_call(
-            request, call, agent_id=self.agent_id, agent_version=self.agent_version
-        )
-        if called:
-            self.misses += 1
-        else:
-            self.hits += 1
+        try:
+            body = await self.cache.get_or_call(
+                request, call, agent_id=self.agent_id, agent_version=self.agent_version
+            )
+        finally:
+            # A call that raised was still a miss: hits + misses always equals total_calls.
+            if called:
+                self.misses += 1
+            else:
+                self.hits += 1
         content = body["choices"][0]["message"].get("content")
         return content if isinstance(content, str) else ""
 
