@@ -174,14 +174,39 @@ def decode_entry(raw: bytes | str, key: CacheKey, now: float) -> Entry | None:
         EntryError: Corrupt, foreign (written for another digest or scope) or of another format.
     """
     doc = _load(raw)
-    if isinstance(doc, dict) and doc.get("version") == ENTRY_FORMAT:
-        if doc.get("digest") != key.digest:
-            raise EntryError("entry was written for another key")
-        if doc.get("scope") != [key.namespace, key.agent_id, key.agent_version, key.tenant]:
-            raise EntryError("entry was written for another scope")
-        if doc.get("endpoint") != key.endpoint.value:
-            raise EntryError("entry was written for another endpoint")
-    entry = _entry_of(doc)
-    if entry.expires_at <= now:
+    if type(doc) is not dict or doc.get("version") != ENTRY_FORMAT:
+        _entry_of(doc)  # raises the precise EntryError
+    if doc.get("digest") != key.digest:
+        raise EntryError("entry was written for another key")
+    if doc.get("scope") != [key.namespace, key.agent_id, key.agent_version, key.tenant]:
+        raise EntryError("entry was written for another scope")
+    if doc.get("endpoint") != key.endpoint.value:
+        raise EntryError("entry was written for another endpoint")
+    expires_at = doc.get("expires_at")
+    created_at = doc.get("created_at")
+    chunks = doc.get("chunks")
+    usage = doc.get("usage")
+    model = doc.get("model")
+    latency = doc.get("latency")
+    if (
+        type(expires_at) not in (int, float)
+        or type(created_at) not in (int, float)
+        or (chunks is None and "body" not in doc)
+        or (chunks is not None and type(chunks) is not list)
+    ):
+        _entry_of(doc)  # raises the precise EntryError
+    if expires_at <= now:
         return None
-    return entry
+    return Entry(
+        digest=key.digest,
+        scope=(key.namespace, key.agent_id, key.agent_version, key.tenant),
+        endpoint=key.endpoint.value,
+        created_at=float(created_at),
+        expires_at=float(expires_at),
+        body=doc.get("body"),
+        chunks=chunks,
+        model=model if type(model) is str else None,
+        usage=usage if type(usage) is dict else None,
+        latency=float(latency) if type(latency) in (int, float) else 0.0,
+        request=doc.get("request"),
+    )
