@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import secrets
 import time
 from collections import OrderedDict
@@ -354,6 +355,10 @@ class PromptCache:
             return True
         return await self._write(key.store_key, data, self._ttl(ttl))
 
+    def count_upstream_call(self) -> None:
+        """Count an upstream call an integration made itself (a streamed miss)."""
+        self._counters.upstream_calls += 1
+
     def count_bypass(
         self,
         *,
@@ -431,7 +436,7 @@ class PromptCache:
     def _ttl(self, ttl: float | None) -> float:
         if ttl is None:
             return self.config.default_ttl
-        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0:
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not (ttl > 0 and math.isfinite(ttl)):
             raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
         return float(ttl)
 

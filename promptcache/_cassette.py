@@ -42,6 +42,7 @@ __all__ = [
     "parse_cassette",
     "save_cassette",
     "scrub",
+    "scrub_joined",
 ]
 
 CASSETTE_FORMAT: Final = 1
@@ -110,6 +111,52 @@ def scrub(value: Any, fields: frozenset[str] = DEFAULT_SCRUB_FIELDS) -> Any:  # 
     return value
 
 
+# The fields in which streamed text arrives piece by piece (OpenAI chat and Responses, Anthropic).
+_STREAMED_TEXT_FIELDS: Final = frozenset({"content", "text", "delta", "arguments", "partial_json", "refusal"})
+
+
+def _string_leaves(value: Any, out: list[tuple[Any, Any]]) -> None:  # noqa: ANN401
+    """(container, key) of every streamed-text string in ``value``, in document order."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        if isinstance(v, str):
+            if k in _STREAMED_TEXT_FIELDS:
+                out.append((value, k))
+        else:
+            _string_leaves(v, out)
+
+
+def scrub_joined(value: Any) -> Any:  # noqa: ANN401 - JSON, changed in place and returned
+    """Scrub credentials that only appear when the strings of ``value`` are read in order.
+
+    A streamed answer can carry a key split over several chunks ("sk-pro" + "j-..."): each fragment
+    passes :func:`scrub`, the concatenation does not. Every fragment overlapping a match is cut, and the
+    first one says ``<scrubbed>``.
+    """
+    leaves: list[tuple[Any, Any]] = []
+    _string_leaves(value, leaves)
+    joined = "".join(container[k] for container, k in leaves)
+    spans = sorted(m.span() for pattern in SECRET_PATTERNS for m in pattern.finditer(joined))
+    if not spans:
+        return value
+    offset = 0
+    for container, k in leaves:
+        text = container[k]
+        start, end = offset, offset + len(text)
+        offset = end
+        pieces, cursor = [], start
+        for a, b in spans:
+            if b <= start or a >= end:
+                continue
+            pieces.append(text[cursor - start : max(a, start) - start])
+            if a >= start:
+                pieces.append(SCRUBBED)
+            cursor = min(b, end)
+        if pieces:
+            container[k] = "".join(pieces) + text[cursor - start :]
+    return value
+
+
 def find_secret(text: str) -> str | None:
     """The name of the first credential pattern found in ``text``, or None."""
     for pattern in SECRET_PATTERNS:
@@ -155,6 +202,13 @@ def _check_recording(where: str, index: int, rec: object) -> None:
         raise CassetteFormatError(f"{where}: recordings[{index}] has no string 'endpoint'")
     if "response" not in rec and not isinstance(rec.get("chunks"), list):
         raise CassetteFormatError(f"{where}: recordings[{index}] has neither 'response' nor 'chunks'")
+    status = rec.get("status", 200)
+    if type(status) is not int or not 100 <= status <= 599:
+        raise CassetteFormatError(f"{where}: recordings[{index}] 'status' must be an HTTP status code")
+    if "chunks" in rec and not all(isinstance(c, dict) for c in rec["chunks"]):
+        raise CassetteFormatError(f"{where}: recordings[{index}] 'chunks' must be a list of mappings")
+    if "chunks" not in rec and not isinstance(rec.get("response"), dict | str | list):
+        raise CassetteFormatError(f"{where}: recordings[{index}] 'response' must be a mapping or text")
 
 
 def parse_cassette(text: str | bytes, where: str = "<cassette>") -> dict[str, Any]:

@@ -10,6 +10,8 @@ from redis_server import RedisServer, require_redis_binary
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:

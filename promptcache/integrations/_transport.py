@@ -20,6 +20,7 @@ served only from a stream entry and a non-streaming one only from a body entry (
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ import orjson
 
 from promptcache._gate import is_terminal
 from promptcache._keys import DEFAULT_AGENT_VERSION, Endpoint, KeyPolicy
-from promptcache.exceptions import ConfigError, UncacheableRequestError
+from promptcache.exceptions import ConfigError, InvalidScopeError, UncacheableRequestError
 from promptcache.integrations._sse import SSEParser, encode_events
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ def _ttl(value: str | None, default: float | None) -> float | None:
         ttl = float(value)
     except ValueError:
         ttl = -1.0
-    if not ttl > 0:
+    if not (ttl > 0 and math.isfinite(ttl)):
         raise ConfigError(f"header x-promptcache-ttl must be a positive number of seconds, got {value!r}")
     return ttl
 
@@ -166,13 +167,26 @@ class CachingCore:
         self.scope = scope
 
     async def handle(self, request: Any, send: Callable[[Any], Awaitable[Any]]) -> Any:  # noqa: ANN401
-        """Answer ``request`` from the cache, or with ``send(request)`` (the inner transport)."""
-        plan = plan_request(request, self.scope)
-        if plan is None:
-            return await send(request)
-        if plan.stream:
-            return await self._stream(plan, request, send)
-        return await self._json(plan, request, send)
+        """Answer ``request`` from the cache, or with ``send(request)`` (the inner transport).
+
+        A bad control header (or scope id) is answered locally with an HTTP 400 naming it: an exception
+        raised here would be caught by the SDK's retry loop and come out as "Connection error".
+        """
+        try:
+            plan = plan_request(request, self.scope)
+            if plan is None:
+                return await send(request)
+            if plan.stream:
+                return await self._stream(plan, request, send)
+            return await self._json(plan, request, send)
+        except (ConfigError, InvalidScopeError) as exc:
+            error = {"error": {"message": f"promptcache: {exc}", "type": "invalid_request_error"}}
+            return httpx_module(request).Response(
+                400,
+                headers=[("content-type", "application/json"), ("x-promptcache", "error")],
+                content=orjson.dumps(error),
+                request=request,
+            )
 
     def _key(self, plan: _Plan) -> Any:  # noqa: ANN401 - CacheKey
         return self.cache.key(
@@ -254,6 +268,7 @@ class CachingCore:
             )
         started = time.monotonic()
         response = await send(request)
+        cache.count_upstream_call()
         if response.status_code != 200 or "event-stream" not in response.headers.get("content-type", ""):
             return response
 

@@ -92,11 +92,18 @@ def _async_stream(mod: Any, sync_stream: Any) -> Any:  # noqa: ANN401
 
 def _sync_stream(mod: Any, async_stream: Any) -> Any:  # noqa: ANN401
     class PortalStream(mod.SyncByteStream):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._chunks: Iterator[bytes] | None = None
+
         def __iter__(self) -> Iterator[bytes]:
-            return _portal.iterate(aiter(async_stream))
+            self._chunks = _portal.iterate(aiter(async_stream))
+            return self._chunks
 
         def close(self) -> None:
-            _portal.run(async_stream.aclose())
+            if self._chunks is not None:
+                self._chunks.close()  # type: ignore[attr-defined]  # a generator: runs its cleanup now
+            else:
+                _portal.close_soon(async_stream.aclose())
 
     return PortalStream()
 

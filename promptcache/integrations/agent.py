@@ -72,12 +72,13 @@ class CachedAgent:
             body = await self.cache.get_or_call(
                 request, call, agent_id=self.agent_id, agent_version=self.agent_version
             )
-        finally:
-            # A call that raised was still a miss: hits + misses always equals total_calls.
-            if called:
-                self.misses += 1
-            else:
-                self.hits += 1
+        except BaseException:
+            self.misses += 1  # no answer came from the cache: hits + misses always equals total_calls
+            raise
+        if called:
+            self.misses += 1
+        else:
+            self.hits += 1
         content = body["choices"][0]["message"].get("content")
         return content if isinstance(content, str) else ""
 

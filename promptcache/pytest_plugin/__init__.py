@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from promptcache._cassette import DEFAULT_SCRUB_FIELDS
+from promptcache._gate import usage_of
 from promptcache._keys import DEFAULT_AGENT_VERSION, KeyPolicy
+from promptcache._prices import PriceTable
 from promptcache._validate import parse_enum
 from promptcache.exceptions import ConfigError
 from promptcache.pytest_plugin._recorder import Mode, Recorder
@@ -83,6 +85,14 @@ def pytest_configure(config: pytest.Config) -> None:
     cli_mode = config.getoption("promptcache_mode")
     if cli_mode is not None:
         session.cli_mode = _mode(cli_mode, "--promptcache")
+    # Bad ini values are one usage error at start-up, not an error in every test.
+    ini_mode = config.getini("promptcache_mode")
+    if ini_mode:
+        _mode(ini_mode, "ini promptcache_mode")
+    try:
+        parse_enum(KeyPolicy, str(config.getini("promptcache_policy")), "ini promptcache_policy")
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 @dataclass
@@ -91,6 +101,7 @@ class _Session:
     cli_mode: Mode | None = None
     recorders: list[Recorder] = field(default_factory=list)
     passed: set[str] = field(default_factory=set)
+    worker_totals: list[dict[str, float]] = field(default_factory=list)
     _store: CassetteStore | None = None
 
     def store(self) -> CassetteStore:
@@ -149,12 +160,20 @@ def _settings(request: pytest.FixtureRequest, session: _Session) -> dict[str, An
     scrub |= {str(f).lower() for f in fixture.get("scrub_fields") or []}
     return {
         "mode": mode,
-        "cassette": str(marked.get("cassette") or cassette_name(request.node.nodeid)),
+        "cassette": _cassette(marked.get("cassette"), request.node.nodeid),
         "agent_id": str(pick("agent_id", config.getini("promptcache_agent_id"))),
         "agent_version": str(pick("agent_version", DEFAULT_AGENT_VERSION)),
         "policy": parse_enum(KeyPolicy, str(pick("policy", config.getini("promptcache_policy"))), "policy"),
         "scrub_fields": frozenset(scrub),
     }
+
+
+def _cassette(named: object, nodeid: str) -> str:
+    """The marker's cassette name made safe (no absolute paths, no ``..``), or the test's own name."""
+    if not named:
+        return cassette_name(nodeid)
+    safe = cassette_name(str(named).replace("\\", "/").replace("::", "_"))
+    return safe.rsplit("/", 1)[0] if safe.endswith("/module") else safe
 
 
 _TRANSPORT_METHODS = (
@@ -233,23 +252,55 @@ def pytest_runtest_makereport(
     return report
 
 
+def _totals(session: _Session) -> dict[str, float]:
+    recs = session.recorders
+    return {
+        "tests": len(recs),
+        "replayed": sum(r.replayed for r in recs),
+        "recorded": sum(r.recorded for r in recs),
+        "missing": sum(r.missing for r in recs),
+        "tokens": sum(sum(r.usage.values()) for r in recs),
+        "cost": _cost(recs) or 0.0,
+        "priced": 1.0 if _cost(recs) is not None else 0.0,
+        "unused": sum(len(r.unused()) for r in recs if r.test_id in session.passed and r.mode is Mode.REPLAY),
+    }
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Under pytest-xdist, each worker hands its totals to the controller, which prints the summary."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    state = session.config.stash.get(_SESSION, None)
+    if workeroutput is not None and state is not None:
+        workeroutput["promptcache"] = _totals(state)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:  # noqa: ANN401, ARG001 - xdist's hook signature
+    totals = getattr(node, "workeroutput", {}).get("promptcache")
+    state = node.config.stash.get(_SESSION, None)
+    if totals and state is not None:
+        state.worker_totals.append(totals)
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:  # noqa: ANN401
     session = config.stash.get(_SESSION, None)
-    if session is None or not session.recorders:
+    if session is None or (not session.recorders and not session.worker_totals):
         return
-    recs = session.recorders
-    replayed = sum(r.replayed for r in recs)
-    recorded = sum(r.recorded for r in recs)
-    missing = sum(r.missing for r in recs)
-    tokens = sum(sum(r.usage.values()) for r in recs)
-    unused = sum(len(r.unused()) for r in recs if r.test_id in session.passed and r.mode is Mode.REPLAY)
+    parts = [_totals(session), *session.worker_totals]
+    if not sum(p["tests"] for p in parts):
+        return
+
+    def total(name: str) -> float:
+        return sum(p.get(name, 0) for p in parts)
+
+    replayed, recorded, missing = int(total("replayed")), int(total("recorded")), int(total("missing"))
+    tokens, unused = int(total("tokens")), int(total("unused"))
     line = (
         f"promptcache: {replayed} replayed, {recorded} recorded, {missing} missing; "
         f"{tokens} tokens not paid for"
     )
-    cost = _cost(recs)
-    if cost is not None:
-        line += f" (~${cost:.4f})"
+    if total("priced"):
+        line += f" (~${total('cost'):.4f})"
     if unused:
         pruned = " (pruned)" if session.prune() else " (--promptcache-prune drops them)"
         line += f"; {unused} unused recordings{pruned}"
@@ -258,17 +309,14 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 
 def _cost(recorders: list[Recorder]) -> float | None:
-    """Money the replayed calls would have cost, when the price table knows their models."""
-    try:
-        prices = importlib.import_module("promptcache._prices")
-    except ImportError:
-        return None
-    estimate = getattr(prices, "estimate_cost", None)
-    if estimate is None:
-        return None
-    total = 0.0
+    """Money the replayed calls would have cost, when the price table knows at least one of their models."""
+    table = PriceTable()
+    total: float | None = None
     for rec in recorders:
         for recording in rec.replayed_recordings:
-            value = estimate(recording.get("model"), recording.get("usage"))
-            total += float(value or 0.0)
+            inp, out = usage_of({"usage": recording.get("usage")})
+            model = recording.get("model")
+            value = table.cost(model if isinstance(model, str) else None, inp, out)
+            if value is not None:
+                total = (total or 0.0) + value
     return total

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
-from promptcache._cassette import CASSETTE_FORMAT, DEFAULT_SCRUB_FIELDS, scrub
+from promptcache._cassette import CASSETTE_FORMAT, DEFAULT_SCRUB_FIELDS, scrub, scrub_joined
 from promptcache._gate import is_terminal, stream_summary, usage_of
 from promptcache._keys import DEFAULT_AGENT_VERSION, DEFAULT_NAMESPACE, CacheKey, KeyPolicy, make_key
 from promptcache.exceptions import UncacheableRequestError
@@ -107,15 +107,20 @@ class Recorder:
             return None
         return key, plan.body
 
-    def _replay(self, key: CacheKey) -> dict[str, Any] | None:
-        """The next recording for ``key`` in order (the n-th identical request gets the n-th answer)."""
+    def _replay(self, key: CacheKey, *, stream: bool) -> dict[str, Any] | None:
+        """The next recording for ``key`` in order (the n-th identical request gets the n-th answer).
+
+        A streaming request replays only a recorded stream and a plain one only a recorded body, as in
+        the production cache; the other kind is a miss.
+        """
         if self.mode in (Mode.RECORD, Mode.REWRITE):
             return None
-        matches = [r for r in self._existing if r.get("key") == key.digest]
-        position = self._positions[key.digest]
+        matches = [r for r in self._existing if r.get("key") == key.digest and ("chunks" in r) == stream]
+        slot = _slot(key.digest, stream=stream)
+        position = self._positions[slot]
         if position >= len(matches):
             return None
-        self._positions[key.digest] += 1
+        self._positions[slot] += 1
         self.replayed += 1
         recording = matches[position]
         self.replayed_recordings.append(recording)
@@ -123,7 +128,7 @@ class Recorder:
         self.usage.update(input_tokens=inp, output_tokens=out)
         return recording
 
-    def _miss(self, key: CacheKey) -> None:
+    def _miss(self, key: CacheKey, *, stream: bool) -> None:
         if self.mode is Mode.REPLAY:
             self.missing += 1
             request = scrub(orjson.loads(key.canonical), self.scrub_fields)
@@ -134,7 +139,7 @@ class Recorder:
                     key=key,
                     request=request,
                     recordings=self._existing,
-                    times_seen=self._positions[key.digest],
+                    times_seen=self._positions[_slot(key.digest, stream=stream)],
                 ),
                 pytrace=False,
             )
@@ -157,7 +162,7 @@ class Recorder:
             "request": scrub(orjson.loads(key.canonical), self.scrub_fields),
         }
         if chunks is not None:
-            recording["chunks"] = scrub(chunks, self.scrub_fields)
+            recording["chunks"] = scrub_joined(scrub(chunks, self.scrub_fields))
         else:
             recording["response"] = scrub(body, self.scrub_fields)
         self._new.append(recording)
@@ -168,9 +173,9 @@ class Recorder:
         left = Counter(self._positions)
         out = []
         for rec in self._existing:
-            digest = rec.get("key", "")
-            if left[digest] > 0:
-                left[digest] -= 1
+            slot = _slot(rec.get("key", ""), stream="chunks" in rec)
+            if left[slot] > 0:
+                left[slot] -= 1
             else:
                 out.append(rec)
         return out
@@ -208,10 +213,11 @@ class Recorder:
             return await send(transport, request)
         key, body = found
         self.calls += 1
-        recording = self._replay(key)
+        stream = body.get("stream") is True
+        recording = self._replay(key, stream=stream)
         if recording is not None:
             return _replay_response(request, recording)
-        self._miss(key)
+        self._miss(key, stream=stream)
         response = await send(transport, request)
         if body.get("stream") is True and _is_event_stream(response):
             return _tee(request, response, lambda events: self._record(key, 200, chunks=events), key)
@@ -225,10 +231,11 @@ class Recorder:
             return send(transport, request)
         key, body = found
         self.calls += 1
-        recording = self._replay(key)
+        stream = body.get("stream") is True
+        recording = self._replay(key, stream=stream)
         if recording is not None:
             return _replay_response(request, recording)
-        self._miss(key)
+        self._miss(key, stream=stream)
         response = send(transport, request)
         if body.get("stream") is True and _is_event_stream(response):
             return _tee(request, response, lambda events: self._record(key, 200, chunks=events), key)
@@ -242,6 +249,11 @@ class Recorder:
         except orjson.JSONDecodeError:
             body = response.text
         self._record(key, response.status_code, body=body)
+
+
+def _slot(digest: str, *, stream: bool) -> str:
+    """Replay positions are counted per key and per kind (stream or body)."""
+    return f"{digest}:{'stream' if stream else 'body'}"
 
 
 def _fingerprint(recording: dict[str, Any]) -> bytes:

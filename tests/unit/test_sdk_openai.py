@@ -1,0 +1,1020 @@
+"""The real OpenAI SDK, sync and async, wrapped by promptcache and pointed at the local FakeLLM server."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import gzip
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx2
+import openai
+import pydantic
+import pytest
+from fake_llm import OPENAI_TEST_KEY, FakeLLM
+from openai.types.chat import ChatCompletion
+
+from promptcache import ConfigError, Endpoint, InvalidScopeError, PromptCache
+from promptcache.backends.memory import MemoryStore
+from promptcache.integrations import _portal
+from promptcache.integrations._transport import CONTROL_HEADERS, TransportScope, plan_request
+from promptcache.openai import wrap
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
+
+TESTS_DIR = Path(__file__).resolve().parents[1]
+
+LOOKUP_TOOL: ChatCompletionToolParam = {
+    "type": "function",
+    "function": {
+        "name": "lookup",
+        "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
+    },
+}
+
+
+def chat(text: str) -> list[ChatCompletionMessageParam]:
+    return [{"role": "system", "content": "be brief"}, {"role": "user", "content": text}]
+
+
+def sync_client(server: FakeLLM, **kw: Any) -> openai.OpenAI:
+    options: dict[str, Any] = {"api_key": OPENAI_TEST_KEY, "base_url": server.base_url, "max_retries": 2}
+    return openai.OpenAI(**{**options, **kw}, http_client=openai.DefaultHttpxClient(verify=False))
+
+
+def async_client(server: FakeLLM, **kw: Any) -> openai.AsyncOpenAI:
+    options: dict[str, Any] = {"api_key": OPENAI_TEST_KEY, "base_url": server.base_url, "max_retries": 2}
+    return openai.AsyncOpenAI(**{**options, **kw}, http_client=openai.DefaultAsyncHttpxClient(verify=False))
+
+
+class Driver:
+    """One wrapped client, sync or async, behind one blocking interface, so each test runs on both.
+
+    The async client and its cache live on a private event loop (an ``asyncio.Runner``); the sync client
+    runs its cache on promptcache's portal loop, as it does in production.
+    """
+
+    def __init__(self, kind: str, server: FakeLLM, cache: PromptCache | None = None, **wrap_kw: Any) -> None:
+        self.kind = kind
+        self.cache = cache if cache is not None else PromptCache.from_url("memory://")
+        self._runner = asyncio.Runner() if kind == "async" else None
+        raw: openai.OpenAI | openai.AsyncOpenAI = (
+            async_client(server) if kind == "async" else sync_client(server)
+        )
+        self.client: Any = wrap(raw, self.cache, **{"agent_id": "tests", **wrap_kw})
+
+    def run(self, fn: Callable[[Any], Any]) -> Any:
+        """``fn(client)``, awaited when the client is async."""
+        result = fn(self.client)
+        if self._runner is None:
+            return result
+
+        async def wait() -> Any:
+            return await result  # a coroutine, or an awaitable such as AsyncPaginator
+
+        return self._runner.run(wait())
+
+    def events(self, fn: Callable[[Any], Any], limit: int | None = None) -> list[Any]:
+        """Open the stream ``fn(client)``, read every event (or the first ``limit``), then close it."""
+        if self._runner is None:
+            stream = fn(self.client)
+            out: list[Any] = []
+            try:
+                for event in stream:
+                    out.append(event)
+                    if limit is not None and len(out) >= limit:
+                        break
+            finally:
+                stream.close()
+            if limit is not None:
+                # Finalise the abandoned byte iterator here, on this thread: collected later it would run
+                # on whichever thread the collector happens to run (see the portal-thread test below).
+                gc.collect()
+            return out
+
+        async def read() -> list[Any]:
+            stream = await fn(self.client)
+            got: list[Any] = []
+            try:
+                async for event in stream:
+                    got.append(event)
+                    if limit is not None and len(got) >= limit:
+                        break
+            finally:
+                await stream.close()
+            return got
+
+        return self._runner.run(read())
+
+    def drain(self) -> None:
+        """Wait for the cache's background writes (stream entries are written off the response path)."""
+        if self._runner is not None:
+            self._runner.run(self.cache.drain())
+        else:
+            _portal.run(self.cache.drain())
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.run(self.client.close())
+            self._runner.run(self.cache.aclose())
+            self._runner.close()
+        else:
+            self.client.close()
+            _portal.run(self.cache.aclose())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _collect_abandoned_streams() -> Iterator[None]:
+    """Finalise the byte iterators of sync streams closed early while the portal loop still runs.
+
+    Left to the interpreter's exit they would block it (see the last test of this module).
+    """
+    yield
+    gc.collect()
+
+
+@pytest.fixture
+def server() -> Iterator[FakeLLM]:
+    with FakeLLM() as fake:
+        yield fake
+    assert fake.errors == []
+
+
+@pytest.fixture(params=["sync", "async"])
+def drv(request: pytest.FixtureRequest, server: FakeLLM) -> Iterator[Driver]:
+    driver = Driver(request.param, server)
+    yield driver
+    driver.close()
+
+
+def content(completion: Any) -> str | None:
+    text = completion.choices[0].message.content
+    assert text is None or isinstance(text, str)
+    return text
+
+
+def create(text: str, **kw: Any) -> Callable[[Any], Any]:
+    return lambda c: c.chat.completions.create(model="gpt-test", messages=chat(text), **kw)
+
+
+# --- hits and misses -----------------------------------------------------------------------------
+
+
+def test_second_identical_call_is_a_hit_without_http(drv: Driver, server: FakeLLM) -> None:
+    """A repeated identical chat call is served from the cache, makes no request and parses equal."""
+    first = drv.run(create("hello"))
+    second = drv.run(create("hello"))
+    assert isinstance(second, ChatCompletion)
+    assert second == first
+    assert content(second) == "answer #1 to: hello"
+    assert len(server.requests) == 1
+    stats = drv.cache.stats()
+    assert (stats.requests, stats.hits, stats.misses) == (2, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"tools": [LOOKUP_TOOL]}, id="tools"),
+        pytest.param({"response_format": {"type": "json_object"}}, id="response_format"),
+        pytest.param({"seed": 7}, id="seed"),
+        pytest.param({"temperature": 0.5}, id="temperature"),
+        pytest.param({"model": "gpt-other"}, id="model"),
+    ],
+)
+def test_changed_parameter_misses(drv: Driver, server: FakeLLM, change: dict[str, Any]) -> None:
+    """Changing tools, response_format, seed, temperature or model is a different request: a miss."""
+    kw: dict[str, Any] = {"model": "gpt-test", "messages": chat("same"), **change}
+    drv.run(create("same"))
+    drv.run(lambda c: c.chat.completions.create(**kw))
+    assert server.calls == 2
+    assert drv.cache.stats().hits == 0
+
+
+def test_text_policy_trims_trailing_whitespace(drv: Driver, server: FakeLLM) -> None:
+    """Under the default trim policy a prompt that differs only by trailing spaces is the same request."""
+    drv.run(create("spaces"))
+    again = drv.run(create("spaces   \n"))
+    assert content(again) == "answer #1 to: spaces"
+    assert server.calls == 1
+
+
+def test_with_options_copy_is_still_cached(drv: Driver, server: FakeLLM) -> None:
+    """A client copy from with_options() shares the wrapped HTTP client, so it hits the same entries."""
+    first = drv.run(create("copy"))
+    copy = drv.run(
+        lambda c: c.with_options(max_retries=0).chat.completions.create(
+            model="gpt-test", messages=chat("copy")
+        )
+    )
+    assert copy == first
+    assert server.calls == 1
+
+
+# --- streaming -----------------------------------------------------------------------------------
+
+
+def test_stream_replay_equals_recording(drv: Driver, server: FakeLLM) -> None:
+    """A streamed miss is stored whole; its replay has equal chunks in order, finish reason and usage."""
+    open_stream = create("stream me", stream=True, stream_options={"include_usage": True})
+    recorded = drv.events(open_stream)
+    drv.drain()
+    replayed = drv.events(open_stream)
+    assert server.calls == 1
+    assert replayed == recorded
+    assert [c.id for c in replayed] == ["chatcmpl-1"] * len(recorded)
+    finishes = [c.choices[0].finish_reason for c in replayed if c.choices]
+    assert finishes[-1] == "stop"
+    assert replayed[-1].usage is not None
+    assert replayed[-1].usage == recorded[-1].usage
+    text = "".join(c.choices[0].delta.content or "" for c in replayed if c.choices)
+    assert text == "answer #1 to: stream me"
+    stats = drv.cache.stats()
+    assert (stats.hits, stats.misses, stats.writes) == (1, 1, 1)
+
+
+def test_stream_tool_call_replays(drv: Driver, server: FakeLLM) -> None:
+    """A streamed tool call (finish_reason tool_calls) is stored and replayed with the same arguments."""
+    open_stream = create("please use_tool", stream=True, tools=[LOOKUP_TOOL])
+    recorded = drv.events(open_stream)
+    drv.drain()
+    replayed = drv.events(open_stream)
+    assert replayed == recorded
+    assert replayed[-1].choices[0].finish_reason == "tool_calls"
+    assert server.calls == 1
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_stream_closed_after_k_chunks_stores_nothing(drv: Driver, server: FakeLLM, k: int) -> None:
+    """A stream the caller closes after k chunks stores nothing; the next identical stream goes upstream."""
+    open_stream = create("abandon", stream=True)
+    got = drv.events(open_stream, limit=k)
+    assert len(got) == k
+    drv.drain()
+    assert drv.cache.stats().writes == 0
+    full = drv.events(open_stream)
+    assert server.calls == 2
+    assert "".join(c.choices[0].delta.content or "" for c in full) == "answer #2 to: abandon"
+
+
+def test_dropped_stream_stores_nothing(drv: Driver, server: FakeLLM) -> None:
+    """A stream cut by the server raises the SDK's connection error and stores nothing."""
+    server.stream_drop_after = 3
+    with pytest.raises(openai.APIConnectionError):
+        drv.events(create("drop", stream=True))
+    drv.drain()
+    assert drv.cache.stats().writes == 0
+    server.stream_drop_after = None
+    drv.events(create("drop", stream=True))
+    assert server.calls == 2
+
+
+def test_stream_with_length_finish_is_not_stored(drv: Driver, server: FakeLLM) -> None:
+    """A stream that finishes with finish_reason=length reaches the caller but is not stored."""
+    server.next_finish_reason = "length"
+    first = drv.events(create("long", stream=True))
+    assert first[-1].choices[0].finish_reason == "length"
+    drv.drain()
+    second = drv.events(create("long", stream=True))
+    assert second[-1].choices[0].finish_reason == "stop"
+    assert server.calls == 2
+    assert drv.cache.stats().writes == 1
+
+
+def test_stream_and_body_entries_are_separate(drv: Driver, server: FakeLLM) -> None:
+    """As documented, a stream is served only from a stream entry and a plain call only from a body entry."""
+    drv.run(create("kinds"))
+    drv.events(create("kinds", stream=True))
+    drv.drain()
+    assert server.calls == 2
+    replay = drv.events(create("kinds", stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in replay) == "answer #2 to: kinds"
+    assert server.calls == 2
+
+
+def test_stream_hit_is_marked_in_raw_headers(drv: Driver) -> None:
+    """A replayed stream carries x-promptcache: hit, the recorded one x-promptcache: miss."""
+
+    def sync_header(c: Any) -> str:
+        raw = c.chat.completions.with_raw_response.create(model="gpt-test", messages=chat("rs"), stream=True)
+        stream = raw.parse()
+        list(stream)
+        stream.close()
+        return str(raw.headers["x-promptcache"])
+
+    async def async_header(c: Any) -> str:
+        raw = await c.chat.completions.with_raw_response.create(
+            model="gpt-test", messages=chat("rs"), stream=True
+        )
+        stream = raw.parse()
+        async for _ in stream:
+            pass
+        await stream.close()
+        return str(raw.headers["x-promptcache"])
+
+    header = sync_header if drv.kind == "sync" else async_header
+    assert drv.run(header) == "miss"
+    drv.drain()
+    assert drv.run(header) == "hit"
+
+
+# --- failures are never cached ---------------------------------------------------------------------
+
+
+def test_429_is_retried_by_the_sdk_and_not_cached(drv: Driver, server: FakeLLM) -> None:
+    """A 429 is retried by the SDK as without the cache; only the later success is stored."""
+    server.fail_next(429)
+    reply = drv.run(create("busy"))
+    assert content(reply) == "answer #2 to: busy"
+    assert [r.headers["x-stainless-retry-count"] for r in server.requests] == ["0", "1"]
+    again = drv.run(create("busy"))
+    assert again == reply
+    assert server.calls == 2
+
+
+def test_500_without_retries_raises_and_is_not_cached(drv: Driver, server: FakeLLM) -> None:
+    """A 500 reaches the caller as InternalServerError, and the next identical call goes upstream."""
+    server.fail_next(500)
+    with pytest.raises(openai.InternalServerError) as caught:
+        drv.run(
+            lambda c: c.with_options(max_retries=0).chat.completions.create(
+                model="gpt-test", messages=chat("boom")
+            )
+        )
+    assert caught.value.status_code == 500
+    assert content(drv.run(create("boom"))) == "answer #2 to: boom"
+    assert content(drv.run(create("boom"))) == "answer #2 to: boom"
+    assert server.calls == 2
+
+
+def test_500_is_retried_by_the_sdk(drv: Driver, server: FakeLLM) -> None:
+    """Two 500s then a success: the SDK's retries all reach the server and the success is cached."""
+    server.fail_next(500, count=2)
+    reply = drv.run(create("flaky"))
+    assert content(reply) == "answer #3 to: flaky"
+    assert [r.headers["x-stainless-retry-count"] for r in server.requests] == ["0", "1", "2"]
+    assert drv.run(create("flaky")) == reply
+    assert server.calls == 3
+
+
+def test_invalid_json_is_not_cached(drv: Driver, server: FakeLLM) -> None:
+    """A 200 whose body is not JSON fails in the SDK as without the cache, and is not stored."""
+    server.invalid_json_next = True
+    with pytest.raises(ValueError, match="Unterminated string"):
+        drv.run(create("broken"))
+    assert content(drv.run(create("broken"))) == "answer #2 to: broken"
+    assert server.calls == 2
+
+
+def test_finish_reason_length_is_not_cached(drv: Driver, server: FakeLLM) -> None:
+    """A truncated answer (finish_reason=length) is returned but not stored."""
+    server.next_finish_reason = "length"
+    cut = drv.run(create("truncate"))
+    assert cut.choices[0].finish_reason == "length"
+    whole = drv.run(create("truncate"))
+    assert whole.choices[0].finish_reason == "stop"
+    assert drv.run(create("truncate")) == whole
+    assert server.calls == 2
+    assert drv.cache.stats().not_stored == 1
+
+
+def test_non_json_content_under_json_format_is_not_cached(drv: Driver, server: FakeLLM) -> None:
+    """Text that is not JSON where response_format asked for JSON is returned but not stored."""
+    ask = create("give json", response_format={"type": "json_object"})
+    drv.run(ask)
+    drv.run(ask)
+    assert server.calls == 2
+
+
+def test_stream_429_is_retried_then_recorded(drv: Driver, server: FakeLLM) -> None:
+    """A 429 on a streamed call is retried by the SDK; the stream that follows is recorded and replayed."""
+    server.fail_next(429)
+    first = drv.events(create("busy stream", stream=True))
+    drv.drain()
+    again = drv.events(create("busy stream", stream=True))
+    assert again == first
+    assert "".join(c.choices[0].delta.content or "" for c in again) == "answer #2 to: busy stream"
+    assert server.calls == 2
+
+
+# --- control headers -----------------------------------------------------------------------------
+
+ALL_CONTROLS = {
+    "x-promptcache-bypass": "0",
+    "x-promptcache-refresh": "0",
+    "x-promptcache-ttl": "60",
+    "x-promptcache-agent-id": "other-agent",
+    "x-promptcache-agent-version": "9",
+    "x-promptcache-tenant": "acme",
+}
+
+
+def test_control_headers_never_reach_the_server(drv: Driver, server: FakeLLM) -> None:
+    """Every x-promptcache-* header is stripped from cached, streamed, retried and passed-through requests."""
+    assert set(ALL_CONTROLS) == CONTROL_HEADERS
+    server.fail_next(429)
+    drv.run(create("strip", extra_headers=ALL_CONTROLS))
+    drv.events(create("strip stream", stream=True, extra_headers=ALL_CONTROLS))
+    drv.run(create("strip", extra_headers={**ALL_CONTROLS, "x-promptcache-bypass": "1"}))
+    with pytest.raises(openai.NotFoundError):
+        drv.run(lambda c: c.models.list(extra_headers=ALL_CONTROLS))
+    assert len(server.requests) == 5
+    for request in server.requests:
+        assert not [name for name in request.headers if name.startswith("x-promptcache")]
+
+
+def test_tenant_header_keeps_entries_apart(drv: Driver, server: FakeLLM) -> None:
+    """The same request for two tenants makes two entries; each tenant then hits its own."""
+    acme = drv.run(create("tenant", extra_headers={"x-promptcache-tenant": "acme"}))
+    umbrella = drv.run(create("tenant", extra_headers={"x-promptcache-tenant": "umbrella"}))
+    assert content(acme) == "answer #1 to: tenant"
+    assert content(umbrella) == "answer #2 to: tenant"
+    assert drv.run(create("tenant", extra_headers={"x-promptcache-tenant": "acme"})) == acme
+    assert drv.run(create("tenant", extra_headers={"x-promptcache-tenant": "umbrella"})) == umbrella
+    assert content(drv.run(create("tenant"))) == "answer #3 to: tenant"
+    assert server.calls == 3
+
+
+@pytest.mark.parametrize("header", ["x-promptcache-agent-id", "x-promptcache-agent-version"])
+def test_agent_headers_scope_entries(drv: Driver, server: FakeLLM, header: str) -> None:
+    """An agent id or version given per request scopes the entry away from the wrapped default."""
+    drv.run(create("scoped"))
+    other = drv.run(create("scoped", extra_headers={header: "v-other"}))
+    assert content(other) == "answer #2 to: scoped"
+    assert drv.run(create("scoped", extra_headers={header: "v-other"})) == other
+    assert server.calls == 2
+
+
+def test_bypass_header_neither_reads_nor_writes(drv: Driver, server: FakeLLM) -> None:
+    """x-promptcache-bypass: 1 goes upstream even when an entry exists, and stores nothing."""
+    cached = drv.run(create("bypass"))
+    fresh = drv.run(create("bypass", extra_headers={"x-promptcache-bypass": "true"}))
+    assert content(fresh) == "answer #2 to: bypass"
+    assert drv.run(create("bypass")) == cached
+    assert drv.events(create("bypass", extra_headers={"x-promptcache-bypass": "1"}, stream=True))
+    stats = drv.cache.stats()
+    assert stats.bypasses == 2
+    assert stats.hits == 1
+
+
+def test_refresh_header_overwrites_the_entry(drv: Driver, server: FakeLLM) -> None:
+    """x-promptcache-refresh: 1 calls upstream and the new answer replaces the stored one."""
+    drv.run(create("refresh"))
+    renewed = drv.run(create("refresh", extra_headers={"x-promptcache-refresh": "yes"}))
+    assert content(renewed) == "answer #2 to: refresh"
+    drv.drain()
+    assert drv.run(create("refresh")) == renewed
+    assert server.calls == 2
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "", "nan", "5s", "inf", "1e400"])
+def test_bad_ttl_header_is_a_clear_error(drv: Driver, server: FakeLLM, value: str) -> None:
+    """A ttl header that is not a positive, finite number of seconds is a 400 naming the header, never sent."""
+    with pytest.raises(openai.BadRequestError, match="x-promptcache-ttl"):
+        drv.run(create("ttl", extra_headers={"x-promptcache-ttl": value}))
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_ttl_header_sets_the_entry_lifetime(kind: str, server: FakeLLM) -> None:
+    """An entry written with x-promptcache-ttl: 5 is gone 10 s later, while a default-TTL entry remains."""
+    now = [1_000_000.0]
+    store = MemoryStore(clock=lambda: now[0])
+    drv = Driver(kind, server, PromptCache(store, clock=lambda: now[0]))
+    try:
+        drv.run(create("short", extra_headers={"x-promptcache-ttl": "5"}))
+        drv.run(create("long"))
+        drv.drain()
+        now[0] += 10
+        assert content(drv.run(create("short"))) == "answer #3 to: short"
+        assert content(drv.run(create("long"))) == "answer #2 to: long"
+        assert server.calls == 3
+    finally:
+        drv.close()
+
+
+def test_bad_agent_header_is_a_clear_error(drv: Driver, server: FakeLLM) -> None:
+    """An empty x-promptcache-agent-id header is a 400 naming the agent id, and nothing is sent."""
+    with pytest.raises(openai.BadRequestError, match="agent_id must not be empty"):
+        drv.run(create("who", extra_headers={"x-promptcache-agent-id": ""}))
+    assert server.requests == []
+
+
+# --- other endpoints and SDK features --------------------------------------------------------------
+
+
+def test_responses_api_hit(drv: Driver, server: FakeLLM) -> None:
+    """responses.create is cached: the repeat is equal and makes no request."""
+    first = drv.run(lambda c: c.responses.create(model="gpt-resp", input="what is up", instructions="short"))
+    second = drv.run(lambda c: c.responses.create(model="gpt-resp", input="what is up", instructions="short"))
+    assert second == first
+    assert second.output_text == "answer #1 to: what is up"
+    other = drv.run(lambda c: c.responses.create(model="gpt-resp", input="what is up", instructions="long"))
+    assert other.output_text == "answer #2 to: what is up"
+    assert server.calls == 2
+
+
+def test_responses_stream_replay(drv: Driver, server: FakeLLM) -> None:
+    """A streamed Responses call is replayed with the same events, ending in response.completed."""
+
+    def open_stream(c: Any) -> Any:
+        return c.responses.create(model="gpt-resp", input=[{"role": "user", "content": "hey"}], stream=True)
+
+    recorded = drv.events(open_stream)
+    drv.drain()
+    replayed = drv.events(open_stream)
+    assert replayed == recorded
+    assert replayed[-1].type == "response.completed"
+    assert replayed[-1].response.output_text == "answer #1 to: hey"
+    assert replayed[-1].response.usage == recorded[-1].response.usage
+    assert server.calls == 1
+
+
+def test_responses_incomplete_is_not_cached(drv: Driver, server: FakeLLM) -> None:
+    """An incomplete response (the Responses API's length finish) is not stored."""
+    server.next_finish_reason = "length"
+    cut = drv.run(lambda c: c.responses.create(model="gpt-resp", input="long"))
+    assert cut.status == "incomplete"
+    again = drv.run(lambda c: c.responses.create(model="gpt-resp", input="long"))
+    assert again.status == "completed"
+    assert server.calls == 2
+
+
+def test_embeddings_hit(drv: Driver, server: FakeLLM) -> None:
+    """Embeddings are cached per input; the repeat is equal and another input misses."""
+    first = drv.run(lambda c: c.embeddings.create(model="emb-test", input=["alpha", "beta"]))
+    second = drv.run(lambda c: c.embeddings.create(model="emb-test", input=["alpha", "beta"]))
+    assert second == first
+    assert len(second.data) == 2
+    drv.run(lambda c: c.embeddings.create(model="emb-test", input=["beta", "alpha"]))
+    assert server.calls == 2
+
+
+def test_with_raw_response_reports_hit(drv: Driver, server: FakeLLM) -> None:
+    """with_raw_response works on a hit: header x-promptcache: hit and parse() equal to the miss."""
+
+    def raw(c: Any) -> Any:
+        return c.chat.completions.with_raw_response.create(model="gpt-test", messages=chat("raw"))
+
+    miss = drv.run(raw)
+    hit = drv.run(raw)
+    assert miss.headers["x-promptcache"] == "miss"
+    assert hit.headers["x-promptcache"] == "hit"
+    assert hit.status_code == 200
+    assert hit.parse() == miss.parse()
+    assert server.calls == 1
+
+
+def test_with_streaming_response_reads_a_hit(drv: Driver, server: FakeLLM) -> None:
+    """with_streaming_response (a body read lazily) parses the same completion on a miss and on a hit."""
+
+    def sync_read(c: Any) -> tuple[str, Any]:
+        with c.chat.completions.with_streaming_response.create(model="gpt-test", messages=chat("lazy")) as r:
+            return r.headers["x-promptcache"], r.parse()
+
+    async def async_read(c: Any) -> tuple[str, Any]:
+        async with c.chat.completions.with_streaming_response.create(
+            model="gpt-test", messages=chat("lazy")
+        ) as r:
+            return r.headers["x-promptcache"], await r.parse()
+
+    read = sync_read if drv.kind == "sync" else async_read
+    miss_header, miss = drv.run(read)
+    hit_header, hit = drv.run(read)
+    assert (miss_header, hit_header) == ("miss", "hit")
+    assert hit == miss
+    assert server.calls == 1
+
+
+class Lookup(pydantic.BaseModel):
+    query: str
+
+
+def test_parse_with_pydantic_tool(drv: Driver, server: FakeLLM) -> None:
+    """chat.completions.parse with a pydantic function tool parses a hit into the same model."""
+
+    def parse(c: Any) -> Any:
+        return c.chat.completions.parse(
+            model="gpt-test", messages=chat("use_tool please"), tools=[openai.pydantic_function_tool(Lookup)]
+        )
+
+    first = drv.run(parse)
+    second = drv.run(parse)
+    call = second.choices[0].message.tool_calls[0]
+    assert call.function.parsed_arguments == Lookup(query="use_tool please")
+    assert second == first
+    assert server.calls == 1
+
+
+def test_models_list_passes_through_uncounted(drv: Driver, server: FakeLLM) -> None:
+    """A GET to a non-cached endpoint reaches the server untouched and is not counted."""
+    for _ in range(2):
+        with pytest.raises(openai.NotFoundError):
+            drv.run(lambda c: c.models.list())
+    assert [r.path for r in server.requests] == ["/v1/models", "/v1/models"]
+    stats = drv.cache.stats()
+    assert (stats.requests, stats.hits, stats.misses, stats.bypasses) == (0, 0, 0, 0)
+
+
+def test_stats_match_what_happened(drv: Driver, server: FakeLLM) -> None:
+    """Hits, misses, bypasses and requests add up to the calls made, endpoint by endpoint."""
+    drv.run(create("a"))
+    drv.run(create("a"))
+    drv.run(create("b"))
+    drv.run(lambda c: c.embeddings.create(model="emb-test", input="x"))
+    drv.run(lambda c: c.embeddings.create(model="emb-test", input="x"))
+    drv.run(create("a", extra_headers={"x-promptcache-bypass": "1"}))
+    stats = drv.cache.stats()
+    assert (stats.requests, stats.hits, stats.misses, stats.bypasses) == (6, 2, 3, 1)
+    assert stats.hits + stats.misses + stats.bypasses == stats.requests
+    assert stats.upstream_calls == server.calls - 1  # the bypass is not a cache-driven upstream call
+    assert stats.input_tokens_saved > 0
+
+
+def test_stream_miss_counts_an_upstream_call(drv: Driver, server: FakeLLM) -> None:
+    """A streamed miss is an upstream call in the stats, as a plain miss is (upstream_calls equals misses)."""
+    drv.events(create("counted", stream=True))
+    drv.drain()
+    drv.events(create("counted", stream=True))
+    stats = drv.cache.stats()
+    assert (stats.hits, stats.misses) == (1, 1)
+    assert stats.upstream_calls == server.calls == 1
+
+
+# --- wrapping ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_wrap_returns_the_same_client(kind: str, server: FakeLLM) -> None:
+    """wrap() changes the client in place and returns it, so its type is unchanged."""
+    drv = Driver(kind, server)
+    try:
+        assert type(drv.client) is (openai.OpenAI if kind == "sync" else openai.AsyncOpenAI)
+        assert drv.client._client._transport.__class__.__name__ in {
+            "CachingTransport",
+            "AsyncCachingTransport",
+        }
+    finally:
+        drv.close()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_wrapping_twice_raises(kind: str, server: FakeLLM) -> None:
+    """Wrapping an already wrapped client raises ConfigError and leaves the first wrapping working."""
+    drv = Driver(kind, server)
+    try:
+        with pytest.raises(ConfigError, match="already wrapped"):
+            wrap(drv.client, drv.cache, agent_id="again")
+        drv.run(create("twice"))
+        drv.run(create("twice"))
+        assert server.calls == 1
+    finally:
+        drv.close()
+
+
+@pytest.mark.parametrize("thing", [object(), "client", None], ids=["object", "str", "none"])
+def test_wrapping_a_non_sdk_object_raises(thing: object) -> None:
+    """wrap() refuses anything that is not an OpenAI or Anthropic SDK client."""
+    cache = PromptCache.from_url("memory://")
+    with pytest.raises(ConfigError, match="not an OpenAI or Anthropic SDK client"):
+        wrap(thing, cache, agent_id="x")
+
+
+def test_wrapping_a_bare_http_client_raises() -> None:
+    """A bare httpx2 client is not an SDK client either."""
+    cache = PromptCache.from_url("memory://")
+    with httpx2.Client() as http, pytest.raises(ConfigError):
+        wrap(http, cache, agent_id="x")
+
+
+def test_wrap_validates_the_agent_id(server: FakeLLM) -> None:
+    """An empty agent_id is refused at wrap time, not on the first call."""
+    cache = PromptCache.from_url("memory://")
+    client = sync_client(server)
+    try:
+        with pytest.raises(InvalidScopeError):
+            wrap(client, cache, agent_id="")
+    finally:
+        client.close()
+
+
+# --- Azure ---------------------------------------------------------------------------------------
+
+
+def test_plan_request_keys_the_azure_deployment() -> None:
+    """plan_request puts the Azure deployment from the URL into the keyed body, so deployments differ."""
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+    scope = TransportScope(agent_id="az")
+    cache = PromptCache.from_url("memory://")
+    keys = []
+    for deployment in ["gpt-a", "gpt-b"]:
+        request = httpx2.Request(
+            "POST",
+            f"https://x.openai.azure.com/openai/deployments/{deployment}/chat/completions?api-version=1",
+            content=body,
+            headers={"x-promptcache-tenant": "t1"},
+        )
+        plan = plan_request(request, scope)
+        assert plan is not None
+        assert plan.endpoint is Endpoint.CHAT_COMPLETIONS
+        assert plan.body["azure_deployment"] == deployment
+        assert plan.tenant == "t1"
+        assert "x-promptcache-tenant" not in request.headers
+        keys.append(cache.key(plan.body, agent_id="az", endpoint=plan.endpoint).store_key)
+    assert keys[0] != keys[1]
+
+
+def test_plan_request_passes_other_endpoints_through() -> None:
+    """GETs, unknown paths and non-JSON bodies get no plan, but their control headers are still removed."""
+    scope = TransportScope(agent_id="x")
+    cases = [
+        httpx2.Request("GET", "http://h/v1/models", headers={"x-promptcache-ttl": "bad"}),
+        httpx2.Request("POST", "http://h/v1/files", content=b"{}", headers={"x-promptcache-bypass": "1"}),
+        httpx2.Request("POST", "http://h/v1/chat/completions", content=b"not json"),
+        httpx2.Request("POST", "http://h/v1/chat/completions", content=b"[1, 2]"),
+    ]
+    for request in cases:
+        assert plan_request(request, scope) is None
+        assert not [name for name in request.headers if name.startswith("x-promptcache")]
+
+
+def azure_reply(request: httpx2.Request) -> httpx2.Response:
+    deployment = request.url.path.split("/deployments/")[1].split("/")[0]
+    body = json.loads(request.content)
+    reply = f"from {deployment} to {body['messages'][-1]['content']}"
+    return httpx2.Response(
+        200,
+        json={
+            "id": f"chatcmpl-{deployment}",
+            "object": "chat.completion",
+            "created": 1,
+            "model": deployment,
+            "choices": [
+                {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": reply}}
+            ],
+        },
+    )
+
+
+def test_azure_two_deployments_are_two_entries() -> None:
+    """openai.AzureOpenAI: the same body sent to two deployments makes two entries, each then hit."""
+    seen: list[str] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request.url.path)
+        return azure_reply(request)
+
+    cache = PromptCache.from_url("memory://")
+    client = openai.AzureOpenAI(
+        azure_endpoint="http://azure.invalid",
+        api_version="2024-06-01",
+        api_key="azure-key",
+        http_client=httpx2.Client(transport=httpx2.MockTransport(handler)),
+    )
+    wrap(client, cache, agent_id="azure")
+    try:
+        answers = [
+            client.chat.completions.create(model=deployment, messages=chat("hi")).choices[0].message.content
+            for deployment in ["dep-a", "dep-b", "dep-a", "dep-b"]
+        ]
+    finally:
+        client.close()
+        _portal.run(cache.aclose())
+    assert answers == ["from dep-a to hi", "from dep-b to hi"] * 2
+    assert seen == [
+        "/openai/deployments/dep-a/chat/completions",
+        "/openai/deployments/dep-b/chat/completions",
+    ]
+
+
+# --- parse with response_format, over a mock upstream that answers JSON ----------------------------
+
+
+class Weather(pydantic.BaseModel):
+    city: str
+    degrees: int
+
+
+@pytest.mark.anyio
+async def test_parse_with_pydantic_response_format() -> None:
+    """chat.completions.parse(response_format=Model) is cached and a hit parses into an equal model."""
+    calls: list[bytes] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        calls.append(request.content)
+        answer = {"city": "Hanoi", "degrees": 31}
+        return httpx2.Response(
+            200,
+            json={
+                "id": "chatcmpl-w",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "gpt-test",
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": json.dumps(answer), "refusal": None},
+                    }
+                ],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
+            },
+        )
+
+    cache = PromptCache.from_url("memory://")
+    client = wrap(
+        openai.AsyncOpenAI(
+            api_key=OPENAI_TEST_KEY,
+            base_url="http://mock.invalid/v1",
+            http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(handler)),
+        ),
+        cache,
+        agent_id="parse",
+    )
+    async with client:
+        first = await client.chat.completions.parse(
+            model="gpt-test", messages=chat("weather"), response_format=Weather
+        )
+        second = await client.chat.completions.parse(
+            model="gpt-test", messages=chat("weather"), response_format=Weather
+        )
+    await cache.aclose()
+    assert second.choices[0].message.parsed == Weather(city="Hanoi", degrees=31)
+    assert second == first
+    assert len(calls) == 1
+    assert json.loads(calls[0])["response_format"]["type"] == "json_schema"
+
+
+GZIP_CHUNKS = (
+    b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",'
+    b'"choices":[{"index":0,"delta":{"content":"zi"},"finish_reason":null}]}\n\n'
+    b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",'
+    b'"choices":[{"index":0,"delta":{"content":"pped"},"finish_reason":"stop"}]}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+
+def gzip_upstream(calls: list[str]) -> Callable[[httpx2.Request], httpx2.Response]:
+    """A mock provider that gzips every answer, as the real APIs do."""
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        calls.append(request.url.path)
+        if json.loads(request.content).get("stream"):
+            headers = {"content-type": "text/event-stream", "content-encoding": "gzip"}
+            return httpx2.Response(200, headers=headers, content=gzip.compress(GZIP_CHUNKS))
+        body = {
+            "id": "c1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "m",
+            "choices": [
+                {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "zipped"}}
+            ],
+        }
+        headers = {"content-type": "application/json", "content-encoding": "gzip"}
+        return httpx2.Response(200, headers=headers, content=gzip.compress(json.dumps(body).encode()))
+
+    return handler
+
+
+def test_gzipped_upstream_answers_are_cached_decoded() -> None:
+    """Compressed answers (plain and streamed) are stored decoded and replayed as the same objects."""
+    calls: list[str] = []
+    cache = PromptCache.from_url("memory://")
+    client = wrap(
+        openai.OpenAI(
+            api_key=OPENAI_TEST_KEY,
+            base_url="http://mock.invalid/v1",
+            http_client=httpx2.Client(transport=httpx2.MockTransport(gzip_upstream(calls))),
+        ),
+        cache,
+        agent_id="gzip",
+    )
+    try:
+        plain = [client.chat.completions.create(model="m", messages=chat("z")) for _ in range(2)]
+        streams = []
+        for _ in range(2):
+            with client.chat.completions.create(model="m", messages=chat("zs"), stream=True) as stream:
+                streams.append([c.choices[0].delta.content for c in stream])
+            _portal.run(cache.drain())
+    finally:
+        client.close()
+        _portal.run(cache.aclose())
+    assert plain[1] == plain[0]
+    assert content(plain[1]) == "zipped"
+    assert streams == [["zi", "pped"], ["zi", "pped"]]
+    assert len(calls) == 2
+
+
+# --- concurrency ---------------------------------------------------------------------------------
+
+
+def test_sync_client_used_from_many_threads(server: FakeLLM) -> None:
+    """One wrapped sync client used from 8 threads gives each thread the answer to its own prompt."""
+    drv = Driver("sync", server)
+    prompts = [f"thread-{i % 5}" for i in range(40)]
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(lambda p: (p, content(drv.run(create(p)))), prompts))
+    finally:
+        drv.close()
+    by_prompt: dict[str, set[str | None]] = {}
+    for prompt, answer in answers:
+        assert answer is not None
+        assert answer.endswith(f" to: {prompt}")
+        by_prompt.setdefault(prompt, set()).add(answer)
+    assert all(len(texts) == 1 for texts in by_prompt.values())
+    assert server.calls == 5  # concurrent identical misses share one upstream call
+
+
+@pytest.mark.anyio
+async def test_concurrent_identical_async_misses_make_one_call(server: FakeLLM) -> None:
+    """Five concurrent identical async calls make one upstream call and all get equal answers."""
+    cache = PromptCache.from_url("memory://")
+    client = wrap(async_client(server), cache, agent_id="tests")
+    async with client:
+        replies = await asyncio.gather(
+            *[client.chat.completions.create(model="gpt-test", messages=chat("together")) for _ in range(5)]
+        )
+    await cache.aclose()
+    assert all(reply == replies[0] for reply in replies)
+    assert server.calls == 1
+    assert cache.stats().coalesced == 4
+
+
+def test_abandoned_sync_stream_cleans_up_when_collected_on_the_portal_thread(
+    server: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync stream closed early is cleaned up without error even if the collector runs on the portal."""
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    drv = Driver("sync", server)
+    try:
+        stream = drv.client.chat.completions.create(model="gpt-test", messages=chat("gc"), stream=True)
+        next(iter(stream))
+        stream.close()
+        del stream
+        collected = threading.Event()
+
+        def collect() -> None:
+            gc.collect()
+            collected.set()
+
+        _portal.portal_loop().call_soon_threadsafe(collect)
+        assert collected.wait(10)
+    finally:
+        drv.close()
+    assert [(type(u.exc_value).__name__, str(u.exc_value)) for u in unraisable] == []
+
+
+# --- process exit ----------------------------------------------------------------------------------
+
+ABANDON_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+import openai
+from fake_llm import OPENAI_TEST_KEY, FakeLLM
+from openai.types.chat import ChatCompletion
+from promptcache import PromptCache
+from promptcache.integrations import _portal
+from promptcache.openai import wrap
+
+with FakeLLM() as server:
+    cache = PromptCache.from_url("memory://")
+    client = wrap(
+        openai.OpenAI(api_key=OPENAI_TEST_KEY, base_url=server.base_url,
+                      http_client=openai.DefaultHttpxClient(verify=False)),
+        cache, agent_id="exit",
+    )
+    stream = client.chat.completions.create(
+        model="m", messages=[{{"role": "user", "content": "bye"}}], stream=True
+    )
+    first = next(iter(stream))
+    stream.close()
+    client.close()
+    _portal.run(cache.aclose())
+print("done")
+"""
+
+
+def test_abandoned_sync_stream_does_not_hang_process_exit() -> None:
+    """A process that closed a sync stream early (left to the garbage collector) still exits."""
+    script = textwrap.dedent(ABANDON_SCRIPT).format(tests=str(TESTS_DIR))
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=6, check=False
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process did not exit: a finaliser blocked on the stopped portal loop")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "done"
