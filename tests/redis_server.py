@@ -10,10 +10,13 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Self
 
 import pytest
 
-INSTALL_HINT = "redis-server not found on PATH; install it with `apt-get install redis-server` (Debian/Ubuntu)"
+INSTALL_HINT = (
+    "redis-server not found on PATH; install it with `apt-get install redis-server` (Debian/Ubuntu)"
+)
 
 
 def free_port() -> int:
@@ -107,7 +110,7 @@ class RedisServer:
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    def __enter__(self) -> RedisServer:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import TYPE_CHECKING
+
 import pytest
 import redis.asyncio as aioredis
-from redis_server import RedisServer
+
+if TYPE_CHECKING:
+    from redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
 
 
-async def _roundtrip(url: str) -> bytes | None:
+async def _roundtrip(url: str) -> object:
     client = aioredis.from_url(url)
     try:
         await client.set("promptcache-fixture-check", b"ok", ex=10)
@@ -20,8 +25,6 @@ async def _roundtrip(url: str) -> bytes | None:
 
 def test_session_server_roundtrips_through_redis_py(redis_url: str) -> None:
     """A value written through redis.asyncio is read back from the fixture's server."""
-    import asyncio
-
     assert asyncio.run(_roundtrip(redis_url)) == b"ok"
 
 

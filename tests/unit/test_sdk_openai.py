@@ -479,7 +479,7 @@ def test_refresh_header_overwrites_the_entry(drv: Driver, server: FakeLLM) -> No
 
 @pytest.mark.parametrize("value", ["abc", "0", "-5", "", "nan", "5s", "inf", "1e400"])
 def test_bad_ttl_header_is_a_clear_error(drv: Driver, server: FakeLLM, value: str) -> None:
-    """A ttl header that is not a positive, finite number of seconds is a 400 naming the header, never sent."""
+    """A ttl header that is not a positive, finite number of seconds is a 400 naming it; nothing is sent."""
     with pytest.raises(openai.BadRequestError, match="x-promptcache-ttl"):
         drv.run(create("ttl", extra_headers={"x-promptcache-ttl": value}))
     assert server.requests == []
