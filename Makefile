@@ -28,6 +28,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/keys.py
+	$(PY) benchmarks/hit_path.py
+	$(PY) benchmarks/sdk_hit.py
+	$(PY) benchmarks/replay.py
+	$(PY) benchmarks/cluster.py
+	$(PY) benchmarks/faults.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist
