@@ -9,30 +9,26 @@ through the store's short lock (:class:`~promptcache.backends.LockingStore`) wit
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
 import math
-import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any, Self
 
 import orjson
 
+from promptcache._cache_flight import Flight, SingleFlight
 from promptcache._config import CacheConfig
-from promptcache._entry import Entry, decode_entry, encode_entry, scope_of
 from promptcache._events import Emitter, Result
-from promptcache._gate import refusal_reason, stream_refusal, stream_summary, usage_of
+from promptcache._gate import usage_of
 from promptcache._keys import DEFAULT_AGENT_VERSION, CacheKey, Endpoint, KeyPolicy, agent_prefix, make_key
-from promptcache._resilience import BreakerState, CircuitBreaker, Guard, StoreSkipped
+from promptcache._resilience import CircuitBreaker, Guard
 from promptcache._stats import CacheStats, Counters
 from promptcache._stores import DEFAULT_TIMEOUTS, open_store
 from promptcache.backends import LockingStore, Store
 from promptcache.exceptions import (
     ConfigError,
-    EntryError,
     PromptCacheError,
     StoreError,
     UncacheableRequestError,
@@ -41,26 +37,19 @@ from promptcache.exceptions import (
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
 
+    from promptcache._entry import Entry
     from promptcache._events import Hook
 
 __all__ = ["PromptCache"]
 
 log = logging.getLogger("promptcache")
 
-_RETRY: Any = object()  # a shared read that did not finish: its waiters read for themselves
 _MEMO_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
 _MEMO_MAX_REQUEST = 64 * 1024
 _MEMO_MAX_TOTAL = 16 * 1024 * 1024
 
 
-@dataclass(slots=True)
-class _Flight:
-    task: asyncio.Task[tuple[Any, bool]]
-    waiters: int = 0
-    snapshot: bytes | None = None  # the answer's JSON, taken before any caller can change the object
-
-
-class PromptCache:
+class PromptCache(SingleFlight):
     """An async response cache for LLM requests.
 
     Args:
@@ -105,7 +94,7 @@ class PromptCache:
         )
         self._guard = Guard(self.breaker, timeout, self._on_store_error)
         self._locks = store if isinstance(store, LockingStore) else None
-        self._flights: dict[str, _Flight] = {}
+        self._flights: dict[str, Flight] = {}
         self._reads: dict[str, asyncio.Future[Any]] = {}
         self._key_memo: OrderedDict[tuple[Any, ...], CacheKey] = OrderedDict()
         self._key_memo_bytes = 0
@@ -449,319 +438,3 @@ class PromptCache:
         counters.latency_saved += entry.latency
         if self._hooks:
             self._events.request(Result.HIT, key, request, tokens=(inp, out), latency_saved=entry.latency)
-
-    def _on_breaker_change(self, old: BreakerState, new: BreakerState) -> None:
-        if new is BreakerState.OPEN:
-            self._counters.breaker_opened += 1
-        elif new is BreakerState.CLOSED:
-            self._counters.breaker_closed += 1
-        if self._hooks:
-            self._events.breaker(old.value, new.value)
-
-    def _on_store_error(self, operation: str, exc: BaseException, timed_out: bool) -> None:  # noqa: FBT001
-        if timed_out:
-            self._counters.store_timeouts += 1
-        else:
-            self._counters.store_errors += 1
-        log.warning(
-            "promptcache: store %s %s (%s); answering without the cache",
-            operation,
-            "timed out" if timed_out else "failed",
-            type(exc).__name__,
-        )
-
-    async def _guarded(self, operation: str, call: Callable[[], Awaitable[Any]]) -> tuple[bool, Any]:
-        """``(True, result)`` or ``(False, None)`` when the store was skipped or failed (already counted)."""
-        if self._hooks:
-            return await self._guarded_timed(operation, call)
-        try:
-            return True, await self._guard.run(operation, call)
-        except StoreSkipped:
-            self._counters.store_skipped += 1
-        except Exception as exc:
-            # Counted and logged by the guard; only the fail_open flag decides whether it reaches the caller.
-            if not self.config.fail_open:
-                raise StoreError(f"store {operation} failed: {type(exc).__name__}") from exc
-        return False, None
-
-    async def _guarded_timed(self, operation: str, call: Callable[[], Awaitable[Any]]) -> tuple[bool, Any]:
-        """:meth:`_guarded`, timed, reporting one store event per call to the hooks."""
-        started = self._mono()
-        try:
-            found = await self._guard.run(operation, call)
-        except StoreSkipped:
-            self._counters.store_skipped += 1
-            self._events.store(operation, "skipped")
-        except Exception as exc:
-            outcome = "timeout" if isinstance(exc, TimeoutError) else "error"
-            self._events.store(operation, outcome, self._mono() - started, type(exc).__name__)
-            if not self.config.fail_open:
-                raise StoreError(f"store {operation} failed: {type(exc).__name__}") from exc
-        else:
-            self._events.store(operation, "ok", self._mono() - started)
-            return True, found
-        return False, None
-
-    async def _lookup(self, key: CacheKey, *, again: bool = False) -> Entry | None:
-        """The entry under ``key``; ``again`` marks a re-read within one request (a bad value counts once).
-
-        Concurrent first reads of one key share a single store GET (a burst of identical requests costs
-        one round trip and one connection, not one each); every caller decodes its own copy.
-        """
-        if again:
-            return self._decode(key, await self._fetch(key), again=True)
-        pending = self._reads.get(key.store_key)
-        if pending is not None:
-            raw = await asyncio.shield(pending)
-            if raw is not _RETRY:
-                return self._decode(key, raw, again=True)  # the first reader already counted a bad value
-            return self._decode(key, await self._fetch(key), again=again)
-        pending = self._reads[key.store_key] = asyncio.get_running_loop().create_future()
-        try:
-            raw = await self._fetch(key)
-        except BaseException:
-            pending.set_result(_RETRY)  # cancelled or raised: the others read for themselves
-            raise
-        else:
-            pending.set_result(raw)
-        finally:
-            if self._reads.get(key.store_key) is pending:
-                del self._reads[key.store_key]
-        return self._decode(key, raw, again=again)
-
-    async def _fetch(self, key: CacheKey) -> bytes | None:
-        ok, raw = await self._guarded("get", lambda: self.store.get(key.store_key))
-        return raw if ok else None
-
-    def _decode(self, key: CacheKey, raw: bytes | None, *, again: bool) -> Entry | None:
-        if raw is None:
-            return None
-        try:
-            return decode_entry(raw, key, self._clock())
-        except EntryError as exc:
-            if again:
-                return None
-            self._counters.corrupt_entries += 1
-            log.warning("promptcache: ignoring a bad value under %s: %s", key.store_key, exc)
-            return None
-
-    async def _join_flight(
-        self,
-        key: CacheKey,
-        request: Mapping[str, Any],
-        call: Callable[[], Awaitable[Any]],
-        ttl: float,
-        *,
-        refresh: bool,
-    ) -> Any:  # noqa: ANN401
-        flight = self._flights.get(key.store_key)
-        leader = flight is None
-        if flight is None:
-            task = asyncio.create_task(self._fill(key, request, call, ttl, refresh=refresh))
-            flight = self._flights[key.store_key] = _Flight(task)
-            task.add_done_callback(functools.partial(self._end_flight, key.store_key, flight))
-        flight.waiters += 1
-        try:
-            body, from_store = await asyncio.shield(flight.task)
-        except asyncio.CancelledError:
-            flight.waiters -= 1
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():  # this caller was cancelled
-                self._counters.misses += 1
-                if self._hooks:
-                    self._events.request(Result.MISS, key, request, reason="cancelled")
-                if flight.waiters == 0 and not flight.task.done():
-                    flight.task.cancel()  # nobody is left to receive the answer
-                raise
-            # Only the shared call was cancelled (every caller before us left); this one still needs an
-            # answer, so it starts a new call.
-            return await self._join_flight(key, request, call, ttl, refresh=refresh)
-        except BaseException:
-            flight.waiters -= 1
-            self._counters.misses += 1
-            if leader:
-                self._counters.upstream_errors += 1
-            if self._hooks:
-                self._events.request(Result.MISS, key, request, reason="error")
-            raise
-        flight.waiters -= 1
-        if leader and not from_store:
-            self._counters.misses += 1
-            if self._hooks:
-                self._events.request(Result.MISS, key, request, tokens=usage_of(body))
-            return body
-        self._counters.hits += 1
-        if not leader:
-            self._counters.coalesced += 1
-            if flight.snapshot is not None:
-                body = orjson.loads(flight.snapshot)  # each caller gets its own copy to mutate
-        tokens = self._count_saving(body)
-        if self._hooks:
-            self._events.request(Result.HIT, key, request, tokens=tokens, coalesced=not leader)
-        return body
-
-    def _count_saving(self, body: Any) -> tuple[int, int]:  # noqa: ANN401
-        inp, out = usage_of(body)
-        self._counters.input_tokens_saved += inp
-        self._counters.output_tokens_saved += out
-        return inp, out
-
-    def _end_flight(self, store_key: str, flight: _Flight, _task: object) -> None:
-        # Runs before any waiting caller resumes (done callbacks are scheduled first), so the snapshot
-        # is taken before the first caller can change the answer it gets.
-        if self._flights.get(store_key) is flight:
-            del self._flights[store_key]
-        if flight.task.cancelled() or flight.task.exception() is not None:
-            return  # exception() also marks it retrieved: the callers re-raise it
-        if flight.waiters > 1:
-            with contextlib.suppress(TypeError):  # a body that is not JSON is shared as it is
-                flight.snapshot = orjson.dumps(flight.task.result()[0])
-
-    async def _fill(
-        self,
-        key: CacheKey,
-        request: Mapping[str, Any],
-        call: Callable[[], Awaitable[Any]],
-        ttl: float,
-        *,
-        refresh: bool,
-    ) -> tuple[Any, bool]:
-        """Make the one upstream call for ``key``; ``(body, from_store)``."""
-        token: str | None = None
-        if self._locks is not None and not refresh:
-            found, token = await self._lock_or_wait(key)
-            if found is not None:
-                return found.body, True
-        started = self._mono()
-        try:
-            body = await call()
-        except BaseException:
-            await self._unlock(key, token)
-            raise
-        self._counters.upstream_calls += 1
-        if self.breaker.is_open():
-            self._counters.store_skipped += 1  # nothing could be written: skip encoding it at all
-            return body, False
-        data = self._encode(key, request, body, None, self._mono() - started, ttl)
-        if data is None:
-            await self._unlock(key, token)
-        else:
-            # The lock is released only once the entry is written, so no other process sees "no lock,
-            # no entry" in between and pays for a second upstream call.
-            self._spawn_write(key, data, ttl, token)
-        return body, False
-
-    async def _lock_or_wait(self, key: CacheKey) -> tuple[Entry | None, str | None]:
-        """Take the cross-process lock, or wait (bounded) for its holder's entry."""
-        locks = self._locks
-        assert locks is not None  # noqa: S101 - checked by the caller; narrows the type only
-        token = secrets.token_hex(16)
-        deadline = self._mono() + self.config.lock_wait
-        pause = 0.01
-        waited = False
-        while True:
-            ok, got = await self._guarded(
-                "lock", lambda: locks.try_lock(key.lock_key, token, self.config.lock_ttl)
-            )
-            if not ok:
-                return None, None  # store trouble: answer without the lock rather than wait on it
-            if got:
-                # Another process may have written the entry and released the lock between our lookup
-                # and this lock: look once more before paying for a second upstream call.
-                entry = await self._lookup(key, again=True)
-                if entry is not None and entry.chunks is None:
-                    await self._unlock(key, token)
-                    return entry, None
-                return None, token
-            if not waited:
-                waited = True
-                self._counters.lock_waits += 1
-            entry = await self._lookup(key, again=True)
-            if entry is not None and entry.chunks is None:
-                return entry, None
-            remaining = deadline - self._mono()
-            if remaining <= 0:
-                self._counters.lock_timeouts += 1
-                log.info("promptcache: gave up waiting for another process's call on %s", key.store_key)
-                return None, None
-            await asyncio.sleep(min(pause, remaining))
-            pause = min(pause * 2, 0.25)
-
-    async def _unlock(self, key: CacheKey, token: str | None) -> None:
-        if token is not None and self._locks is not None:
-            locks = self._locks
-            await self._guarded("unlock", lambda: locks.unlock(key.lock_key, token))
-
-    def _encode(  # noqa: PLR0913
-        self,
-        key: CacheKey,
-        request: Mapping[str, Any] | None,
-        body: Any,  # noqa: ANN401
-        chunks: list[Any] | None,
-        latency: float,
-        ttl: float,
-        *,
-        usage_body: Any = None,  # noqa: ANN401
-    ) -> bytes | None:
-        """The stored bytes for a success, or None (counted) when it must not be stored."""
-        req = dict(request) if request is not None else None
-        finish = self.config.finish_reasons
-        if chunks is None:
-            reason = refusal_reason(key.endpoint, body, req, finish_reasons=finish)
-        else:
-            reason = stream_refusal(key.endpoint, chunks, req, finish_reasons=finish)
-            usage_body = stream_summary(key.endpoint, chunks) if usage_body is None else usage_body
-        if reason is not None:
-            self._counters.not_stored += 1
-            log.debug("promptcache: not storing %s: %s", key.store_key, reason)
-            return None
-        source = body if usage_body is None else usage_body
-        now = self._clock()
-        usage = source.get("usage") if isinstance(source, dict) else None
-        model = source.get("model") if isinstance(source, dict) else None
-        entry = Entry(
-            digest=key.digest,
-            scope=scope_of(key),
-            endpoint=key.endpoint.value,
-            created_at=now,
-            expires_at=now + ttl,
-            body=body if chunks is None else None,
-            chunks=chunks,
-            model=model if isinstance(model, str) else None,
-            usage=usage if isinstance(usage, dict) else None,
-            latency=latency,
-            request=orjson.loads(key.canonical) if self.config.keep_request else None,
-        )
-        try:
-            data = encode_entry(entry, compress_above=self.config.compress_above)
-        except TypeError as exc:  # orjson: the body holds something that is not JSON
-            self._counters.not_stored += 1
-            log.debug("promptcache: not storing %s: %s", key.store_key, exc)
-            return None
-        if len(data) > self.config.max_entry_bytes:
-            self._counters.oversize += 1
-            log.info("promptcache: entry of %d bytes is over max_entry_bytes; not stored", len(data))
-            return None
-        return data
-
-    def _spawn_write(self, key: CacheKey, data: bytes, ttl: float, token: str | None) -> None:
-        if len(self._writes) >= self.config.max_pending_writes:
-            self._counters.writes_dropped += 1
-            log.warning("promptcache: %d writes pending; dropping one", len(self._writes))
-            data = b""  # nothing to write, but the lock (if any) must still be released
-        task = asyncio.create_task(self._write_then_unlock(key, data, ttl, token))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
-
-    async def _write_then_unlock(self, key: CacheKey, data: bytes, ttl: float, token: str | None) -> None:
-        try:
-            if data:
-                await self._write(key.store_key, data, ttl)
-        finally:
-            await self._unlock(key, token)
-
-    async def _write(self, store_key: str, data: bytes, ttl: float) -> bool:
-        ok, _ = await self._guarded("set", lambda: self.store.set(store_key, data, ttl))
-        if ok:
-            self._counters.writes += 1
-        return ok
