@@ -92,10 +92,14 @@ class PromptCache(SingleFlight):
             clock=monotonic,
             on_change=self._on_breaker_change,
         )
-        self._guard = Guard(self.breaker, timeout, self._on_store_error)
+        self._guard = Guard(
+            self.breaker, timeout, self._on_store_error, answered=getattr(store, "is_reply_error", None)
+        )
         self._locks = store if isinstance(store, LockingStore) else None
         self._flights: dict[str, Flight] = {}
         self._reads: dict[str, asyncio.Future[Any]] = {}
+        self._uncertain_locks: set[str] = set()
+        self._releases: set[asyncio.Task[None]] = set()
         self._key_memo: OrderedDict[tuple[Any, ...], CacheKey] = OrderedDict()
         self._key_memo_bytes = 0
         self._writes: set[asyncio.Task[None]] = set()
@@ -407,6 +411,9 @@ class PromptCache(SingleFlight):
             return
         self._closed = True
         await self.drain()
+        for task in list(self._releases):
+            task.cancel()  # retried releases of uncertain locks: their TTL ends them anyway
+        await asyncio.gather(*self._releases, return_exceptions=True)
         if self._owns_store:
             await self.store.aclose()
 

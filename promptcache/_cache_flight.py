@@ -45,6 +45,7 @@ class SingleFlight(StoreAccess):
     """Shares upstream calls between concurrent identical misses."""
 
     _flights: dict[str, Flight]
+    _uncertain_locks: set[str]
 
     async def _join_flight(
         self,
@@ -55,37 +56,73 @@ class SingleFlight(StoreAccess):
         *,
         refresh: bool,
     ) -> Any:  # noqa: ANN401
-        flight = self._flights.get(key.store_key)
-        leader = flight is None
-        if flight is None:
-            task = asyncio.create_task(self._fill(key, request, call, ttl, refresh=refresh))
-            flight = self._flights[key.store_key] = Flight(task)
-            task.add_done_callback(functools.partial(self._end_flight, key.store_key, flight))
-        flight.waiters += 1
-        try:
-            body, from_store = await asyncio.shield(flight.task)
-        except asyncio.CancelledError:
-            flight.waiters -= 1
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():  # this caller was cancelled
+        while True:
+            flight, leader = self._flight_for(key, request, call, ttl, refresh=refresh)
+            flight.waiters += 1
+            try:
+                body, from_store = await asyncio.shield(flight.task)
+            except asyncio.CancelledError:
+                flight.waiters -= 1
+                if self._caller_cancelled(key, request, flight):
+                    raise
+                # Only the shared call was cancelled (every caller before us left); this one still needs
+                # an answer, so it goes round again and starts a new call.
+                continue
+            except BaseException:
+                flight.waiters -= 1
                 self._counters.misses += 1
+                if leader:
+                    self._counters.upstream_errors += 1
                 if self._hooks:
-                    self._events.request(Result.MISS, key, request, reason="cancelled")
-                if flight.waiters == 0 and not flight.task.done():
-                    flight.task.cancel()  # nobody is left to receive the answer
+                    self._events.request(Result.MISS, key, request, reason="error")
                 raise
-            # Only the shared call was cancelled (every caller before us left); this one still needs an
-            # answer, so it starts a new call.
-            return await self._join_flight(key, request, call, ttl, refresh=refresh)
-        except BaseException:
             flight.waiters -= 1
-            self._counters.misses += 1
-            if leader:
-                self._counters.upstream_errors += 1
-            if self._hooks:
-                self._events.request(Result.MISS, key, request, reason="error")
-            raise
-        flight.waiters -= 1
+            return self._answer(key, request, flight, body, leader=leader, from_store=from_store)
+
+    def _flight_for(
+        self,
+        key: CacheKey,
+        request: Mapping[str, Any],
+        call: Callable[[], Awaitable[Any]],
+        ttl: float,
+        *,
+        refresh: bool,
+    ) -> tuple[Flight, bool]:
+        """The call in flight for ``key`` to join, or a new one this caller leads."""
+        flight = self._flights.get(key.store_key)
+        if flight is not None and not (flight.task.done() and flight.task.cancelled()):
+            return flight, False
+        # None in flight, or one abandoned by all its callers and not yet removed: start a new call.
+        task = asyncio.create_task(self._fill(key, request, call, ttl, refresh=refresh))
+        flight = self._flights[key.store_key] = Flight(task)
+        task.add_done_callback(functools.partial(self._end_flight, key.store_key, flight))
+        return flight, True
+
+    def _caller_cancelled(self, key: CacheKey, request: Mapping[str, Any], flight: Flight) -> bool:
+        """After a CancelledError: True (counted) if this caller was cancelled, False if only the call was."""
+        current = asyncio.current_task()
+        if current is None or not current.cancelling():
+            return False
+        self._counters.misses += 1
+        if self._hooks:
+            self._events.request(Result.MISS, key, request, reason="cancelled")
+        if flight.waiters == 0 and not flight.task.done():
+            flight.task.cancel()  # nobody is left to receive the answer
+            if self._flights.get(key.store_key) is flight:
+                del self._flights[key.store_key]
+        return True
+
+    def _answer(  # noqa: PLR0913 - the outcome of one caller's wait
+        self,
+        key: CacheKey,
+        request: Mapping[str, Any],
+        flight: Flight,
+        body: Any,  # noqa: ANN401
+        *,
+        leader: bool,
+        from_store: bool,
+    ) -> Any:  # noqa: ANN401
+        """Count one caller's outcome and give it its own copy of the answer."""
         if leader and not from_store:
             self._counters.misses += 1
             if self._hooks:
@@ -165,7 +202,13 @@ class SingleFlight(StoreAccess):
                 "lock", lambda: locks.try_lock(key.lock_key, token, self.config.lock_ttl)
             )
             if not ok:
-                return None, None  # store trouble: answer without the lock rather than wait on it
+                # Store trouble: answer without waiting on the lock. After a timeout the SET NX may still
+                # have run (its reply came too late), so the token is kept and released as usual; the
+                # unlock deletes only a lock that still holds this token.
+                if got is not None and type(got).__name__ == "TimeoutError":
+                    self._uncertain_locks.add(token)
+                    return None, token
+                return None, None
             if got:
                 # Another process may have written the entry and released the lock between our lookup
                 # and this lock: look once more before paying for a second upstream call.

@@ -48,6 +48,8 @@ class StoreAccess:
     _locks: LockingStore | None
     _reads: dict[str, asyncio.Future[Any]]
     _writes: set[asyncio.Task[None]]
+    _uncertain_locks: set[str]
+    _releases: set[asyncio.Task[None]]
 
     def _on_breaker_change(self, old: BreakerState, new: BreakerState) -> None:
         if new is BreakerState.OPEN:
@@ -70,7 +72,8 @@ class StoreAccess:
         )
 
     async def _guarded(self, operation: str, call: Callable[[], Awaitable[Any]]) -> tuple[bool, Any]:
-        """``(True, result)`` or ``(False, None)`` when the store was skipped or failed (already counted)."""
+        """``(True, result)``, or ``(False, error)`` when the store failed (already counted) or
+        ``(False, None)`` when it was skipped."""
         if self._hooks:
             return await self._guarded_timed(operation, call)
         try:
@@ -81,6 +84,7 @@ class StoreAccess:
             # Counted and logged by the guard; only the fail_open flag decides whether it reaches the caller.
             if not self.config.fail_open:
                 raise StoreError(f"store {operation} failed: {type(exc).__name__}") from exc
+            return False, exc
         return False, None
 
     async def _guarded_timed(self, operation: str, call: Callable[[], Awaitable[Any]]) -> tuple[bool, Any]:
@@ -96,6 +100,7 @@ class StoreAccess:
             self._events.store(operation, outcome, self._mono() - started, type(exc).__name__)
             if not self.config.fail_open:
                 raise StoreError(f"store {operation} failed: {type(exc).__name__}") from exc
+            return False, exc
         else:
             self._events.store(operation, "ok", self._mono() - started)
             return True, found
@@ -145,9 +150,28 @@ class StoreAccess:
             return None
 
     async def _unlock(self, key: CacheKey, token: str | None) -> None:
-        if token is not None and self._locks is not None:
-            locks = self._locks
-            await self._guarded("unlock", lambda: locks.unlock(key.lock_key, token))
+        if token is None or self._locks is None:
+            return
+        locks = self._locks
+        if token in self._uncertain_locks:
+            # The SET NX timed out: it may land after this. Release in the background a few times over
+            # a few seconds (each attempt deletes only a lock holding this token), off the caller's path.
+            self._uncertain_locks.discard(token)
+            task = asyncio.create_task(self._release_later(key, token))
+            self._releases.add(task)  # cancelled by aclose(): the lock's own TTL is the backstop
+            task.add_done_callback(self._releases.discard)
+            return
+        await self._guarded("unlock", lambda: locks.unlock(key.lock_key, token))
+
+    async def _release_later(self, key: CacheKey, token: str) -> None:
+        locks = self._locks
+        if locks is None:  # pragma: no cover - only called with a locking store
+            return
+        for pause in (0.0, 0.25, 1.0, 3.0):
+            await asyncio.sleep(pause)
+            ok, released = await self._guarded("unlock", lambda: locks.unlock(key.lock_key, token))
+            if ok and released:
+                return
 
     def _encode(  # noqa: PLR0913
         self,

@@ -14,6 +14,7 @@ A cassette file::
       usage: {prompt_tokens: 12, completion_tokens: 5}
       request: {...}          # the canonical request, secrets scrubbed (for miss diffs)
       response: {...}         # the full body; or `chunks:` for a stream
+    end: 1                    # written last: the number of recordings, so a cut-off file is refused
 
 Loading refuses anything that is not plain data: python tags, anchors and aliases (alias bombs), files
 over :data:`MAX_CASSETTE_BYTES`, deep nesting. Every error names the file. Writing is atomic
@@ -40,13 +41,19 @@ __all__ = [
     "find_secret",
     "load_cassette",
     "parse_cassette",
+    "request_secrets",
     "save_cassette",
     "scrub",
     "scrub_joined",
+    "scrub_values",
 ]
 
 CASSETTE_FORMAT: Final = 1
 MAX_CASSETTE_BYTES: Final = 64 * 1024 * 1024
+MAX_YAML_EVENTS: Final = 2_000_000
+# Recorded cassettes hold about one YAML node per 13 bytes; a file packed with far more tiny nodes is an
+# attempt to make the loader build millions of objects, refused before anything is built.
+MAX_EVENTS_PER_BYTE: Final = 0.25
 SCRUBBED: Final = "<scrubbed>"
 HEADER: Final = (
     "# promptcache cassette - recorded LLM responses, replayed by `pytest --promptcache=replay`.\n"
@@ -157,6 +164,61 @@ def scrub_joined(value: Any) -> Any:  # noqa: ANN401 - JSON, changed in place an
     return value
 
 
+# Request headers whose values are credentials or identify an account; their exact values never reach a
+# cassette, wherever a provider echoes them.
+SENSITIVE_HEADERS: Final = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "api-key",
+        "x-api-key",
+        "x-goog-api-key",
+        "openai-organization",
+        "openai-project",
+        "cookie",
+    }
+)
+_MIN_SECRET_LENGTH: Final = 8  # shorter values would cut ordinary words out of recorded text
+
+
+def request_secrets(request: Any) -> frozenset[str]:  # noqa: ANN401 - an httpx or httpx2 Request
+    """The exact credential values one request carries: sensitive headers, cookies, query parameters."""
+    found: set[str] = set()
+    for name, value in request.headers.items():
+        if name.lower() not in SENSITIVE_HEADERS:
+            continue
+        found.add(value)
+        scheme, _, token = value.partition(" ")
+        if token and scheme.lower() in {"bearer", "basic", "token"}:
+            found.add(token)
+        if name.lower() == "cookie":
+            found.update(part.partition("=")[2].strip() for part in value.split(";"))
+    found.update(v for _, v in request.url.params.multi_items())
+    return frozenset(v for v in found if len(v) >= _MIN_SECRET_LENGTH)
+
+
+def scrub_values(value: Any, secrets: frozenset[str]) -> Any:  # noqa: ANN401 - JSON
+    """A copy of ``value`` with every occurrence of the given exact strings replaced, keys included."""
+    ordered = sorted(secrets, key=len, reverse=True)  # longest first: "Bearer x" before "x"
+
+    def cut(text: str) -> str:
+        for secret in ordered:
+            if secret in text:
+                text = text.replace(secret, SCRUBBED)
+        return text
+
+    def walk(v: Any) -> Any:  # noqa: ANN401
+        if isinstance(v, str):
+            return cut(v)
+        if isinstance(v, dict):
+            return {cut(k) if isinstance(k, str) else k: walk(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        return v
+
+    return walk(value)
+
+
 def find_secret(text: str) -> str | None:
     """The name of the first credential pattern found in ``text``, or None."""
     for pattern in SECRET_PATTERNS:
@@ -166,8 +228,13 @@ def find_secret(text: str) -> str | None:
 
 
 def dump_cassette(doc: dict[str, Any]) -> str:
-    """The YAML text of a cassette document (header comment included)."""
-    return HEADER + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
+    """The YAML text of a cassette document (header comment included).
+
+    ``end:`` (the number of recordings) is written last, so a file cut short anywhere is refused on load.
+    """
+    body = {k: v for k, v in doc.items() if k != "end"}
+    body["end"] = len(doc.get("recordings") or [])
+    return HEADER + yaml.dump(body, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
 
 
 def save_cassette(path: str | Path, doc: dict[str, Any]) -> None:
@@ -211,6 +278,40 @@ def _check_recording(where: str, index: int, rec: object) -> None:
         raise CassetteFormatError(f"{where}: recordings[{index}] 'response' must be a mapping or text")
 
 
+def _check_json_shaped(doc: Any, where: str) -> None:  # noqa: ANN401
+    """Refuse YAML-only values (dates, sets, binary, non-string keys): a cassette holds JSON."""
+    stack: list[tuple[Any, str]] = [(doc, "$")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise CassetteFormatError(f"{where}: mapping key {k!r} at {path} is not a string")
+                stack.append((v, f"{path}.{k}"))
+        elif isinstance(value, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(value))
+        elif not (value is None or isinstance(value, str | int | float)):
+            raise CassetteFormatError(f"{where}: {type(value).__name__} value at {path} is not JSON data")
+
+
+def _safe_load(text: str, where: str) -> Any:  # noqa: ANN401 - YAML data, checked by the caller
+    """Plain YAML data with the safe loader; anchors, aliases and node floods refused before building."""
+    try:
+        # Before anything is built: no anchors or aliases (no alias bombs), and a bounded node count.
+        budget = max(100_000, min(MAX_YAML_EVENTS, int(len(text) * MAX_EVENTS_PER_BYTE)))
+        for count, event in enumerate(yaml.parse(text, Loader=_Loader)):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                raise CassetteFormatError(f"{where}: YAML anchors/aliases are not allowed in cassettes")
+            if count > budget:
+                raise CassetteFormatError(f"{where}: more than {budget} YAML nodes; not a recorded cassette")
+        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is yaml's (C)SafeLoader
+    except yaml.YAMLError as exc:
+        raise CassetteFormatError(f"{where}: not valid cassette YAML ({exc})") from None
+    except RecursionError:
+        raise CassetteFormatError(f"{where}: nested too deeply") from None
+    return doc
+
+
 def parse_cassette(text: str | bytes, where: str = "<cassette>") -> dict[str, Any]:
     """Parse and check cassette text; ``where`` names the source in every error.
 
@@ -224,18 +325,15 @@ def parse_cassette(text: str | bytes, where: str = "<cassette>") -> dict[str, An
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise CassetteFormatError(f"{where}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    try:
-        # Anchors and aliases are refused before anything is built: no alias bombs.
-        for event in yaml.parse(text, Loader=_Loader):
-            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-                raise CassetteFormatError(f"{where}: YAML anchors/aliases are not allowed in cassettes")
-        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is yaml's (C)SafeLoader
-    except yaml.YAMLError as exc:
-        raise CassetteFormatError(f"{where}: not valid cassette YAML ({exc})") from None
-    except RecursionError:
-        raise CassetteFormatError(f"{where}: nested too deeply") from None
+    doc = _safe_load(text, where)
     if not isinstance(doc, dict):
         raise CassetteFormatError(f"{where}: a cassette is a mapping with 'version' and 'recordings'")
+    _check_json_shaped(doc, where)
+    written_by_us = HEADER.partition("\n")[0] in text[:4096]
+    if "end" in doc or written_by_us:
+        recordings = doc.get("recordings")
+        if doc.get("end") != (len(recordings) if isinstance(recordings, list) else None):
+            raise CassetteFormatError(f"{where}: truncated or edited ('end' does not match the recordings)")
     if doc.get("version") != CASSETTE_FORMAT:
         raise CassetteFormatError(
             f"{where}: cassette version {doc.get('version')!r} is not {CASSETTE_FORMAT}"

@@ -125,6 +125,7 @@ class Guard:
         breaker: The breaker shared by all calls to one store.
         timeout: Seconds each call may take.
         on_error: Called with ``(operation, exception, timed_out)`` for every failed call.
+        answered: Tells errors the store replied with (it is up) from failures to reach it.
     """
 
     def __init__(
@@ -132,10 +133,15 @@ class Guard:
         breaker: CircuitBreaker,
         timeout: float,
         on_error: Callable[[str, BaseException, bool], None],
+        *,
+        answered: Callable[[BaseException], bool] | None = None,
     ) -> None:
         self.breaker = breaker
         self.timeout = positive(timeout, "store timeout")
         self._on_error = on_error
+        # An error the server itself replied with (Redis OOM, WRONGTYPE) says the store is up: it is
+        # counted and logged, but does not feed the breaker, so one odd key cannot stop every other hit.
+        self._answered = answered
 
     async def run(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         """Run ``call()``; raise StoreSkipped if the breaker refuses, or the store's error after counting it.
@@ -170,6 +176,10 @@ class Guard:
             self.breaker.release_probe()
             raise
         except Exception as exc:
+            if self._answered is not None and self._answered(exc):
+                self.breaker.success()
+                self._on_error(operation, exc, False)  # noqa: FBT003
+                raise
             self.breaker.failure()
             # redis-py's TimeoutError is not the builtin one; a timeout is a timeout whoever noticed it.
             self._on_error(operation, exc, type(exc).__name__ == "TimeoutError")

@@ -34,7 +34,13 @@ from redis.exceptions import RedisClusterException
 from redis.utils import str_if_bytes
 
 from promptcache._validate import positive
-from promptcache.backends.redis import DEFAULT_SOCKET_TIMEOUT, SCAN_COUNT, glob_escape, redact_url
+from promptcache.backends.redis import (
+    DEFAULT_SOCKET_TIMEOUT,
+    SCAN_COUNT,
+    glob_escape,
+    is_reply_error,
+    redact_url,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -215,6 +221,8 @@ class RedisClusterStore:
 
     def __repr__(self) -> str:
         return f"RedisClusterStore({self._label!r})"
+
+    is_reply_error = staticmethod(is_reply_error)
 
     # -- one key, one slot -------------------------------------------------------------------------
 

@@ -48,6 +48,18 @@ def redact_url(url: str) -> str:
     return _QUERY_SECRET.sub(r"\1***", _USERINFO.sub("//***@", str(url), count=1))
 
 
+def is_reply_error(exc: BaseException) -> bool:
+    """True for an error Redis itself replied with (OOM, WRONGTYPE, NOSCRIPT ...): the server is up.
+
+    Cluster and failover replies (CLUSTERDOWN, TRYAGAIN, MASTERDOWN, READONLY) are not: they mean the
+    store cannot serve right now, and the breaker should hear about them.
+    """
+    from redis import exceptions as rex  # noqa: PLC0415 - keeps the module's import light
+
+    unavailable = (rex.ClusterError, rex.TryAgainError, rex.MasterDownError, rex.ReadOnlyError)
+    return isinstance(exc, rex.ResponseError) and not isinstance(exc, unavailable)
+
+
 def glob_escape(text: str) -> str:
     """Escape Redis glob specials so ``text`` matches itself literally in SCAN MATCH."""
     return _GLOB_SPECIAL.sub(r"\\\1", text)
@@ -77,7 +89,11 @@ class RedisStore:
         socket_timeout: float | None = DEFAULT_SOCKET_TIMEOUT,
         max_connections: int | None = None,
     ) -> RedisStore:
-        """Open a pooled client on ``redis://`` / ``rediss://`` / ``unix://`` with retries disabled."""
+        """Open a pooled client on ``redis://`` / ``rediss://`` / ``unix://`` with retries disabled.
+
+        With ``max_connections`` the pool blocks for a free connection instead of failing at once; the
+        wait counts toward the cache's per-call deadline like any other part of the call.
+        """
         timeout = None if socket_timeout is None else positive(socket_timeout, "socket_timeout")
         kwargs: dict[str, Any] = {
             "socket_timeout": timeout,
@@ -85,13 +101,19 @@ class RedisStore:
             "retry": Retry(NoBackoff(), 0),
             "health_check_interval": 0,
         }
-        if max_connections is not None:
-            kwargs["max_connections"] = int(positive(max_connections, "max_connections"))
-        client = aioredis.Redis.from_url(url, **kwargs)
+        if max_connections is None:
+            client = aioredis.Redis.from_url(url, **kwargs)
+        else:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=int(positive(max_connections, "max_connections")), timeout=None, **kwargs
+            )
+            client = aioredis.Redis.from_pool(pool)  # the client owns (and closes) the pool
         return cls(client, label=redact_url(url))
 
     def __repr__(self) -> str:
         return f"RedisStore({self._label!r})"
+
+    is_reply_error = staticmethod(is_reply_error)
 
     async def get(self, key: str) -> bytes | None:
         value = await self.client.get(key)

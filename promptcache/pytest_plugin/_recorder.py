@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
-from promptcache._cassette import CASSETTE_FORMAT, DEFAULT_SCRUB_FIELDS, scrub, scrub_joined
+from promptcache._cassette import (
+    CASSETTE_FORMAT,
+    DEFAULT_SCRUB_FIELDS,
+    request_secrets,
+    scrub,
+    scrub_joined,
+    scrub_values,
+)
 from promptcache._gate import is_terminal, stream_summary, usage_of
 from promptcache._keys import DEFAULT_AGENT_VERSION, DEFAULT_NAMESPACE, CacheKey, KeyPolicy, make_key
 from promptcache.exceptions import UncacheableRequestError
@@ -83,6 +90,10 @@ class Recorder:
         if self.mode is not Mode.REWRITE:
             doc = self.store.load(self.cassette)
             self._existing = list(doc["recordings"]) if doc else []
+        # Recordings by (key, kind), in order: a replayed call is one dict lookup, however big the cassette.
+        self._index: dict[str, list[dict[str, Any]]] = {}
+        for rec in self._existing:
+            self._index.setdefault(_slot(str(rec.get("key")), stream="chunks" in rec), []).append(rec)
 
     # -- decisions (no I/O) -----------------------------------------------------------------------
 
@@ -115,8 +126,8 @@ class Recorder:
         """
         if self.mode in (Mode.RECORD, Mode.REWRITE):
             return None
-        matches = [r for r in self._existing if r.get("key") == key.digest and ("chunks" in r) == stream]
         slot = _slot(key.digest, stream=stream)
+        matches = self._index.get(slot, ())
         position = self._positions[slot]
         if position >= len(matches):
             return None
@@ -144,7 +155,15 @@ class Recorder:
                 pytrace=False,
             )
 
-    def _record(self, key: CacheKey, status: int, body: Any = None, chunks: list[Any] | None = None) -> None:  # noqa: ANN401
+    def _record(
+        self,
+        key: CacheKey,
+        status: int,
+        body: Any = None,  # noqa: ANN401
+        chunks: list[Any] | None = None,
+        *,
+        secrets: frozenset[str] = frozenset(),
+    ) -> None:
         source = body if chunks is None else stream_summary(key.endpoint, chunks)
         recording: dict[str, Any] = {
             "key": key.digest,
@@ -165,7 +184,9 @@ class Recorder:
             recording["chunks"] = scrub_joined(scrub(chunks, self.scrub_fields))
         else:
             recording["response"] = scrub(body, self.scrub_fields)
-        self._new.append(recording)
+        # Providers echo what they were sent (an org or project id in a 401, a cookie, a query token):
+        # the exact values of this request's credentials are cut from everything recorded.
+        self._new.append(scrub_values(recording, secrets) if secrets else recording)
         self.recorded += 1
 
     def unused(self) -> list[dict[str, Any]]:
@@ -220,9 +241,12 @@ class Recorder:
         self._miss(key, stream=stream)
         response = await send(transport, request)
         if body.get("stream") is True and _is_event_stream(response):
-            return _tee(request, response, lambda events: self._record(key, 200, chunks=events), key)
+            secrets = request_secrets(request)
+            return _tee(
+                request, response, lambda events: self._record(key, 200, chunks=events, secrets=secrets), key
+            )
         await response.aread()
-        self._record_response(key, response)
+        self._record_response(key, response, request_secrets(request))
         return response
 
     def handle_sync(self, transport: Any, request: Any, send: Any) -> Any:  # noqa: ANN401
@@ -238,17 +262,20 @@ class Recorder:
         self._miss(key, stream=stream)
         response = send(transport, request)
         if body.get("stream") is True and _is_event_stream(response):
-            return _tee(request, response, lambda events: self._record(key, 200, chunks=events), key)
+            secrets = request_secrets(request)
+            return _tee(
+                request, response, lambda events: self._record(key, 200, chunks=events, secrets=secrets), key
+            )
         response.read()
-        self._record_response(key, response)
+        self._record_response(key, response, request_secrets(request))
         return response
 
-    def _record_response(self, key: CacheKey, response: Any) -> None:  # noqa: ANN401
+    def _record_response(self, key: CacheKey, response: Any, secrets: frozenset[str]) -> None:  # noqa: ANN401
         try:
             body = orjson.loads(response.content)
         except orjson.JSONDecodeError:
             body = response.text
-        self._record(key, response.status_code, body=body)
+        self._record(key, response.status_code, body=body, secrets=secrets)
 
 
 def _slot(digest: str, *, stream: bool) -> str:

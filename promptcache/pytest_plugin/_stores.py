@@ -7,6 +7,7 @@ folder, so parallel pytest-xdist workers never lose or interleave recordings, ev
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import os
 import re
@@ -57,6 +58,9 @@ class DirectoryStore:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        # Parsed cassettes by path, valid while the file's size and mtime are unchanged: a cassette shared
+        # by many tests (or reloaded by a prune) is parsed once, not once per test.
+        self._parsed: dict[Path, tuple[int, int, dict[str, Any] | None]] = {}
 
     def path(self, name: str) -> Path:
         return self.root / f"{name}.yaml"
@@ -65,7 +69,17 @@ class DirectoryStore:
         return str(self.path(name))
 
     def load(self, name: str) -> dict[str, Any] | None:
-        return load_cassette(self.path(name))
+        path = self.path(name)
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        cached = self._parsed.get(path)
+        if cached is not None and cached[:2] == (stat.st_mtime_ns, stat.st_size):
+            return copy.deepcopy(cached[2])  # callers may change what they get; the cache must not
+        doc = load_cassette(path)
+        self._parsed[path] = (stat.st_mtime_ns, stat.st_size, copy.deepcopy(doc))
+        return doc
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -79,7 +93,9 @@ class DirectoryStore:
 
     def update(self, name: str, change: Callable[[dict[str, Any] | None], dict[str, Any] | None]) -> None:
         with self._locked():
+            self._parsed.pop(self.path(name), None)  # re-read under the lock: another worker may have written
             new = change(self.load(name))
+            self._parsed.pop(self.path(name), None)
             if new is None:
                 self.path(name).unlink(missing_ok=True)
             else:

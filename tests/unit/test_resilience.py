@@ -532,7 +532,10 @@ async def test_a_hanging_store_is_abandoned_at_the_deadline() -> None:
     await cache.aclose()  # the background write is bounded by the same deadline
     assert time.monotonic() - started < DEADLINE_MARGIN
     stats = cache.stats()
-    assert stats.store_timeouts == store.calls == store.cancelled >= 2  # get, try_lock, set: each abandoned
+    # get, try_lock, set: each abandoned at the deadline; a retried release of the timed-out lock may
+    # also have started, and aclose() cancels it
+    assert stats.store_timeouts >= 2
+    assert store.calls == store.cancelled
     assert stats.store_errors == 0
     assert (stats.misses, stats.writes) == (1, 0)
 
