@@ -26,13 +26,18 @@ lint: $(STAMP)
 	@# Core must import with no optional extras installed (they are hidden here, not uninstalled).
 	$(PY) -c "import sys; [sys.modules.__setitem__(m, None) for m in ('openai', 'anthropic', 'prometheus_client', 'httpx', 'httpx2')]; import promptcache; print('promptcache imports without extras')"
 
+# vcrpy and pytest-recording (the replay benchmark's baseline) go into their own folder, not the venv:
+# pytest-recording registers a pytest plugin in every run, and the project's suite does not need it.
+BENCH_SITE := .bench-site
+
 bench: $(STAMP)
+	@test -d $(BENCH_SITE) || $(PY) -m pip install --quiet --disable-pip-version-check --no-deps --target $(BENCH_SITE) 'vcrpy>=9.4' 'pytest-recording>=0.14'
 	$(PY) benchmarks/keys.py
 	$(PY) benchmarks/hit_path.py
 	$(PY) benchmarks/sdk_hit.py
-	$(PY) benchmarks/replay.py
+	PYTHONPATH=$(BENCH_SITE) $(PY) benchmarks/replay.py
 	$(PY) benchmarks/cluster.py
 	$(PY) benchmarks/faults.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist
+	rm -rf $(VENV) $(BENCH_SITE) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist
