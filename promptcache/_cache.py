@@ -401,18 +401,22 @@ class PromptCache(SingleFlight):
         return self._counters.snapshot(self.breaker.state.value)
 
     async def drain(self) -> None:
-        """Wait until every background write started so far has finished."""
-        while self._writes:
-            await asyncio.gather(*list(self._writes), return_exceptions=True)
+        """Wait until every background write (and retried release of a timed-out lock) has finished."""
+        while self._writes or self._releases:
+            await asyncio.gather(*self._writes, *self._releases, return_exceptions=True)
 
     async def aclose(self) -> None:
-        """Finish pending writes, then close the store (if owned). Idempotent."""
+        """Finish pending writes, then close the store (if owned). Idempotent.
+
+        Retried releases of locks whose ``SET NX`` timed out are cancelled rather than waited for.
+        """
         if self._closed:
             return
         self._closed = True
-        await self.drain()
+        while self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
         for task in list(self._releases):
-            task.cancel()  # retried releases of uncertain locks: their TTL ends them anyway
+            task.cancel()  # closing must not wait out their retries; each lock's TTL ends it anyway
         await asyncio.gather(*self._releases, return_exceptions=True)
         if self._owns_store:
             await self.store.aclose()

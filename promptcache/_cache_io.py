@@ -158,7 +158,7 @@ class StoreAccess:
             # a few seconds (each attempt deletes only a lock holding this token), off the caller's path.
             self._uncertain_locks.discard(token)
             task = asyncio.create_task(self._release_later(key, token))
-            self._releases.add(task)  # cancelled by aclose(): the lock's own TTL is the backstop
+            self._releases.add(task)  # awaited by drain(); the lock's own TTL is the backstop
             task.add_done_callback(self._releases.discard)
             return
         await self._guarded("unlock", lambda: locks.unlock(key.lock_key, token))
@@ -167,7 +167,7 @@ class StoreAccess:
         locks = self._locks
         if locks is None:  # pragma: no cover - only called with a locking store
             return
-        for pause in (0.0, 0.25, 1.0, 3.0):
+        for pause in (0.0, 0.2, 1.0):
             await asyncio.sleep(pause)
             ok, released = await self._guarded("unlock", lambda: locks.unlock(key.lock_key, token))
             if ok and released:
