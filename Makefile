@@ -31,7 +31,7 @@ lint: $(STAMP)
 BENCH_SITE := .bench-site
 
 bench: $(STAMP)
-	@test -d $(BENCH_SITE) || $(PY) -m pip install --quiet --disable-pip-version-check --no-deps --target $(BENCH_SITE) 'vcrpy>=9.4' 'pytest-recording>=0.14'
+	@test -d $(BENCH_SITE) || $(PY) -m pip install --quiet --disable-pip-version-check --no-deps --target $(BENCH_SITE) 'vcrpy>=9.4' 'pytest-recording>=0.14' wrapt
 	$(PY) benchmarks/keys.py
 	$(PY) benchmarks/hit_path.py
 	$(PY) benchmarks/sdk_hit.py
