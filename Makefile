@@ -35,7 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/keys.py
 	$(PY) benchmarks/hit_path.py
 	$(PY) benchmarks/sdk_hit.py
-	PYTHONPATH=$(BENCH_SITE) $(PY) benchmarks/replay.py
+	PYTHONPATH=$(CURDIR)/$(BENCH_SITE) $(PY) benchmarks/replay.py
 	$(PY) benchmarks/cluster.py
 	$(PY) benchmarks/faults.py
 

@@ -280,6 +280,12 @@ def vcr_cassette(root: Path) -> Path:
     return root / "cassettes" / "test_replay" / "test_vcr.yaml"
 
 
+def _absolute_pythonpath() -> dict[str, str]:
+    """PYTHONPATH with absolute entries: the inner runs work in another folder."""
+    entries = [e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e]
+    return {"PYTHONPATH": os.pathsep.join(str(Path(e).resolve()) for e in entries)} if entries else {}
+
+
 def run_inner(root: Path, test: str, flags: list[str], env: dict[str, str]) -> float:
     """One ``python -m pytest`` run of one inner test (its wall time); output is shown only on failure."""
     started = time.perf_counter()
@@ -287,7 +293,7 @@ def run_inner(root: Path, test: str, flags: list[str], env: dict[str, str]) -> f
     done = subprocess.run(
         command,
         cwd=root,
-        env={**os.environ, **env},
+        env={**os.environ, **_absolute_pythonpath(), **env},
         capture_output=True,
         text=True,
         timeout=INNER_TIMEOUT,
@@ -393,6 +399,7 @@ def measure_size(work: Path, n: int, repeats: int, *, with_vcr: bool, profile: P
                 if name != "vcrpy":
                     raise
                 vcr_failure, with_vcr = f"replay failed: {exc}", False
+                (root / "connects.log").unlink(missing_ok=True)  # vcrpy's miss, not the next row's
                 continue
             pooled[name] += run.samples
             walls[f"replay {name}"] = walls.get(f"replay {name}", 0.0) + run.wall
