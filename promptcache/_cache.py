@@ -421,6 +421,17 @@ class PromptCache(SingleFlight):
         if self._owns_store:
             await self.store.aclose()
 
+    def close(self) -> None:
+        """:meth:`aclose` for a cache that sync clients use (it lives on promptcache's portal loop).
+
+        Async code uses ``await cache.aclose()`` instead; this blocks the calling thread.
+
+        .. versionadded:: 0.1.0
+        """
+        from promptcache.integrations import _portal  # noqa: PLC0415 - only sync users need the portal
+
+        _portal.run(self.aclose())
+
     async def __aenter__(self) -> Self:
         return self
 

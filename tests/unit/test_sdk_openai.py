@@ -21,7 +21,7 @@ import pytest
 from fake_llm import OPENAI_TEST_KEY, FakeLLM
 from openai.types.chat import ChatCompletion
 
-from promptcache import ConfigError, Endpoint, InvalidScopeError, PromptCache
+from promptcache import ConfigError, Endpoint, InvalidScopeError, PromptCache, PromptCacheError
 from promptcache.backends.memory import MemoryStore
 from promptcache.integrations import _portal
 from promptcache.integrations._transport import CONTROL_HEADERS, TransportScope, plan_request
@@ -1018,3 +1018,24 @@ def test_abandoned_sync_stream_does_not_hang_process_exit() -> None:
         pytest.fail("the process did not exit: a finaliser blocked on the stopped portal loop")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "done"
+
+
+def test_sync_cache_close_flushes_background_writes(server: FakeLLM, tmp_path: Path) -> None:
+    """``cache.close()`` (the sync twin of aclose) finishes the portal's pending writes before returning."""
+    cache = PromptCache.from_url(f"sqlite:///{tmp_path / 'sync.db'}")
+    client = wrap(openai.OpenAI(api_key=OPENAI_TEST_KEY, base_url=server.base_url), cache, agent_id="s")
+    with client:
+        client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "sync close"}])
+    cache.close()
+    reopened = PromptCache.from_url(f"sqlite:///{tmp_path / 'sync.db'}")
+    request = {"model": "gpt-test", "messages": [{"role": "user", "content": "sync close"}]}
+    assert asyncio.run(_get_then_close(reopened, request, "s")) is not None
+    with pytest.raises(PromptCacheError, match="closed"):
+        asyncio.run(cache.get(request, agent_id="s"))
+
+
+async def _get_then_close(cache: PromptCache, request: dict[str, Any], agent_id: str) -> Any:
+    try:
+        return await cache.get(request, agent_id=agent_id)
+    finally:
+        await cache.aclose()
