@@ -102,6 +102,8 @@ class _Session:
     recorders: list[Recorder] = field(default_factory=list)
     passed: set[str] = field(default_factory=set)
     worker_totals: list[dict[str, float]] = field(default_factory=list)
+    cassettes_collected: set[str] = field(default_factory=set)
+    modules_collected: set[str] = field(default_factory=set)
     _store: CassetteStore | None = None
 
     def store(self) -> CassetteStore:
@@ -241,6 +243,32 @@ def promptcache(_promptcache_recorder: Recorder | None) -> Recorder:
     return _promptcache_recorder
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Remember every collected test's cassette (deselected ones too), to spot cassettes of gone tests."""
+    state = item.config.stash.get(_SESSION, None)
+    if state is None:
+        return
+    marker = item.get_closest_marker("promptcache")
+    own = cassette_name(item.nodeid)
+    state.modules_collected.add(own.rpartition("/")[0])
+    state.cassettes_collected.add(_cassette(marker.kwargs.get("cassette") if marker else None, item.nodeid))
+
+
+def _stale_cassettes(session: _Session) -> list[str]:
+    """Cassettes of tests that no longer exist, in modules this run collected (others are not judged)."""
+    if not session.recorders or not session.modules_collected:
+        return []
+    try:
+        names = session.store().names()
+    except Exception:  # noqa: BLE001 - a report line must not fail the run; the store's error is shown
+        return []
+    return [
+        n
+        for n in names
+        if n not in session.cassettes_collected and n.rpartition("/")[0] in session.modules_collected
+    ]
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item,
@@ -304,6 +332,13 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if unused:
         pruned = " (pruned)" if session.prune() else " (--promptcache-prune drops them)"
         line += f"; {unused} unused recordings{pruned}"
+    stale = _stale_cassettes(session)
+    if stale:
+        if session.prune():
+            for name in stale:
+                session.store().update(name, lambda _current: None)
+        pruned = " (pruned)" if session.prune() else " (--promptcache-prune deletes them)"
+        line += f"; {len(stale)} cassettes of tests that no longer exist{pruned}"
     terminalreporter.write_sep("-", "promptcache")
     terminalreporter.write_line(line)
 

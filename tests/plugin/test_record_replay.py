@@ -599,3 +599,31 @@ def test_cassette_paths_are_relative_to_the_rootdir(project: pytest.Pytester) ->
     (sub / "test_in_pkg.py").write_text("import llm\n\ndef test_it():\n    llm.chat('nested')\n")
     project.runpytest("--promptcache=auto", str(Path("pkg") / "test_in_pkg.py")).assert_outcomes(passed=1)
     assert (project.path / "fixtures/cassettes/pkg/test_in_pkg/test_it.yaml").exists()
+
+
+def test_cassettes_of_removed_tests_are_reported_and_pruned(
+    project: pytest.Pytester, llm_server: FakeLLM
+) -> None:
+    """A cassette whose test no longer exists (in a module this run collected) is reported, deleted by
+    ``--promptcache-prune``, and cassettes of modules the run did not collect are never judged."""
+    project.makepyfile(test_prune=PRUNE_TESTS, test_other='import llm\n\ndef test_x():\n    llm.chat("x")\n')
+    project.runpytest("--promptcache=auto").assert_outcomes(passed=3)
+    gone = project.path / "fixtures/cassettes/test_prune/test_gone.yaml"
+    other = project.path / "fixtures/cassettes/test_other/test_x.yaml"
+    assert gone.exists()
+    assert other.exists()
+
+    project.makepyfile(test_prune=PRUNE_TESTS.split("def test_gone", maxsplit=1)[0])
+    reported = project.runpytest("--promptcache=replay", "test_prune.py")
+    reported.assert_outcomes(passed=1)
+    assert summary(reported).endswith(
+        "; 1 cassettes of tests that no longer exist (--promptcache-prune deletes them)"
+    )
+    assert gone.exists()
+
+    pruned = project.runpytest("--promptcache=replay", "--promptcache-prune", "test_prune.py")
+    pruned.assert_outcomes(passed=1)
+    assert summary(pruned).endswith("; 1 cassettes of tests that no longer exist (pruned)")
+    assert not gone.exists()
+    assert other.exists()  # its module was not collected, so it was not judged
+    assert llm_server.calls == 4  # the recording run only
