@@ -282,14 +282,15 @@ def pytest_runtest_makereport(
 
 def _totals(session: _Session) -> dict[str, float]:
     recs = session.recorders
+    cost = _cost(recs)
     return {
         "tests": len(recs),
         "replayed": sum(r.replayed for r in recs),
         "recorded": sum(r.recorded for r in recs),
         "missing": sum(r.missing for r in recs),
         "tokens": sum(sum(r.usage.values()) for r in recs),
-        "cost": _cost(recs) or 0.0,
-        "priced": 1.0 if _cost(recs) is not None else 0.0,
+        "cost": cost or 0.0,
+        "priced": 0.0 if cost is None else 1.0,
         "unused": sum(len(r.unused()) for r in recs if r.test_id in session.passed and r.mode is Mode.REPLAY),
     }
 
