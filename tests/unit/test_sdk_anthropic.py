@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -12,10 +11,10 @@ import httpx2
 import pytest
 from anthropic.types import Message
 from fake_llm import ANTHROPIC_TEST_KEY, FakeLLM
+from sdk_driver import SdkDriver
 
 from promptcache import ConfigError, PromptCache
 from promptcache.anthropic import wrap
-from promptcache.integrations import _portal
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -49,61 +48,14 @@ def make_client(kind: str, server: FakeLLM) -> anthropic.Anthropic | anthropic.A
     return anthropic.AsyncAnthropic(**options, http_client=anthropic.DefaultAsyncHttpxClient(verify=False))
 
 
-class Driver:
-    """One wrapped client, sync or async, behind one blocking interface, so each test runs on both.
-
-    The async client and its cache live on a private event loop (an ``asyncio.Runner``); the sync client
-    runs its cache on promptcache's portal loop, as it does in production.
-    """
+class Driver(SdkDriver):
+    """An Anthropic client, sync or async, wrapped with a memory cache."""
 
     def __init__(self, kind: str, server: FakeLLM, **wrap_kw: Any) -> None:
-        self.kind = kind
-        self.cache = PromptCache.from_url("memory://")
-        self._runner = asyncio.Runner() if kind == "async" else None
-        self.client: Any = wrap(make_client(kind, server), self.cache, **{"agent_id": "tests", **wrap_kw})
-
-    def run(self, fn: Callable[[Any], Any]) -> Any:
-        """``fn(client)``, awaited when the client is async."""
-        result = fn(self.client)
-        if self._runner is None:
-            return result
-
-        async def wait() -> Any:
-            return await result
-
-        return self._runner.run(wait())
-
-    def events(self, fn: Callable[[Any], Any], limit: int | None = None) -> list[Any]:
-        """Open the stream ``fn(client)``, read every event (or the first ``limit``), then close it."""
-        if self._runner is None:
-            stream = fn(self.client)
-            out: list[Any] = []
-            try:
-                for event in stream:
-                    out.append(event)
-                    if limit is not None and len(out) >= limit:
-                        break
-            finally:
-                stream.close()
-            if limit is not None:
-                # Finalise the abandoned byte iterator on this thread, not on whichever thread the
-                # collector later runs on (the portal thread refuses it; see test_sdk_openai.py).
-                gc.collect()
-            return out
-
-        async def read() -> list[Any]:
-            stream = await fn(self.client)
-            got: list[Any] = []
-            try:
-                async for event in stream:
-                    got.append(event)
-                    if limit is not None and len(got) >= limit:
-                        break
-            finally:
-                await stream.close()
-            return got
-
-        return self._runner.run(read())
+        cache = PromptCache.from_url("memory://")
+        super().__init__(
+            kind, cache, wrap(make_client(kind, server), cache, **{"agent_id": "tests", **wrap_kw})
+        )
 
     def helper(self, **kw: Any) -> tuple[list[str], Message]:
         """The text pieces and final message of the SDK's ``messages.stream()`` helper."""
@@ -118,22 +70,6 @@ class Driver:
                 return got, await stream.get_final_message()
 
         return self._runner.run(read())
-
-    def drain(self) -> None:
-        """Wait for the cache's background writes (stream entries are written off the response path)."""
-        if self._runner is not None:
-            self._runner.run(self.cache.drain())
-        else:
-            _portal.run(self.cache.drain())
-
-    def close(self) -> None:
-        if self._runner is not None:
-            self._runner.run(self.client.close())
-            self._runner.run(self.cache.aclose())
-            self._runner.close()
-        else:
-            self.client.close()
-            _portal.run(self.cache.aclose())
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -20,6 +20,7 @@ import pydantic
 import pytest
 from fake_llm import OPENAI_TEST_KEY, FakeLLM
 from openai.types.chat import ChatCompletion
+from sdk_driver import SdkDriver
 
 from promptcache import ConfigError, Endpoint, InvalidScopeError, PromptCache, PromptCacheError
 from promptcache.backends.memory import MemoryStore
@@ -57,80 +58,15 @@ def async_client(server: FakeLLM, **kw: Any) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(**{**options, **kw}, http_client=openai.DefaultAsyncHttpxClient(verify=False))
 
 
-class Driver:
-    """One wrapped client, sync or async, behind one blocking interface, so each test runs on both.
-
-    The async client and its cache live on a private event loop (an ``asyncio.Runner``); the sync client
-    runs its cache on promptcache's portal loop, as it does in production.
-    """
+class Driver(SdkDriver):
+    """An OpenAI client, sync or async, wrapped with a cache (memory by default)."""
 
     def __init__(self, kind: str, server: FakeLLM, cache: PromptCache | None = None, **wrap_kw: Any) -> None:
-        self.kind = kind
-        self.cache = cache if cache is not None else PromptCache.from_url("memory://")
-        self._runner = asyncio.Runner() if kind == "async" else None
+        cache = cache if cache is not None else PromptCache.from_url("memory://")
         raw: openai.OpenAI | openai.AsyncOpenAI = (
             async_client(server) if kind == "async" else sync_client(server)
         )
-        self.client: Any = wrap(raw, self.cache, **{"agent_id": "tests", **wrap_kw})
-
-    def run(self, fn: Callable[[Any], Any]) -> Any:
-        """``fn(client)``, awaited when the client is async."""
-        result = fn(self.client)
-        if self._runner is None:
-            return result
-
-        async def wait() -> Any:
-            return await result  # a coroutine, or an awaitable such as AsyncPaginator
-
-        return self._runner.run(wait())
-
-    def events(self, fn: Callable[[Any], Any], limit: int | None = None) -> list[Any]:
-        """Open the stream ``fn(client)``, read every event (or the first ``limit``), then close it."""
-        if self._runner is None:
-            stream = fn(self.client)
-            out: list[Any] = []
-            try:
-                for event in stream:
-                    out.append(event)
-                    if limit is not None and len(out) >= limit:
-                        break
-            finally:
-                stream.close()
-            if limit is not None:
-                # Finalise the abandoned byte iterator here, on this thread: collected later it would run
-                # on whichever thread the collector happens to run (see the portal-thread test below).
-                gc.collect()
-            return out
-
-        async def read() -> list[Any]:
-            stream = await fn(self.client)
-            got: list[Any] = []
-            try:
-                async for event in stream:
-                    got.append(event)
-                    if limit is not None and len(got) >= limit:
-                        break
-            finally:
-                await stream.close()
-            return got
-
-        return self._runner.run(read())
-
-    def drain(self) -> None:
-        """Wait for the cache's background writes (stream entries are written off the response path)."""
-        if self._runner is not None:
-            self._runner.run(self.cache.drain())
-        else:
-            _portal.run(self.cache.drain())
-
-    def close(self) -> None:
-        if self._runner is not None:
-            self._runner.run(self.client.close())
-            self._runner.run(self.cache.aclose())
-            self._runner.close()
-        else:
-            self.client.close()
-            _portal.run(self.cache.aclose())
+        super().__init__(kind, cache, wrap(raw, cache, **{"agent_id": "tests", **wrap_kw}))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -983,6 +919,7 @@ ABANDON_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
 import openai
+from sdk_driver import SdkDriver
 from fake_llm import OPENAI_TEST_KEY, FakeLLM
 from openai.types.chat import ChatCompletion
 from promptcache import PromptCache
