@@ -13,18 +13,11 @@ from promptcache import CachedAgent, PromptCache, generate_cache_key
 from promptcache._keys import chat_request
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator
 
 pytestmark = pytest.mark.anyio
 
 SYSTEM = "You classify support tickets."
-
-
-@pytest.fixture
-def server() -> Iterator[FakeLLM]:
-    with FakeLLM() as fake:
-        yield fake
-    assert fake.errors == []
 
 
 @pytest.fixture

@@ -41,13 +41,6 @@ LOOKUP_TOOL: ChatCompletionToolParam = {
 
 
 @pytest.fixture
-def server() -> Iterator[FakeLLM]:
-    with FakeLLM() as fake:
-        yield fake
-    assert fake.errors == []
-
-
-@pytest.fixture
 def oai_pair(server: FakeLLM) -> Iterator[OpenAIPair]:
     client, aclient = openai_clients(server)
     yield client, aclient

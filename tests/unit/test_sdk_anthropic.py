@@ -79,13 +79,6 @@ def _collect_abandoned_streams() -> Iterator[None]:
     gc.collect()
 
 
-@pytest.fixture
-def server() -> Iterator[FakeLLM]:
-    with FakeLLM() as fake:
-        yield fake
-    assert fake.errors == []
-
-
 @pytest.fixture(params=["sync", "async"])
 def drv(request: pytest.FixtureRequest, server: FakeLLM) -> Iterator[Driver]:
     driver = Driver(request.param, server)
