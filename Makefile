@@ -1,16 +1,28 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Each bootstraps .venv from nothing.
+#
+# Installs come from the committed uv.lock (`uv sync --locked`); uv itself is pinned and bootstrapped with
+# pip into .tools/, so nothing but python3 is needed beforehand. `make lock` updates the lock.
+# `make matrix` runs the SDK-facing tests against the newest releases and against the oldest versions
+# pyproject.toml claims (see .ci/versions.py).
 PYTHON ?= python3
+UV_VERSION := 0.13.9
+TOOLS  := .tools
+UV     := $(TOOLS)/bin/uv
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS := dev,openai,anthropic,prometheus
+EXTRAS := --extra dev --extra openai --extra anthropic --extra prometheus
+# uv finds python3 on PATH instead of downloading an interpreter.
+export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench lock matrix matrix-newest matrix-oldest clean
 
-$(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check 'uv==$(UV_VERSION)'
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --quiet --locked --python $(PYTHON) $(EXTRAS)
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -26,12 +38,34 @@ lint: $(STAMP)
 	@# Core must import with no optional extras installed (they are hidden here, not uninstalled).
 	$(PY) -c "import sys; [sys.modules.__setitem__(m, None) for m in ('openai', 'anthropic', 'prometheus_client', 'httpx', 'httpx2')]; import promptcache; print('promptcache imports without extras')"
 
+# Update the lock to the newest releases pyproject.toml allows (commit uv.lock afterwards).
+lock: | $(UV)
+	$(UV) lock --upgrade --python $(PYTHON)
+
+# The SDK-facing tests (SDK units, plugin, examples, real Redis and Cluster) against two unlocked sets:
+# the newest releases of everything, and the oldest versions pyproject.toml claims for its runtime
+# dependencies and extras. Each set gets its own venv, rebuilt every run.
+MATRIX_TESTS := tests/unit/test_sdk_openai.py tests/unit/test_sdk_anthropic.py tests/unit/test_cached_agent.py \
+	tests/unit/test_fake_llm.py tests/unit/test_store_contract.py tests/unit/test_metrics.py \
+	tests/plugin tests/examples tests/redis tests/cluster
+
+matrix: matrix-newest matrix-oldest
+
+matrix-newest matrix-oldest: matrix-%: | $(UV)
+	rm -rf .venv-$*
+	$(UV) venv --quiet --python $(PYTHON) .venv-$*
+	$(PYTHON) .ci/versions.py $* > .venv-$*/constraints.txt
+	$(UV) pip install --quiet --python .venv-$*/bin/python --upgrade \
+		-c .venv-$*/constraints.txt -e '.[dev,openai,anthropic,prometheus]'
+	@.venv-$*/bin/python .ci/versions.py report
+	.venv-$*/bin/python -m pytest -p no:cacheprovider $(MATRIX_TESTS)
+
 # vcrpy and pytest-recording (the replay benchmark's baseline) go into their own folder, not the venv:
 # pytest-recording registers a pytest plugin in every run, and the project's suite does not need it.
 BENCH_SITE := .bench-site
 
 bench: $(STAMP)
-	@test -d $(BENCH_SITE) || $(PY) -m pip install --quiet --disable-pip-version-check --no-deps --target $(BENCH_SITE) 'vcrpy>=9.4' 'pytest-recording>=0.14' wrapt
+	@test -d $(BENCH_SITE) || $(UV) pip install --quiet --python $(PY) --no-deps --target $(BENCH_SITE) 'vcrpy>=9.4' 'pytest-recording>=0.14' wrapt
 	$(PY) benchmarks/keys.py
 	$(PY) benchmarks/hit_path.py
 	$(PY) benchmarks/sdk_hit.py
@@ -40,4 +74,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/faults.py
 
 clean:
-	rm -rf $(VENV) $(BENCH_SITE) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist
+	rm -rf $(VENV) .venv-newest .venv-oldest $(TOOLS) $(BENCH_SITE) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist

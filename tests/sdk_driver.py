@@ -7,14 +7,42 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from promptcache.integrations import _portal
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from types import ModuleType
 
     from promptcache import PromptCache
+
+
+def sdk_http(sdk: ModuleType) -> Any:
+    """The HTTP library (``httpx`` or ``httpx2``) that this release of ``sdk`` builds its clients on.
+
+    Read from the SDK's public ``DefaultHttpxClient``: current releases subclass ``httpx2.Client``, older
+    ones ``httpx.Client``. Tests build mock transports and requests with it, so they run on either.
+    """
+    for base in sdk.DefaultHttpxClient.__mro__:
+        top = base.__module__.partition(".")[0]
+        if top in {"httpx", "httpx2"}:
+            return importlib.import_module(top)
+    raise AssertionError(f"{sdk.__name__}.DefaultHttpxClient is built on neither httpx nor httpx2")
+
+
+def raised_by(action: Callable[[], object]) -> type[BaseException]:
+    """The type of the exception ``action`` raises: what the bare SDK does, for a wrapped client to match.
+
+    Tests never write an SDK's or httpx's exception type into an assertion (releases change them); they
+    run the same scenario on an unwrapped client and require the wrapped one to raise the same type.
+    """
+    try:
+        action()
+    except Exception as exc:  # noqa: BLE001 - any type: the point is to learn which one
+        return type(exc)
+    raise AssertionError("the bare SDK raised nothing in a scenario meant to fail")
 
 
 class SdkDriver:

@@ -2,6 +2,9 @@
 
 Every test here talks to a real ``redis-server`` (the session's shared one, or a private one it may kill,
 pause or restart) and checks the store's contents with a separate raw ``redis.asyncio`` client.
+
+Private attributes of redis-py used here (there is no public count of a pool's checked-out connections):
+``ConnectionPool._in_use_connections``, read by ``in_use_connections`` to prove a test leaks no connection.
 """
 
 from __future__ import annotations

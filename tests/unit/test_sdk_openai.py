@@ -14,13 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx2
 import openai
 import pydantic
 import pytest
 from fake_llm import OPENAI_TEST_KEY, FakeLLM
 from openai.types.chat import ChatCompletion
-from sdk_driver import SdkDriver
+from sdk_driver import SdkDriver, raised_by, sdk_http
 
 from promptcache import ConfigError, Endpoint, InvalidScopeError, PromptCache, PromptCacheError
 from promptcache.backends.memory import MemoryStore
@@ -34,6 +33,7 @@ if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
+HTTP = sdk_http(openai)  # httpx2 for current releases, httpx for older ones
 
 LOOKUP_TOOL: ChatCompletionToolParam = {
     "type": "function",
@@ -61,12 +61,21 @@ def async_client(server: FakeLLM, **kw: Any) -> openai.AsyncOpenAI:
 class Driver(SdkDriver):
     """An OpenAI client, sync or async, wrapped with a cache (memory by default)."""
 
-    def __init__(self, kind: str, server: FakeLLM, cache: PromptCache | None = None, **wrap_kw: Any) -> None:
+    def __init__(
+        self,
+        kind: str,
+        server: FakeLLM,
+        cache: PromptCache | None = None,
+        *,
+        wrapped: bool = True,
+        **wrap_kw: Any,
+    ) -> None:
         cache = cache if cache is not None else PromptCache.from_url("memory://")
         raw: openai.OpenAI | openai.AsyncOpenAI = (
             async_client(server) if kind == "async" else sync_client(server)
         )
-        super().__init__(kind, cache, wrap(raw, cache, **{"agent_id": "tests", **wrap_kw}))
+        client = wrap(raw, cache, **{"agent_id": "tests", **wrap_kw}) if wrapped else raw
+        super().__init__(kind, cache, client)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -197,15 +206,21 @@ def test_stream_closed_after_k_chunks_stores_nothing(drv: Driver, server: FakeLL
 
 
 def test_dropped_stream_stores_nothing(drv: Driver, server: FakeLLM) -> None:
-    """A stream cut by the server raises the SDK's connection error and stores nothing."""
+    """A stream cut by the server raises exactly what the bare SDK raises for the same cut; nothing stored."""
     server.stream_drop_after = 3
-    with pytest.raises(openai.APIConnectionError):
+    bare = Driver(drv.kind, server, wrapped=False)
+    try:
+        expected = raised_by(lambda: bare.events(create("bare drop", stream=True)))
+    finally:
+        bare.close()
+    with pytest.raises(expected) as caught:
         drv.events(create("drop", stream=True))
+    assert type(caught.value) is expected
     drv.drain()
     assert drv.cache.stats().writes == 0
     server.stream_drop_after = None
     drv.events(create("drop", stream=True))
-    assert server.calls == 2
+    assert server.calls == 3  # the bare cut, the wrapped cut, the full stream
 
 
 def test_stream_with_length_finish_is_not_stored(drv: Driver, server: FakeLLM) -> None:
@@ -529,11 +544,17 @@ class Lookup(pydantic.BaseModel):
     query: str
 
 
+def parse_api(client: Any) -> Any:
+    """``chat.completions.parse``: public there in current releases, under ``client.beta`` in older ones."""
+    completions = client.chat.completions
+    return completions if hasattr(completions, "parse") else client.beta.chat.completions
+
+
 def test_parse_with_pydantic_tool(drv: Driver, server: FakeLLM) -> None:
     """chat.completions.parse with a pydantic function tool parses a hit into the same model."""
 
     def parse(c: Any) -> Any:
-        return c.chat.completions.parse(
+        return parse_api(c).parse(
             model="gpt-test", messages=chat("use_tool please"), tools=[openai.pydantic_function_tool(Lookup)]
         )
 
@@ -585,14 +606,12 @@ def test_stream_miss_counts_an_upstream_call(drv: Driver, server: FakeLLM) -> No
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_wrap_returns_the_same_client(kind: str, server: FakeLLM) -> None:
-    """wrap() changes the client in place and returns it, so its type is unchanged."""
+    """wrap() changes the client in place and returns it, so its type is unchanged (and it is now wrapped)."""
     drv = Driver(kind, server)
     try:
         assert type(drv.client) is (openai.OpenAI if kind == "sync" else openai.AsyncOpenAI)
-        assert drv.client._client._transport.__class__.__name__ in {
-            "CachingTransport",
-            "AsyncCachingTransport",
-        }
+        with pytest.raises(ConfigError, match="already wrapped"):
+            wrap(drv.client, drv.cache, agent_id="again")
     finally:
         drv.close()
 
@@ -620,9 +639,9 @@ def test_wrapping_a_non_sdk_object_raises(thing: object) -> None:
 
 
 def test_wrapping_a_bare_http_client_raises() -> None:
-    """A bare httpx2 client is not an SDK client either."""
+    """A bare httpx/httpx2 client is not an SDK client either."""
     cache = PromptCache.from_url("memory://")
-    with httpx2.Client() as http, pytest.raises(ConfigError):
+    with HTTP.Client() as http, pytest.raises(ConfigError):
         wrap(http, cache, agent_id="x")
 
 
@@ -647,7 +666,7 @@ def test_plan_request_keys_the_azure_deployment() -> None:
     cache = PromptCache.from_url("memory://")
     keys = []
     for deployment in ["gpt-a", "gpt-b"]:
-        request = httpx2.Request(
+        request = HTTP.Request(
             "POST",
             f"https://x.openai.azure.com/openai/deployments/{deployment}/chat/completions?api-version=1",
             content=body,
@@ -667,21 +686,21 @@ def test_plan_request_passes_other_endpoints_through() -> None:
     """GETs, unknown paths and non-JSON bodies get no plan, but their control headers are still removed."""
     scope = TransportScope(agent_id="x")
     cases = [
-        httpx2.Request("GET", "http://h/v1/models", headers={"x-promptcache-ttl": "bad"}),
-        httpx2.Request("POST", "http://h/v1/files", content=b"{}", headers={"x-promptcache-bypass": "1"}),
-        httpx2.Request("POST", "http://h/v1/chat/completions", content=b"not json"),
-        httpx2.Request("POST", "http://h/v1/chat/completions", content=b"[1, 2]"),
+        HTTP.Request("GET", "http://h/v1/models", headers={"x-promptcache-ttl": "bad"}),
+        HTTP.Request("POST", "http://h/v1/files", content=b"{}", headers={"x-promptcache-bypass": "1"}),
+        HTTP.Request("POST", "http://h/v1/chat/completions", content=b"not json"),
+        HTTP.Request("POST", "http://h/v1/chat/completions", content=b"[1, 2]"),
     ]
     for request in cases:
         assert plan_request(request, scope) is None
         assert not [name for name in request.headers if name.startswith("x-promptcache")]
 
 
-def azure_reply(request: httpx2.Request) -> httpx2.Response:
+def azure_reply(request: Any) -> Any:
     deployment = request.url.path.split("/deployments/")[1].split("/")[0]
     body = json.loads(request.content)
     reply = f"from {deployment} to {body['messages'][-1]['content']}"
-    return httpx2.Response(
+    return HTTP.Response(
         200,
         json={
             "id": f"chatcmpl-{deployment}",
@@ -699,7 +718,7 @@ def test_azure_two_deployments_are_two_entries() -> None:
     """openai.AzureOpenAI: the same body sent to two deployments makes two entries, each then hit."""
     seen: list[str] = []
 
-    def handler(request: httpx2.Request) -> httpx2.Response:
+    def handler(request: Any) -> Any:
         seen.append(request.url.path)
         return azure_reply(request)
 
@@ -708,7 +727,7 @@ def test_azure_two_deployments_are_two_entries() -> None:
         azure_endpoint="http://azure.invalid",
         api_version="2024-06-01",
         api_key="azure-key",
-        http_client=httpx2.Client(transport=httpx2.MockTransport(handler)),
+        http_client=HTTP.Client(transport=HTTP.MockTransport(handler)),
     )
     wrap(client, cache, agent_id="azure")
     try:
@@ -739,10 +758,10 @@ async def test_parse_with_pydantic_response_format() -> None:
     """chat.completions.parse(response_format=Model) is cached and a hit parses into an equal model."""
     calls: list[bytes] = []
 
-    def handler(request: httpx2.Request) -> httpx2.Response:
+    def handler(request: Any) -> Any:
         calls.append(request.content)
         answer = {"city": "Hanoi", "degrees": 31}
-        return httpx2.Response(
+        return HTTP.Response(
             200,
             json={
                 "id": "chatcmpl-w",
@@ -765,16 +784,16 @@ async def test_parse_with_pydantic_response_format() -> None:
         openai.AsyncOpenAI(
             api_key=OPENAI_TEST_KEY,
             base_url="http://mock.invalid/v1",
-            http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(handler)),
+            http_client=HTTP.AsyncClient(transport=HTTP.MockTransport(handler)),
         ),
         cache,
         agent_id="parse",
     )
     async with client:
-        first = await client.chat.completions.parse(
+        first = await parse_api(client).parse(
             model="gpt-test", messages=chat("weather"), response_format=Weather
         )
-        second = await client.chat.completions.parse(
+        second = await parse_api(client).parse(
             model="gpt-test", messages=chat("weather"), response_format=Weather
         )
     await cache.aclose()
@@ -793,14 +812,14 @@ GZIP_CHUNKS = (
 )
 
 
-def gzip_upstream(calls: list[str]) -> Callable[[httpx2.Request], httpx2.Response]:
+def gzip_upstream(calls: list[str]) -> Callable[[Any], Any]:
     """A mock provider that gzips every answer, as the real APIs do."""
 
-    def handler(request: httpx2.Request) -> httpx2.Response:
+    def handler(request: Any) -> Any:
         calls.append(request.url.path)
         if json.loads(request.content).get("stream"):
             headers = {"content-type": "text/event-stream", "content-encoding": "gzip"}
-            return httpx2.Response(200, headers=headers, content=gzip.compress(GZIP_CHUNKS))
+            return HTTP.Response(200, headers=headers, content=gzip.compress(GZIP_CHUNKS))
         body = {
             "id": "c1",
             "object": "chat.completion",
@@ -811,7 +830,7 @@ def gzip_upstream(calls: list[str]) -> Callable[[httpx2.Request], httpx2.Respons
             ],
         }
         headers = {"content-type": "application/json", "content-encoding": "gzip"}
-        return httpx2.Response(200, headers=headers, content=gzip.compress(json.dumps(body).encode()))
+        return HTTP.Response(200, headers=headers, content=gzip.compress(json.dumps(body).encode()))
 
     return handler
 
@@ -824,7 +843,7 @@ def test_gzipped_upstream_answers_are_cached_decoded() -> None:
         openai.OpenAI(
             api_key=OPENAI_TEST_KEY,
             base_url="http://mock.invalid/v1",
-            http_client=httpx2.Client(transport=httpx2.MockTransport(gzip_upstream(calls))),
+            http_client=HTTP.Client(transport=HTTP.MockTransport(gzip_upstream(calls))),
         ),
         cache,
         agent_id="gzip",
@@ -912,7 +931,7 @@ ABANDON_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
 import openai
-from sdk_driver import SdkDriver
+from sdk_driver import SdkDriver, raised_by, sdk_http
 from fake_llm import OPENAI_TEST_KEY, FakeLLM
 from openai.types.chat import ChatCompletion
 from promptcache import PromptCache
