@@ -30,8 +30,12 @@ CREATE TABLE IF NOT EXISTS promptcache_entries (
 CREATE TABLE IF NOT EXISTS promptcache_locks (
     name TEXT PRIMARY KEY, token TEXT NOT NULL, expires_at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS promptcache_entries_expires_at ON promptcache_entries (expires_at);
 """
 _PURGE_EVERY: Final = 256
+# At most this many expired rows go per purge: the purge runs on the store's only worker thread, inside a
+# set, so an unbounded one (a table full of expired entries) would hold up every read queued behind it.
+_PURGE_BATCH: Final = 500
 
 
 class SQLiteStore:
@@ -100,8 +104,12 @@ class SQLiteStore:
                 "INSERT OR REPLACE INTO promptcache_entries (key, value, expires_at) VALUES (?, ?, ?)",
                 (key, sqlite3.Binary(value), expires),
             )
-            if purge:
-                conn.execute("DELETE FROM promptcache_entries WHERE expires_at <= ?", (now,))
+            if purge:  # the index on expires_at finds the expired rows without scanning the table
+                conn.execute(
+                    "DELETE FROM promptcache_entries WHERE key IN (SELECT key FROM promptcache_entries"
+                    " WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
+                    (now, _PURGE_BATCH),
+                )
 
         await self._run(op)
 
