@@ -17,10 +17,10 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from promptcache import CacheKey, PromptCache, make_key
-from promptcache._cli_support import Progress, json_diff, store_key_of
 from promptcache._config import url_from_env
 from promptcache._entry import scope_of
 from promptcache.cli import main
+from promptcache.cli._support import Progress, json_diff, store_key_of
 from promptcache.metrics import PrometheusHook, render_prometheus
 
 if TYPE_CHECKING:

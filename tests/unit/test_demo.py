@@ -11,8 +11,8 @@ import pytest
 from fake_llm import OPENAI_TEST_KEY, FakeLLM
 
 from promptcache import ConfigError, PriceTable, make_key
-from promptcache._demo import DemoResult, SimulatedLLM, run_demo
-from promptcache._demo_report import (
+from promptcache.cli import main
+from promptcache.cli._stats import (
     RunSummary,
     format_table,
     improvement,
@@ -20,8 +20,8 @@ from promptcache._demo_report import (
     percentile,
     render_results,
 )
-from promptcache._demo_workload import AGENTS, WorkloadParams, build_workload
-from promptcache.cli import main
+from promptcache.demo._run import DemoResult, SimulatedLLM, run_demo
+from promptcache.demo._workload import AGENTS, WorkloadParams, build_workload
 
 if TYPE_CHECKING:
     from pathlib import Path

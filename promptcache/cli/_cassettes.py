@@ -15,15 +15,15 @@ import orjson
 import yaml
 
 from promptcache._cassette import CASSETTE_FORMAT, SCRUBBED, find_secret, parse_cassette
-from promptcache._cli_support import store_key_of
 from promptcache._config import DEFAULT_COMPRESS_ABOVE
 from promptcache._entry import Entry, encode_entry
 from promptcache._keys import Endpoint, KeyPolicy, make_key
 from promptcache._validate import parse_enum
+from promptcache.cli._support import store_key_of
 from promptcache.exceptions import CassetteFormatError, EntryError, PromptCacheError
 
 if TYPE_CHECKING:
-    from promptcache._cli_support import StoredEntry
+    from promptcache.cli._support import StoredEntry
 
 __all__ = ["export_doc", "from_recording", "to_recording", "verify_cassette"]
 

@@ -15,8 +15,8 @@ from promptcache.metrics import UNKNOWN, UsageRow
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from promptcache._cli_support import StoredEntry
     from promptcache._entry import Entry
+    from promptcache.cli._support import StoredEntry
 
 __all__ = [
     "RunSummary",

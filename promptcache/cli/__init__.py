@@ -32,16 +32,15 @@ from urllib.parse import unquote
 import orjson
 import redis.exceptions
 
-from promptcache import _cli_cassettes as cassettes
-from promptcache import _cli_support as support
-from promptcache import _demo_report as report
 from promptcache._cache import PromptCache
 from promptcache._cassette import parse_cassette, save_cassette, scrub
-from promptcache._cli_support import Progress, echo
 from promptcache._config import url_from_env
-from promptcache._demo_cli import add_demo_parser
 from promptcache._keys import DEFAULT_AGENT_VERSION, agent_prefix, make_key
 from promptcache.backends.redis import redact_url
+from promptcache.cli import _cassettes as cassettes
+from promptcache.cli import _stats as report
+from promptcache.cli import _support as support
+from promptcache.cli._support import Progress, echo
 from promptcache.exceptions import ConfigError, PromptCacheError, SecretLeakError
 
 if TYPE_CHECKING:
@@ -307,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--debug", action="store_true", help="log debug output and show tracebacks")
     parser = argparse.ArgumentParser(prog="promptcache", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # The demo is built on the CLI (it prints the stats table and reads stores as ``stats`` does), so the
+    # CLI imports it only here: a module-level import each way would make the two packages a cycle.
+    from promptcache.demo._cli import add_demo_parser  # noqa: PLC0415 - see above
+
     add_demo_parser(sub)
 
     p = sub.add_parser("stats", parents=[store], help="hits, misses, savings and entries by agent and model")
@@ -410,7 +413,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             sys.stderr.write(f"promptcache: error: {type(exc).__name__}: {message}\n")
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
