@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 
 from promptcache._prices import PriceTable
 from promptcache.backends.redis import redact_url
-from promptcache.cli._stats import render_results, render_stats
+from promptcache.cli._stats import render_stats
 from promptcache.cli._support import echo
+from promptcache.demo._report import render_results
 from promptcache.demo._run import DEMO_NAMESPACE, DemoResult, OpenAIUpstream, SimulatedLLM, run_demo
 from promptcache.demo._workload import AGENTS, WorkloadParams
 from promptcache.exceptions import ConfigError

@@ -12,14 +12,8 @@ from fake_llm import OPENAI_TEST_KEY, FakeLLM
 
 from promptcache import ConfigError, PriceTable, make_key
 from promptcache.cli import main
-from promptcache.cli._stats import (
-    RunSummary,
-    format_table,
-    improvement,
-    parse_prometheus,
-    percentile,
-    render_results,
-)
+from promptcache.cli._stats import format_table, parse_prometheus
+from promptcache.demo._report import RunSummary, improvement, percentile, render_results
 from promptcache.demo._run import DemoResult, SimulatedLLM, run_demo
 from promptcache.demo._workload import AGENTS, WorkloadParams, build_workload
 
