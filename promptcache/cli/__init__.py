@@ -27,7 +27,6 @@ import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar
-from urllib.parse import unquote
 
 import orjson
 import redis.exceptions
@@ -35,7 +34,7 @@ import redis.exceptions
 from promptcache._cache import PromptCache
 from promptcache._cassette import parse_cassette, save_cassette, scrub
 from promptcache._config import url_from_env
-from promptcache._keys import DEFAULT_AGENT_VERSION, agent_prefix, make_key
+from promptcache._keys import DEFAULT_AGENT_VERSION, agent_id_of, agent_prefix, make_key, namespace_prefix
 from promptcache.backends.redis import redact_url
 from promptcache.cli import _cassettes as cassettes
 from promptcache.cli import _stats as report
@@ -76,7 +75,7 @@ async def _open(args: argparse.Namespace, *, must_exist: bool = True) -> PromptC
     wait = min(PROBE_TIMEOUT, args.timeout)
     try:
         async with asyncio.timeout(wait):
-            await cache.store.get(support.namespace_prefix(args.namespace) + "probe")
+            await cache.store.get(namespace_prefix(args.namespace) + "probe")
     except TimeoutError as exc:
         await cache.aclose()
         raise CLIError(f"cannot reach the store at {redact_url(url)}: no answer within {wait:g} s") from exc
@@ -115,8 +114,8 @@ async def _agent_keys(cache: PromptCache, agent: str, version: str | None) -> li
     keys = await support.list_keys(cache.store, agent_prefix(namespace, agent, version))
     if keys:
         return keys
-    every = await support.list_keys(cache.store, support.namespace_prefix(namespace))
-    known = sorted({unquote(k.split(":")[2]) for k in every})
+    every = await support.list_keys(cache.store, namespace_prefix(namespace))
+    known = sorted({agent_id_of(k) for k in every})
     which = f"agent {agent!r}" + (f" version {version!r}" if version is not None else "")
     hint = f"; agents with entries: {', '.join(known)}" if known else "; the namespace is empty"
     raise CLIError(f"no entries for {which} in namespace {namespace!r}{hint}")
@@ -135,7 +134,7 @@ async def _read(cache: PromptCache, keys: list[str], label: str) -> list[support
 
 def cmd_stats(args: argparse.Namespace) -> int:
     async def work(cache: PromptCache) -> list[support.StoredEntry]:
-        keys = await support.list_keys(cache.store, support.namespace_prefix(args.namespace))
+        keys = await support.list_keys(cache.store, namespace_prefix(args.namespace))
         return await _read(cache, keys, "reading")
 
     entries = _run(args, work)

@@ -17,9 +17,8 @@ import yaml
 from promptcache._cassette import CASSETTE_FORMAT, SCRUBBED, find_secret, parse_cassette
 from promptcache._config import DEFAULT_COMPRESS_ABOVE
 from promptcache._entry import Entry, encode_entry
-from promptcache._keys import Endpoint, KeyPolicy, make_key
+from promptcache._keys import Endpoint, KeyPolicy, make_key, store_key_for
 from promptcache._validate import parse_enum
-from promptcache.cli._support import store_key_of
 from promptcache.exceptions import CassetteFormatError, EntryError, PromptCacheError
 
 if TYPE_CHECKING:
@@ -110,7 +109,7 @@ def from_recording(
         raise CassetteFormatError(f"{where}: key {digest!r} is not a 64-hex digest")
     try:
         endpoint = parse_enum(Endpoint, rec["endpoint"], "endpoint")
-        store_key = store_key_of(scope, digest)
+        store_key = store_key_for(*scope, digest)
     except PromptCacheError as exc:
         raise CassetteFormatError(f"{where}: {exc}") from None
     expires = rec.get("expires_at")

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO, runtime_checkabl
 
 import orjson
 
-from promptcache._entry import Entry, parse_entry
-from promptcache._keys import DENY_LIST, agent_prefix
+from promptcache._entry import Entry, is_compressed, parse_entry
+from promptcache._keys import DENY_LIST, digest_of, namespace_prefix
 from promptcache.backends.redis import RedisStore
 from promptcache.exceptions import ConfigError, EntryError
 
@@ -40,10 +40,8 @@ __all__ = [
     "json_diff",
     "list_keys",
     "load_request",
-    "namespace_prefix",
     "read_entries",
     "read_metrics",
-    "store_key_of",
     "why_text",
 ]
 
@@ -84,7 +82,6 @@ class Progress:
             self.stream.flush()
 
 
-_ZLIB_MAGIC: Final = b"PCZ1"  # the entry module's marker of a compressed value
 READ_BATCH: Final = 256
 
 
@@ -93,23 +90,6 @@ class ListingStore(Protocol):
     """A store that can list its keys (SQLite, Redis and memory can; the Store protocol does not ask)."""
 
     async def keys(self, prefix: str = "") -> list[str]: ...
-
-
-def namespace_prefix(namespace: str) -> str:
-    """The prefix of every entry key in ``namespace`` (never of a lock key)."""
-    return agent_prefix(namespace, "_").removesuffix("_:")
-
-
-def _escaped(scope_id: str) -> str:
-    # agent_prefix escapes its first id by the key module's rule, and an escaped id never holds ":".
-    return agent_prefix(scope_id, "_").split(":", 1)[0]
-
-
-def store_key_of(scope: tuple[str, str, str, str | None], digest: str) -> str:
-    """The store key of the entry with ``digest`` in ``scope``, as :func:`~promptcache.make_key` builds it."""
-    namespace, agent_id, agent_version, tenant = scope
-    tenant_part = "~" if tenant is None else _escaped(tenant)
-    return f"{agent_prefix(namespace, agent_id, agent_version)}{tenant_part}:{{{digest}}}"
 
 
 async def list_keys(store: Store, prefix: str) -> list[str]:
@@ -134,7 +114,7 @@ class StoredEntry:
 
     @property
     def compressed(self) -> bool:
-        return self.raw.startswith(_ZLIB_MAGIC)
+        return is_compressed(self.raw)
 
 
 def _parsed(store_key: str, raw: bytes) -> StoredEntry:
@@ -171,7 +151,7 @@ async def find_entry(store: Store, namespace: str, key: str) -> StoredEntry:
     if key.startswith(prefix):
         candidates = [key]
     elif len(key) == 64 and all(c in "0123456789abcdef" for c in key):
-        candidates = [k for k in await list_keys(store, prefix) if k.endswith(f"{{{key}}}")]
+        candidates = [k for k in await list_keys(store, prefix) if digest_of(k) == key]
     else:
         raise ConfigError(f"{key!r} is not a key: give a 64-hex digest or a store key starting {prefix!r}")
     found = await read_entries(store, candidates)

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from promptcache._cache import PromptCache
 from promptcache._gate import usage_of
+from promptcache._keys import namespace_prefix
 from promptcache._prices import PriceTable
 from promptcache.cli._stats import StoredRow, stored_rows
-from promptcache.cli._support import list_keys, namespace_prefix, read_entries
+from promptcache.cli._support import list_keys, read_entries
 from promptcache.demo._report import RunSummary
 from promptcache.demo._workload import AGENT_VERSION, AGENTS, Call, WorkloadParams, build_workload
 from promptcache.exceptions import ConfigError
