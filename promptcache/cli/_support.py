@@ -12,13 +12,13 @@ import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import orjson
 
 from promptcache._entry import Entry, is_compressed, parse_entry
 from promptcache._keys import DENY_LIST, digest_of, namespace_prefix
-from promptcache.backends.redis import RedisStore
+from promptcache.backends import BatchReadStore, ListingStore
 from promptcache.exceptions import ConfigError, EntryError
 
 if TYPE_CHECKING:
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from promptcache.backends import Store
 
 __all__ = [
-    "ListingStore",
     "Progress",
     "Side",
     "StoredEntry",
@@ -85,13 +84,6 @@ class Progress:
 READ_BATCH: Final = 256
 
 
-@runtime_checkable
-class ListingStore(Protocol):
-    """A store that can list its keys (SQLite, Redis and memory can; the Store protocol does not ask)."""
-
-    async def keys(self, prefix: str = "") -> list[str]: ...
-
-
 async def list_keys(store: Store, prefix: str) -> list[str]:
     """Live keys under ``prefix``, sorted.
 
@@ -131,8 +123,8 @@ async def read_entries(
     out: list[StoredEntry] = []
     for start in range(0, len(keys), READ_BATCH):
         batch = keys[start : start + READ_BATCH]
-        if isinstance(store, RedisStore):  # one round trip per batch instead of one per key
-            values: list[Any] = await store.client.mget(batch)
+        if isinstance(store, BatchReadStore):  # fewer round trips than one per key
+            values = await store.get_many(batch)
         else:
             values = list(await asyncio.gather(*(store.get(k) for k in batch)))
         out.extend(_parsed(k, bytes(v)) for k, v in zip(batch, values, strict=True) if v is not None)
