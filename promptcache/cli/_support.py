@@ -1,7 +1,8 @@
 """What the ``promptcache`` command does to a store and prints about it, apart from parsing flags.
 
 Listing a namespace's entries, finding one by digest or store key, diffing canonical requests, and the
-text shown by ``inspect`` and ``explain``. Nothing here prints or exits; :mod:`promptcache.cli` does.
+text shown by ``inspect`` and ``explain``. Nothing here exits, and only :func:`echo` and
+:class:`Progress` print; the command modules decide what to show.
 """
 
 from __future__ import annotations

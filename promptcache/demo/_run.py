@@ -4,7 +4,7 @@ The upstream is :class:`SimulatedLLM` (offline: an async fake that sleeps per a 
 distribution, on a clock running ``scale`` times faster, and answers chat.completion bodies with token
 counts), or any OpenAI-compatible endpoint through :class:`OpenAIUpstream`. Both runs send the same calls
 with the same concurrency; every number in the results table is measured: wall time per call, and the
-calls and tokens the upstream actually served. Nothing here prints; the CLI does.
+calls and tokens the upstream actually served. Nothing here prints; :mod:`._cli` does.
 """
 
 from __future__ import annotations
