@@ -210,3 +210,8 @@ def decode_entry(raw: bytes | str, key: CacheKey, now: float) -> Entry | None:
         latency=float(latency) if type(latency) in (int, float) else 0.0,
         request=doc.get("request"),
     )
+
+
+def is_compressed(raw: bytes) -> bool:
+    """True when stored bytes hold a compressed entry (as :func:`encode_entry` writes one)."""
+    return raw.startswith(_ZLIB_MAGIC)

@@ -24,6 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import unquote
 
 import orjson
 
@@ -479,7 +480,7 @@ def make_key(  # noqa: PLR0913 - the scope is four ids; bundling them would only
     digest = hashlib.sha256(b"promptcache-key-v%d\n%s" % (SCHEMA_VERSION, material)).hexdigest()
     return CacheKey(
         digest=digest,
-        store_key=f"{prefix}{tenant_part}:{{{digest}}}",
+        store_key=_joined_store_key(prefix, tenant_part, digest),
         prefix=prefix,
         namespace=namespace,
         agent_id=agent_id,
@@ -534,3 +535,34 @@ def chat_request(
         "temperature": temperature,
         "max_tokens": max_tokens,
     }
+
+
+def store_key_for(namespace: str, agent_id: str, agent_version: str, tenant: str | None, digest: str) -> str:
+    """The store key of the entry with ``digest`` in a scope: the key :func:`make_key` gives that entry.
+
+    Raises:
+        InvalidScopeError: A scope id is empty, not a string or not encodable.
+    """
+    tenant_part = _NO_TENANT if tenant is None else _escape(tenant, "tenant")
+    return _joined_store_key(agent_prefix(namespace, agent_id, agent_version), tenant_part, digest)
+
+
+def _joined_store_key(prefix: str, tenant_part: str, digest: str) -> str:
+    # The one place the store key's layout is written down. make_key calls this with the prefix and
+    # tenant part it has already escaped (escaping them again would cost ~1 us on every request).
+    return f"{prefix}{tenant_part}:{{{digest}}}"
+
+
+def namespace_prefix(namespace: str) -> str:
+    """The prefix of every entry key in ``namespace`` (never of a lock key, ``<namespace>:lock:...``)."""
+    return f"{_escape(namespace, 'namespace')}:v{SCHEMA_VERSION}:"
+
+
+def agent_id_of(store_key: str) -> str:
+    """The agent id an entry's store key was built for, unescaped (the inverse of the prefix rule)."""
+    return unquote(store_key.split(":")[2])
+
+
+def digest_of(store_key: str) -> str:
+    """The digest an entry's store key ends with (inside its ``{...}`` hash tag)."""
+    return store_key.rpartition(":")[2].removeprefix("{").removesuffix("}")

@@ -6,7 +6,9 @@ for several processes), :mod:`.redis` (``redis.asyncio``, pooled). They can be f
 
 from __future__ import annotations
 
+from promptcache.backends._base import BatchReadStore as BatchReadStore
+from promptcache.backends._base import ListingStore as ListingStore
 from promptcache.backends._base import LockingStore as LockingStore
 from promptcache.backends._base import Store as Store
 
-__all__ = ["LockingStore", "Store"]
+__all__ = ["BatchReadStore", "ListingStore", "LockingStore", "Store"]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
-__all__ = ["LockingStore", "Store"]
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["BatchReadStore", "ListingStore", "LockingStore", "Store"]
 
 
 @runtime_checkable
@@ -49,4 +52,25 @@ class LockingStore(Store, Protocol):
 
     async def unlock(self, name: str, token: str) -> bool:
         """Release ``name`` only if ``token`` still holds it; True when released."""
+        ...
+
+
+# Capabilities a caller asks for with isinstance (the CLI does), instead of naming a concrete store.
+
+
+@runtime_checkable
+class ListingStore(Protocol):
+    """A store that can list its keys (memory, SQLite, Redis and Redis Cluster can; ``Store`` does not)."""
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        """Live keys starting with ``prefix`` (taken literally), in no particular order."""
+        ...
+
+
+@runtime_checkable
+class BatchReadStore(Protocol):
+    """A store that reads many keys in fewer round trips than one ``get`` each (Redis, Redis Cluster)."""
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The values under ``keys``, in the same order; None where a key is absent or expired."""
         ...

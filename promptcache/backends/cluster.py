@@ -43,7 +43,7 @@ from promptcache.backends.redis import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Sequence
 
 __all__ = ["RedisClusterStore", "cluster_url_to_redis"]
 
@@ -241,6 +241,22 @@ class RedisClusterStore:
         if getattr(self.client, _STALE, False):
             await self._refresh_topology()
         return bool(await self.client.delete(key))
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The values under ``keys``, in order (None where absent): one GET per key, pipelined.
+
+        MGET cannot cross slots and entry keys spread over all of them, so each key gets its own one-slot
+        GET; the pipeline sends every primary its share in one round trip.
+        """
+        if not keys:
+            return []
+        if getattr(self.client, _STALE, False):
+            await self._refresh_topology()
+        pipe = self.client.pipeline()
+        for key in keys:
+            pipe.get(key)
+        values = await pipe.execute()
+        return [v if v is None or isinstance(v, bytes) else str(v).encode() for v in values]
 
     async def try_lock(self, name: str, token: str, ttl: float) -> bool:
         if getattr(self.client, _STALE, False):

@@ -18,6 +18,8 @@ from redis.backoff import NoBackoff
 from promptcache._validate import positive
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from redis.commands.core import AsyncScript
 
 __all__ = ["RedisStore", "redact_url"]
@@ -121,6 +123,13 @@ class RedisStore:
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         await self.client.set(key, value, px=max(1, int(positive(ttl, "ttl") * 1000)))
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The values under ``keys``, in order (None where absent), in one round trip (MGET)."""
+        if not keys:
+            return []  # MGET needs at least one key
+        values = await self.client.mget(list(keys))
+        return [v if v is None or isinstance(v, bytes) else str(v).encode() for v in values]
 
     async def delete(self, key: str) -> bool:
         return bool(await self.client.delete(key))

@@ -26,7 +26,7 @@ from redis.backoff import NoBackoff
 from promptcache import CacheConfig, ConfigError, PromptCache
 from promptcache._keys import agent_prefix
 from promptcache._stores import DEFAULT_TIMEOUTS
-from promptcache.backends import LockingStore
+from promptcache.backends import BatchReadStore, ListingStore, LockingStore
 from promptcache.backends.cluster import RedisClusterStore, cluster_url_to_redis
 from promptcache.backends.redis import glob_escape
 
@@ -138,6 +138,20 @@ async def test_get_set_overwrite_delete(cluster: LocalRedisCluster) -> None:
         assert await store.delete("t:{a}") is True
         assert await store.delete("t:{a}") is False
         assert await store.get("t:{a}") is None
+
+
+async def test_get_many_reads_keys_of_every_slot_in_order(cluster: LocalRedisCluster) -> None:
+    """get_many answers keys spread over every primary (no CROSSSLOT error), in order, None if absent."""
+    async with RedisClusterStore.from_url(cluster.url) as store:
+        assert isinstance(store, BatchReadStore)
+        assert isinstance(store, ListingStore)
+        keys = [f"many:{{{i}}}" for i in range(300)]
+        for i, key in enumerate(keys):
+            if i % 3:
+                await store.set(key, f"v{i}".encode(), 60)
+        assert len({store.client.keyslot(k) for k in keys}) > 100
+        assert await store.get_many(keys) == [None if i % 3 == 0 else f"v{i}".encode() for i in range(300)]
+        assert await store.get_many([]) == []
 
 
 async def test_ttl_is_set_in_milliseconds_and_expires(cluster: LocalRedisCluster) -> None:

@@ -17,10 +17,11 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from promptcache import CacheKey, PromptCache, make_key
-from promptcache._cli_support import Progress, json_diff, store_key_of
 from promptcache._config import url_from_env
-from promptcache._entry import scope_of
+from promptcache._entry import Entry, encode_entry, is_compressed, scope_of
+from promptcache._keys import agent_id_of, digest_of, namespace_prefix, store_key_for
 from promptcache.cli import main
+from promptcache.cli._support import Progress, json_diff
 from promptcache.metrics import PrometheusHook, render_prometheus
 
 if TYPE_CHECKING:
@@ -652,7 +653,32 @@ def test_progress_bar_draws_only_when_enabled() -> None:
 def test_store_keys_rebuilt_from_a_scope_match_make_key(agent: str, version: str, tenant: str | None) -> None:
     """The store key rebuilt from a recording's scope and digest is exactly make_key's."""
     key = make_key(request_for("q"), namespace="n s", agent_id=agent, agent_version=version, tenant=tenant)
-    assert store_key_of(scope_of(key), key.digest) == key.store_key
+    assert store_key_for(*scope_of(key), key.digest) == key.store_key
+
+
+@pytest.mark.parametrize(
+    ("agent", "version", "tenant"),
+    [("bot", "0", None), ("a:b*c", "1.2", "t{x}"), ("ünï", "v 2", "%~"), ("x", "y", "~")],
+)
+def test_store_keys_are_read_back_by_the_key_module(agent: str, version: str, tenant: str | None) -> None:
+    """The namespace prefix, agent id and digest the CLI reads from a store key are make_key's own."""
+    key = make_key(request_for("q"), namespace="n s", agent_id=agent, agent_version=version, tenant=tenant)
+    assert key.store_key.startswith(namespace_prefix("n s"))
+    assert key.prefix.startswith(namespace_prefix("n s"))
+    assert agent_id_of(key.store_key) == agent
+    assert digest_of(key.store_key) == key.digest
+    assert not key.lock_key.startswith(namespace_prefix("n s"))  # listing a namespace never finds locks
+
+
+def test_compressed_entries_are_told_apart_by_the_entry_module() -> None:
+    """``is_compressed`` is true exactly for values encode_entry compressed."""
+    key = make_key(request_for("q"), agent_id="bot")
+    entry = Entry(
+        digest=key.digest, scope=scope_of(key), endpoint=key.endpoint.value, created_at=0.0,
+        expires_at=1.0, body={"choices": []},
+    )  # fmt: skip
+    assert is_compressed(encode_entry(entry, compress_above=0))
+    assert not is_compressed(encode_entry(entry, compress_above=None))
 
 
 def test_json_diff_names_every_changed_path() -> None:

@@ -11,17 +11,11 @@ import pytest
 from fake_llm import OPENAI_TEST_KEY, FakeLLM
 
 from promptcache import ConfigError, PriceTable, make_key
-from promptcache._demo import DemoResult, SimulatedLLM, run_demo
-from promptcache._demo_report import (
-    RunSummary,
-    format_table,
-    improvement,
-    parse_prometheus,
-    percentile,
-    render_results,
-)
-from promptcache._demo_workload import AGENTS, WorkloadParams, build_workload
 from promptcache.cli import main
+from promptcache.cli._stats import format_table, parse_prometheus
+from promptcache.demo._report import RunSummary, improvement, percentile, render_results
+from promptcache.demo._run import DemoResult, SimulatedLLM, run_demo
+from promptcache.demo._workload import AGENTS, WorkloadParams, build_workload
 
 if TYPE_CHECKING:
     from pathlib import Path

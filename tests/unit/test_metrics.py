@@ -15,9 +15,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from promptcache import CacheConfig, ModelPrice, PriceTable, PromptCache, make_key
-from promptcache._demo_report import parse_prometheus
 from promptcache._prices import DEFAULT_PRICES, PRICES_AS_OF
 from promptcache.backends.memory import MemoryStore
+from promptcache.cli._stats import parse_prometheus
 from promptcache.metrics import (
     BreakerEvent,
     CacheEvent,

@@ -22,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from promptcache import CacheConfig, ConfigError, PromptCache, PromptCacheError, StoreError
 from promptcache._entry import parse_entry
-from promptcache.backends import LockingStore, Store
+from promptcache.backends import BatchReadStore, ListingStore, LockingStore, Store
 from promptcache.backends.memory import MemoryStore
 from promptcache.backends.redis import RedisStore
 from promptcache.backends.sqlite import SQLiteStore
@@ -457,6 +457,22 @@ async def test_locks_are_not_values(lsc: StoreCase) -> None:
     assert await store.try_lock("ns:lock:{d}", "t", 30) is True
     assert await store.unlock("ns:lock:{d}", "t") is True
     assert await store.get("ns:v1:a:1:~:{d}") == b"entry"
+
+
+async def test_every_store_lists_keys_and_redis_reads_them_in_batches(sc: StoreCase) -> None:
+    """Every store is a ListingStore (literal prefix); Redis is a BatchReadStore: values in key order,
+    None for a missing key, nothing asked for an empty batch."""
+    store = sc.store
+    assert isinstance(store, ListingStore)
+    assert isinstance(store, BatchReadStore) == (sc.kind in REDIS_LIKE)
+    await store.set("ns:v1:a*:1:~:{d1}", b"one", 60)
+    await store.set("ns:v1:a*:1:~:{d2}", b"\x00two", 60)
+    await store.set("ns:v1:ab:1:~:{d3}", b"other", 60)
+    assert sorted(await store.keys("ns:v1:a*:")) == ["ns:v1:a*:1:~:{d1}", "ns:v1:a*:1:~:{d2}"]
+    if isinstance(store, BatchReadStore):
+        keys = ["ns:v1:a*:1:~:{d2}", "ns:v1:a*:1:~:{gone}", "ns:v1:a*:1:~:{d1}"]
+        assert await store.get_many(keys) == [b"\x00two", None, b"one"]
+        assert await store.get_many([]) == []
 
 
 # ===================================================================================================

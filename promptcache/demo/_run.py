@@ -4,7 +4,7 @@ The upstream is :class:`SimulatedLLM` (offline: an async fake that sleeps per a 
 distribution, on a clock running ``scale`` times faster, and answers chat.completion bodies with token
 counts), or any OpenAI-compatible endpoint through :class:`OpenAIUpstream`. Both runs send the same calls
 with the same concurrency; every number in the results table is measured: wall time per call, and the
-calls and tokens the upstream actually served. Nothing here prints; the CLI does.
+calls and tokens the upstream actually served. Nothing here prints; :mod:`._cli` does.
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from promptcache._cache import PromptCache
-from promptcache._cli_support import list_keys, namespace_prefix, read_entries
-from promptcache._demo_report import RunSummary, StoredRow, stored_rows
-from promptcache._demo_workload import AGENT_VERSION, AGENTS, Call, WorkloadParams, build_workload
 from promptcache._gate import usage_of
+from promptcache._keys import namespace_prefix
 from promptcache._prices import PriceTable
+from promptcache.cli._stats import StoredRow, stored_rows
+from promptcache.cli._support import list_keys, read_entries
+from promptcache.demo._report import RunSummary
+from promptcache.demo._workload import AGENT_VERSION, AGENTS, Call, WorkloadParams, build_workload
 from promptcache.exceptions import ConfigError
 from promptcache.metrics import MetricsRecorder
 

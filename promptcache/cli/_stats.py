@@ -1,7 +1,8 @@
-"""Plain-text tables: the seed tutorial's "Real-World Results" table, the ``stats`` table, one formatter.
+"""The ``stats`` table (stored entries and request counters by agent and model), and the table formatter.
 
-Pure functions over measured or stored numbers; nothing here measures, prints or reads a clock. The demo
-prints both tables; ``promptcache stats`` prints the second.
+Pure functions over stored or counted numbers; nothing here measures, prints or reads a clock.
+``promptcache stats`` prints the table; the demo prints it too, under its own results table
+(:mod:`promptcache.demo._report`, which uses :func:`format_table` and :func:`money` from here).
 """
 
 from __future__ import annotations
@@ -15,17 +16,14 @@ from promptcache.metrics import UNKNOWN, UsageRow
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from promptcache._cli_support import StoredEntry
     from promptcache._entry import Entry
+    from promptcache.cli._support import StoredEntry
 
 __all__ = [
-    "RunSummary",
     "StoredRow",
     "format_table",
-    "improvement",
+    "money",
     "parse_prometheus",
-    "percentile",
-    "render_results",
     "render_stats",
     "stats_json",
     "stored_rows",
@@ -50,75 +48,11 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: s
     return "\n".join([line(headers), rule, *(line(r) for r in rows)])
 
 
-def percentile(values: Sequence[float], pct: float) -> float:
-    """The ``pct`` percentile (0-100) by the nearest-rank method; 0.0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * pct // 100))  # ceil(n * p / 100), at least the first value
-    return ordered[int(rank) - 1]
-
-
-def improvement(before: float, after: float) -> str:
-    """How much lower ``after`` is than ``before``, as the seed's "Improvement" column shows it."""
-    if before <= 0:
-        return "N/A"
-    return f"{(before - after) / before:.0%}"
-
-
-@dataclass(frozen=True, slots=True)
-class RunSummary:
-    """What one run of the workload measured (latencies in seconds at real scale, money in dollars).
-
-    ``spend`` is None when the model has no price in the price table.
-    """
-
-    calls: int
-    latencies: tuple[float, ...]
-    upstream_calls: int
-    input_tokens: int
-    output_tokens: int
-    spend: float | None
-    hits: int
-
-    @property
-    def tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
-
-    @property
-    def hit_rate(self) -> float:
-        return self.hits / self.calls if self.calls else 0.0
-
-
-def _money(value: float | None) -> str:
+def money(value: float | None) -> str:
+    """Dollars as the tables show them: cents from $1 up, tenths of a cent below; None is unpriced."""
     if value is None:
         return "unpriced"
     return f"${value:,.2f}" if value >= 1 else f"${value:,.4f}"
-
-
-def render_results(before: RunSummary, after: RunSummary, *, calls_per_day: int) -> str:
-    """The seed tutorial's "Real-World Results" table, filled with what the two runs measured."""
-    b50, a50 = percentile(before.latencies, 50), percentile(after.latencies, 50)
-    b99, a99 = percentile(before.latencies, 99), percentile(after.latencies, 99)
-
-    def per_day(run: RunSummary) -> float | None:
-        return None if run.spend is None or not run.calls else run.spend / run.calls * calls_per_day
-
-    spend_gain = "N/A"
-    if before.spend is not None and after.spend is not None:
-        spend_gain = improvement(before.spend, after.spend)
-    day_before, day_after = per_day(before), per_day(after)
-    rows = [
-        ["P50 Latency", f"{b50:.2f}s", f"{a50:.2f}s", improvement(b50, a50)],
-        ["P99 Latency", f"{b99:.2f}s", f"{a99:.2f}s", improvement(b99, a99)],
-        ["Upstream Calls", f"{before.upstream_calls:,}", f"{after.upstream_calls:,}",
-         improvement(before.upstream_calls, after.upstream_calls)],
-        ["Tokens Spent", f"{before.tokens:,}", f"{after.tokens:,}", improvement(before.tokens, after.tokens)],
-        ["Token Spend (this run)", _money(before.spend), _money(after.spend), spend_gain],
-        [f"Daily Token Spend ({calls_per_day:,}/day)", _money(day_before), _money(day_after), spend_gain],
-        ["Cache Hit Rate", f"{before.hit_rate:.0%}", f"{after.hit_rate:.0%}", "N/A"],
-    ]  # fmt: skip
-    return format_table(["Metric", "Before Cache", "After Cache", "Improvement"], rows, "lrrr")
 
 
 @dataclass(slots=True)
@@ -205,7 +139,7 @@ def render_stats(
         head = [agent, model, f"{s.entries:,}", f"{s.input_tokens + s.output_tokens:,}"]
         if c is None:
             return [*head, "-", "-", "-", "-", "-"]
-        cost = _money(c.cost_saved) + ("*" if c.unpriced_hits else "")
+        cost = money(c.cost_saved) + ("*" if c.unpriced_hits else "")
         return [*head, f"{c.hits:,}", f"{c.misses:,}", f"{c.hit_rate:.1%}", f"{c.tokens_saved:,}", cost]
 
     for agent, model in sorted(stored.keys() | (counted or {}).keys()):

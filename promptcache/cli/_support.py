@@ -1,7 +1,8 @@
 """What the ``promptcache`` command does to a store and prints about it, apart from parsing flags.
 
 Listing a namespace's entries, finding one by digest or store key, diffing canonical requests, and the
-text shown by ``inspect`` and ``explain``. Nothing here prints or exits; :mod:`promptcache.cli` does.
+text shown by ``inspect`` and ``explain``. Nothing here exits, and only :func:`echo` and
+:class:`Progress` print; the command modules decide what to show.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import orjson
 
-from promptcache._entry import Entry, parse_entry
-from promptcache._keys import DENY_LIST, agent_prefix
-from promptcache.backends.redis import RedisStore
+from promptcache._entry import Entry, is_compressed, parse_entry
+from promptcache._keys import DENY_LIST, digest_of, namespace_prefix
+from promptcache.backends import BatchReadStore, ListingStore
 from promptcache.exceptions import ConfigError, EntryError
 
 if TYPE_CHECKING:
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
     from promptcache.backends import Store
 
 __all__ = [
-    "ListingStore",
     "Progress",
     "Side",
     "StoredEntry",
@@ -40,10 +40,8 @@ __all__ = [
     "json_diff",
     "list_keys",
     "load_request",
-    "namespace_prefix",
     "read_entries",
     "read_metrics",
-    "store_key_of",
     "why_text",
 ]
 
@@ -84,32 +82,7 @@ class Progress:
             self.stream.flush()
 
 
-_ZLIB_MAGIC: Final = b"PCZ1"  # the entry module's marker of a compressed value
 READ_BATCH: Final = 256
-
-
-@runtime_checkable
-class ListingStore(Protocol):
-    """A store that can list its keys (SQLite, Redis and memory can; the Store protocol does not ask)."""
-
-    async def keys(self, prefix: str = "") -> list[str]: ...
-
-
-def namespace_prefix(namespace: str) -> str:
-    """The prefix of every entry key in ``namespace`` (never of a lock key)."""
-    return agent_prefix(namespace, "_").removesuffix("_:")
-
-
-def _escaped(scope_id: str) -> str:
-    # agent_prefix escapes its first id by the key module's rule, and an escaped id never holds ":".
-    return agent_prefix(scope_id, "_").split(":", 1)[0]
-
-
-def store_key_of(scope: tuple[str, str, str, str | None], digest: str) -> str:
-    """The store key of the entry with ``digest`` in ``scope``, as :func:`~promptcache.make_key` builds it."""
-    namespace, agent_id, agent_version, tenant = scope
-    tenant_part = "~" if tenant is None else _escaped(tenant)
-    return f"{agent_prefix(namespace, agent_id, agent_version)}{tenant_part}:{{{digest}}}"
 
 
 async def list_keys(store: Store, prefix: str) -> list[str]:
@@ -134,7 +107,7 @@ class StoredEntry:
 
     @property
     def compressed(self) -> bool:
-        return self.raw.startswith(_ZLIB_MAGIC)
+        return is_compressed(self.raw)
 
 
 def _parsed(store_key: str, raw: bytes) -> StoredEntry:
@@ -151,8 +124,8 @@ async def read_entries(
     out: list[StoredEntry] = []
     for start in range(0, len(keys), READ_BATCH):
         batch = keys[start : start + READ_BATCH]
-        if isinstance(store, RedisStore):  # one round trip per batch instead of one per key
-            values: list[Any] = await store.client.mget(batch)
+        if isinstance(store, BatchReadStore):  # fewer round trips than one per key
+            values = await store.get_many(batch)
         else:
             values = list(await asyncio.gather(*(store.get(k) for k in batch)))
         out.extend(_parsed(k, bytes(v)) for k, v in zip(batch, values, strict=True) if v is not None)
@@ -171,7 +144,7 @@ async def find_entry(store: Store, namespace: str, key: str) -> StoredEntry:
     if key.startswith(prefix):
         candidates = [key]
     elif len(key) == 64 and all(c in "0123456789abcdef" for c in key):
-        candidates = [k for k in await list_keys(store, prefix) if k.endswith(f"{{{key}}}")]
+        candidates = [k for k in await list_keys(store, prefix) if digest_of(k) == key]
     else:
         raise ConfigError(f"{key!r} is not a key: give a 64-hex digest or a store key starting {prefix!r}")
     found = await read_entries(store, candidates)

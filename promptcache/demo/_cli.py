@@ -7,12 +7,13 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from promptcache._cli_support import echo
-from promptcache._demo import DEMO_NAMESPACE, DemoResult, OpenAIUpstream, SimulatedLLM, run_demo
-from promptcache._demo_report import render_results, render_stats
-from promptcache._demo_workload import AGENTS, WorkloadParams
 from promptcache._prices import PriceTable
 from promptcache.backends.redis import redact_url
+from promptcache.cli._stats import render_stats
+from promptcache.cli._support import echo
+from promptcache.demo._report import render_results
+from promptcache.demo._run import DEMO_NAMESPACE, DemoResult, OpenAIUpstream, SimulatedLLM, run_demo
+from promptcache.demo._workload import AGENTS, WorkloadParams
 from promptcache.exceptions import ConfigError
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""Exported cassettes: stored entries to YAML recordings and back (byte-exact), and cassette checks.
+"""``export``, ``import`` and ``verify``: stored entries to YAML recordings and back (byte-exact), and checks.
 
 An exported recording carries every field of the stored envelope (timestamps, latency, compression), so
 ``import`` rebuilds the very bytes ``export`` read. Recordings written by the pytest plugin import too: they
@@ -9,23 +9,38 @@ scope with the key module's own prefix rule, so an imported entry lands where pr
 from __future__ import annotations
 
 import datetime as dt
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import yaml
 
-from promptcache._cassette import CASSETTE_FORMAT, SCRUBBED, find_secret, parse_cassette
-from promptcache._cli_support import store_key_of
+from promptcache._cassette import CASSETTE_FORMAT, SCRUBBED, find_secret, parse_cassette, save_cassette, scrub
 from promptcache._config import DEFAULT_COMPRESS_ABOVE
 from promptcache._entry import Entry, encode_entry
-from promptcache._keys import Endpoint, KeyPolicy, make_key
+from promptcache._keys import Endpoint, KeyPolicy, make_key, store_key_for
 from promptcache._validate import parse_enum
-from promptcache.exceptions import CassetteFormatError, EntryError, PromptCacheError
+from promptcache.backends.redis import redact_url
+from promptcache.cli._store import CLIError, agent_keys, read_all, run_on_store, store_url
+from promptcache.cli._support import Progress, echo
+from promptcache.exceptions import CassetteFormatError, EntryError, PromptCacheError, SecretLeakError
 
 if TYPE_CHECKING:
-    from promptcache._cli_support import StoredEntry
+    import argparse
 
-__all__ = ["export_doc", "from_recording", "to_recording", "verify_cassette"]
+    from promptcache._cache import PromptCache
+    from promptcache.cli._support import StoredEntry
+
+__all__ = [
+    "cmd_export",
+    "cmd_import",
+    "cmd_verify",
+    "export_doc",
+    "from_recording",
+    "to_recording",
+    "verify_cassette",
+]
 
 
 def _iso(seconds: float) -> str:
@@ -110,7 +125,7 @@ def from_recording(
         raise CassetteFormatError(f"{where}: key {digest!r} is not a 64-hex digest")
     try:
         endpoint = parse_enum(Endpoint, rec["endpoint"], "endpoint")
-        store_key = store_key_of(scope, digest)
+        store_key = store_key_for(*scope, digest)
     except PromptCacheError as exc:
         raise CassetteFormatError(f"{where}: {exc}") from None
     expires = rec.get("expires_at")
@@ -212,3 +227,76 @@ def verify_cassette(text: bytes, where: str) -> tuple[int, list[str]]:
             problems.append(f"{here}: key {rec['key'][:12]}... appears twice in an exported cassette")
         seen.add(ident)
     return len(doc["recordings"]), problems
+
+
+# -- the commands ---------------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    async def work(cache: PromptCache) -> list[StoredEntry]:
+        return await read_all(cache, await agent_keys(cache, args.agent, args.version), "export")
+
+    entries = run_on_store(args, work)
+    recordings = [to_recording(e) for e in entries if e.entry is not None]
+    if args.scrub:
+        recordings = scrub(recordings)
+    try:
+        save_cassette(args.output, export_doc(recordings, args.namespace, args.agent, args.version))
+    except SecretLeakError as exc:
+        raise CLIError(
+            f"{exc}; pass --scrub to replace credentials (the file then no longer round-trips)"
+        ) from exc
+    unreadable = len(entries) - len(recordings)
+    skipped = f" ({unreadable} unreadable values left out)" if unreadable else ""
+    echo(f"exported {len(recordings)} entries of agent {args.agent!r} to {args.output}{skipped}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    doc = parse_cassette(path.read_bytes(), str(path))
+    now = time.time()
+    # Every recording is checked before the first write: a bad file writes nothing.
+    built = [
+        from_recording(rec, f"{path}: recordings[{i}]", now=now, ttl=args.ttl)
+        for i, rec in enumerate(doc["recordings"])
+    ]
+    writes = [b for b in built if b is not None]
+
+    async def work(cache: PromptCache) -> None:
+        bar = Progress(len(writes), "import")
+        try:
+            for store_key, value, ttl in writes:
+                await cache.store.set(store_key, value, ttl)
+                bar.advance()
+        finally:
+            bar.close()
+
+    run_on_store(args, work, must_exist=False)
+    expired = len(built) - len(writes)
+    skipped = f" ({expired} expired recordings skipped)" if expired else ""
+    echo(f"imported {len(writes)} entries from {path} into {redact_url(store_url(args))}{skipped}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    root = Path(args.path)
+    if root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.suffix in {".yaml", ".yml"} and p.is_file())
+        if not files:
+            raise CLIError(f"no cassettes (*.yaml, *.yml) under {root}")
+    elif root.is_file():
+        files = [root]
+    else:
+        raise CLIError(f"no such file or directory: {root}")
+    recordings, bad = 0, 0
+    for file in files:
+        count, problems = verify_cassette(file.read_bytes(), str(file))
+        recordings += count
+        bad += bool(problems)
+        echo(*problems)
+    if bad:
+        echo(f"{bad} of {len(files)} cassettes have problems")
+        return 1
+    echo(f"ok: {len(files)} cassettes, {recordings} recordings: safe YAML, no secrets, no duplicate keys")
+    return 0
