@@ -106,7 +106,7 @@ class SdkDriver:
         if self._runner is not None:
             self._runner.run(self.cache.drain())
         else:
-            _portal.run(self.cache.drain())
+            _portal.call(self.cache.drain)
 
     def close(self) -> None:
         if self._runner is not None:
@@ -115,4 +115,4 @@ class SdkDriver:
             self._runner.close()
         else:
             self.client.close()
-            _portal.run(self.cache.aclose())
+            _portal.call(self.cache.aclose)

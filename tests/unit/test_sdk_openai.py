@@ -22,9 +22,10 @@ from openai.types.chat import ChatCompletion
 from sdk_driver import SdkDriver, raised_by, sdk_http
 
 from promptcache import ConfigError, Endpoint, InvalidScopeError, PromptCache, PromptCacheError
+from promptcache._scope import Scope
 from promptcache.backends.memory import MemoryStore
 from promptcache.integrations import _portal
-from promptcache.integrations._transport import CONTROL_HEADERS, TransportScope, plan_request
+from promptcache.integrations._http import CONTROL_HEADERS, plan_request
 from promptcache.openai import wrap
 
 if TYPE_CHECKING:
@@ -662,7 +663,7 @@ def test_wrap_validates_the_agent_id(server: FakeLLM) -> None:
 def test_plan_request_keys_the_azure_deployment() -> None:
     """plan_request puts the Azure deployment from the URL into the keyed body, so deployments differ."""
     body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
-    scope = TransportScope(agent_id="az")
+    scope = Scope(agent_id="az")
     cache = PromptCache.from_url("memory://")
     keys = []
     for deployment in ["gpt-a", "gpt-b"]:
@@ -676,7 +677,7 @@ def test_plan_request_keys_the_azure_deployment() -> None:
         assert plan is not None
         assert plan.endpoint is Endpoint.CHAT_COMPLETIONS
         assert plan.body["azure_deployment"] == deployment
-        assert plan.tenant == "t1"
+        assert plan.scope.tenant == "t1"
         assert "x-promptcache-tenant" not in request.headers
         keys.append(cache.key(plan.body, agent_id="az", endpoint=plan.endpoint).store_key)
     assert keys[0] != keys[1]
@@ -684,7 +685,7 @@ def test_plan_request_keys_the_azure_deployment() -> None:
 
 def test_plan_request_passes_other_endpoints_through() -> None:
     """GETs, unknown paths and non-JSON bodies get no plan, but their control headers are still removed."""
-    scope = TransportScope(agent_id="x")
+    scope = Scope(agent_id="x")
     cases = [
         HTTP.Request("GET", "http://h/v1/models", headers={"x-promptcache-ttl": "bad"}),
         HTTP.Request("POST", "http://h/v1/files", content=b"{}", headers={"x-promptcache-bypass": "1"}),
@@ -737,7 +738,7 @@ def test_azure_two_deployments_are_two_entries() -> None:
         ]
     finally:
         client.close()
-        _portal.run(cache.aclose())
+        _portal.call(cache.aclose)
     assert answers == ["from dep-a to hi", "from dep-b to hi"] * 2
     assert seen == [
         "/openai/deployments/dep-a/chat/completions",
@@ -854,10 +855,10 @@ def test_gzipped_upstream_answers_are_cached_decoded() -> None:
         for _ in range(2):
             with client.chat.completions.create(model="m", messages=chat("zs"), stream=True) as stream:
                 streams.append([c.choices[0].delta.content for c in stream])
-            _portal.run(cache.drain())
+            _portal.call(cache.drain)
     finally:
         client.close()
-        _portal.run(cache.aclose())
+        _portal.call(cache.aclose)
     assert plain[1] == plain[0]
     assert content(plain[1]) == "zipped"
     assert streams == [["zi", "pped"], ["zi", "pped"]]
@@ -918,7 +919,7 @@ def test_abandoned_sync_stream_cleans_up_when_collected_on_the_portal_thread(
             gc.collect()
             collected.set()
 
-        _portal.portal_loop().call_soon_threadsafe(collect)
+        _portal.portal().start_task_soon(collect)
         assert collected.wait(10)
     finally:
         drv.close()
@@ -951,7 +952,7 @@ with FakeLLM() as server:
     first = next(iter(stream))
     stream.close()
     client.close()
-    _portal.run(cache.aclose())
+    _portal.call(cache.aclose)
 print("done")
 """
 
