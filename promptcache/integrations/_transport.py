@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from promptcache._scope import Scope
 from promptcache.exceptions import ConfigError, InvalidScopeError, UncacheableRequestError
 from promptcache.integrations._http import (
+    CONTROL_HEADERS,
     Plan,
     clean_headers,
     event_stream_response,
@@ -39,9 +41,12 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from promptcache._cache import PromptCache
-    from promptcache._scope import Scope
 
-__all__ = ["CachingCore", "engine_kwargs"]
+__all__ = ["CONTROL_HEADERS", "CachingCore", "TransportScope", "engine_kwargs"]
+
+# The first wave's name for the scope a wrapped client caches under (same fields, same defaults); kept
+# so code that imports it keeps working while callers move to promptcache._scope.Scope.
+TransportScope = Scope
 
 
 def engine_kwargs(scope: Scope, *, ttl: bool = True) -> dict[str, Any]:
