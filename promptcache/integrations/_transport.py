@@ -52,8 +52,9 @@ TransportScope = Scope
 def engine_kwargs(scope: Scope, *, ttl: bool = True) -> dict[str, Any]:
     """``PromptCache``'s keyword arguments for ``scope`` (``ttl=False`` for ``key()``, which takes none).
 
-    The one place a :class:`Scope` is unpacked for the engine: once ``PromptCache.key`` and
-    ``get_or_call`` take ``scope=``, this returns ``{"scope": scope}`` and nothing else changes.
+    The one place a :class:`Scope` is unpacked for the engine's current keyword arguments: once
+    ``PromptCache.key`` and ``get_or_call`` take ``scope=``, this returns ``{"scope": scope}`` (and the
+    ``ttl`` switch goes), and its two callers below stay as they are.
     """
     kwargs: dict[str, Any] = {
         "agent_id": scope.agent_id,
