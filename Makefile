@@ -45,7 +45,8 @@ lock: | $(UV)
 # The SDK-facing tests (SDK units, plugin, examples, real Redis and Cluster) against two unlocked sets:
 # the newest releases of everything, and the oldest versions pyproject.toml claims for its runtime
 # dependencies and extras. Each set gets its own venv, rebuilt every run.
-MATRIX_TESTS := tests/unit/test_sdk_openai.py tests/unit/test_sdk_anthropic.py tests/unit/test_cached_agent.py \
+MATRIX_TESTS := tests/unit/test_sdk_common.py tests/unit/test_sdk_openai.py tests/unit/test_sdk_anthropic.py \
+	tests/unit/test_cached_agent.py \
 	tests/unit/test_fake_llm.py tests/unit/test_store_contract.py tests/unit/test_metrics.py \
 	tests/plugin tests/examples tests/redis tests/cluster
 

@@ -317,7 +317,7 @@ def run_sync(redis_url: str) -> tuple[dict[str, list[float]], dict[str, list[flo
     for client, cache in ((cached_memory, memory), (cached_redis, redis)):
         sync_plain_call(client)
         sync_stream_call(client)
-        _portal.run(cache.drain())
+        _portal.call(cache.drain)
     plain = cached_redis.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
     streamed = cached_redis.chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=STREAM_MESSAGES, stream=True, stream_options={"include_usage": True}
@@ -343,8 +343,8 @@ def run_sync(redis_url: str) -> tuple[dict[str, list[float]], dict[str, list[flo
     finally:
         for client in (floor, cached_memory, cached_redis):
             client.close()
-        _portal.run(memory.aclose())
-        _portal.run(redis.aclose())
+        _portal.call(memory.aclose)
+        _portal.call(redis.aclose)
     return plain_rows, stream_rows
 
 

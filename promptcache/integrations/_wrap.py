@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from promptcache._keys import DEFAULT_AGENT_VERSION, KeyPolicy, agent_prefix
+from promptcache._scope import Scope
 from promptcache._validate import parse_enum
 from promptcache.exceptions import ConfigError
-from promptcache.integrations import _portal
-from promptcache.integrations._transport import CachingCore, TransportScope, httpx_module
+from promptcache.integrations._sync import handle_sync
+from promptcache.integrations._transport import CachingCore
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
-
     from promptcache._cache import PromptCache
 
 __all__ = ["AsyncCachingTransport", "CachingTransport", "wrap"]
@@ -44,27 +42,14 @@ class AsyncCachingTransport:
 
 
 class CachingTransport:
-    """The sync twin: runs the same :class:`CachingCore` on the portal loop (see ``_transport``)."""
+    """The sync transport: the same :class:`CachingCore`, through the one sync adapter (``_sync``)."""
 
     def __init__(self, inner: Any, core: CachingCore) -> None:  # noqa: ANN401
         self.inner = inner
         self.core = core
 
     def handle_request(self, request: Any) -> Any:  # noqa: ANN401
-        response = _portal.run(self.core.handle(request, self._send))
-        mod = httpx_module(response)
-        if not isinstance(response.stream, mod.SyncByteStream):
-            content = getattr(response, "_content", None)  # already read on the portal: serve the bytes
-            response.stream = (
-                mod.ByteStream(content) if content is not None else _sync_stream(mod, response.stream)
-            )
-        return response
-
-    async def _send(self, request: Any) -> Any:  # noqa: ANN401
-        """Send with the sync inner transport on a worker thread; expose its body as an async stream."""
-        response = await asyncio.to_thread(self.inner.handle_request, request)
-        response.stream = _async_stream(httpx_module(response), response.stream)
-        return response
+        return handle_sync(self.core.handle, request, self.inner.handle_request)
 
     def close(self) -> None:
         self.inner.close()
@@ -75,37 +60,6 @@ class CachingTransport:
 
     def __exit__(self, *exc_info: object) -> None:
         self.inner.__exit__(*exc_info)
-
-
-def _async_stream(mod: Any, sync_stream: Any) -> Any:  # noqa: ANN401
-    class ThreadedStream(mod.AsyncByteStream):  # type: ignore[misc]
-        async def __aiter__(self) -> AsyncIterator[bytes]:
-            chunks = iter(sync_stream)
-            while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
-                yield chunk
-
-        async def aclose(self) -> None:
-            await asyncio.to_thread(sync_stream.close)
-
-    return ThreadedStream()
-
-
-def _sync_stream(mod: Any, async_stream: Any) -> Any:  # noqa: ANN401
-    class PortalStream(mod.SyncByteStream):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self._chunks: Iterator[bytes] | None = None
-
-        def __iter__(self) -> Iterator[bytes]:
-            self._chunks = _portal.iterate(aiter(async_stream))
-            return self._chunks
-
-        def close(self) -> None:
-            if self._chunks is not None:
-                self._chunks.close()  # type: ignore[attr-defined]  # a generator: runs its cleanup now
-            else:
-                _portal.close_soon(async_stream.aclose())
-
-    return PortalStream()
 
 
 def wrap(  # noqa: PLR0913
@@ -142,7 +96,7 @@ def wrap(  # noqa: PLR0913
     agent_prefix(cache.config.namespace, agent_id, agent_version)  # validates the ids now, not per call
     if tenant is not None:
         agent_prefix(cache.config.namespace, tenant)
-    scope = TransportScope(
+    scope = Scope(
         agent_id=agent_id,
         agent_version=agent_version,
         tenant=tenant,

@@ -24,6 +24,7 @@ from promptcache._keys import DEFAULT_AGENT_VERSION, KeyPolicy
 from promptcache._prices import PriceTable
 from promptcache._validate import parse_enum
 from promptcache.exceptions import ConfigError
+from promptcache.integrations._sync import handle_sync
 from promptcache.pytest_plugin._recorder import Mode, Recorder
 from promptcache.pytest_plugin._stores import CassetteStore, cassette_name, open_cassette_store
 
@@ -206,17 +207,18 @@ def _intercept(recorder: Recorder) -> Iterator[None]:
 
 
 def _routed(recorder: Recorder, original: Any, *, is_async: bool) -> Any:  # noqa: ANN401
+    """``original`` (a transport's send method) answered through ``recorder``; sync via the one adapter."""
     if is_async:
 
         @functools.wraps(original)
         async def handle_async_request(self: Any, request: Any) -> Any:  # noqa: ANN401
-            return await recorder.handle_async(self, request, original)
+            return await recorder.handle(request, functools.partial(original, self))
 
         return handle_async_request
 
     @functools.wraps(original)
     def handle_request(self: Any, request: Any) -> Any:  # noqa: ANN401
-        return recorder.handle_sync(self, request, original)
+        return handle_sync(recorder.handle, request, functools.partial(original, self))
 
     return handle_request
 

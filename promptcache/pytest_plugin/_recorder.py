@@ -28,21 +28,26 @@ from promptcache._cassette import (
     scrub_joined,
     scrub_values,
 )
-from promptcache._gate import is_terminal, stream_summary, usage_of
+from promptcache._gate import stream_summary, usage_of
 from promptcache._keys import DEFAULT_AGENT_VERSION, DEFAULT_NAMESPACE, CacheKey, KeyPolicy, make_key
+from promptcache._scope import Scope
 from promptcache.exceptions import UncacheableRequestError
-from promptcache.integrations._sse import SSEParser, encode_events
-from promptcache.integrations._transport import TransportScope, httpx_module, plan_request
+from promptcache.integrations._http import (
+    event_stream_response,
+    is_event_stream,
+    json_response,
+    plan_request,
+    response,
+    tee,
+)
 from promptcache.pytest_plugin._report import miss_message
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import Awaitable, Callable
 
     from promptcache.pytest_plugin._stores import CassetteStore
 
 __all__ = ["Mode", "Recorder"]
-
-_HOP_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
 
 class Mode(StrEnum):
@@ -97,8 +102,8 @@ class Recorder:
 
     # -- decisions (no I/O) -----------------------------------------------------------------------
 
-    def _scope(self) -> TransportScope:
-        return TransportScope(agent_id=self.agent_id, agent_version=self.agent_version, policy=self.policy)
+    def _scope(self) -> Scope:
+        return Scope(agent_id=self.agent_id, agent_version=self.agent_version, policy=self.policy)
 
     def _key(self, request: Any) -> tuple[CacheKey, dict[str, Any]] | None:  # noqa: ANN401
         plan = plan_request(request, self._scope())
@@ -108,9 +113,9 @@ class Recorder:
             key = make_key(
                 plan.body,
                 namespace=self.namespace,
-                agent_id=plan.agent_id,
-                agent_version=plan.agent_version,
-                tenant=plan.tenant,
+                agent_id=plan.scope.agent_id,
+                agent_version=plan.scope.agent_version,
+                tenant=plan.scope.tenant,
                 endpoint=plan.endpoint,
                 policy=self.policy,
             )
@@ -226,12 +231,13 @@ class Recorder:
 
         self.store.update(self.cassette, change)
 
-    # -- I/O shells: async and sync share the decisions above -------------------------------------
+    # -- I/O: one async shell; sync transports reach it through integrations._sync ------------------
 
-    async def handle_async(self, transport: Any, request: Any, send: Any) -> Any:  # noqa: ANN401
+    async def handle(self, request: Any, send: Callable[[Any], Awaitable[Any]]) -> Any:  # noqa: ANN401
+        """Answer ``request`` from the cassette, or with ``send(request)`` (the real transport), recording."""
         found = self._key(request)
         if found is None:
-            return await send(transport, request)
+            return await send(request)
         key, body = found
         self.calls += 1
         stream = body.get("stream") is True
@@ -239,36 +245,17 @@ class Recorder:
         if recording is not None:
             return _replay_response(request, recording)
         self._miss(key, stream=stream)
-        response = await send(transport, request)
-        if body.get("stream") is True and _is_event_stream(response):
-            secrets = request_secrets(request)
-            return _tee(
-                request, response, lambda events: self._record(key, 200, chunks=events, secrets=secrets), key
-            )
-        await response.aread()
-        self._record_response(key, response, request_secrets(request))
-        return response
+        upstream = await send(request)
+        secrets = request_secrets(request)
+        if stream and is_event_stream(upstream):
 
-    def handle_sync(self, transport: Any, request: Any, send: Any) -> Any:  # noqa: ANN401
-        found = self._key(request)
-        if found is None:
-            return send(transport, request)
-        key, body = found
-        self.calls += 1
-        stream = body.get("stream") is True
-        recording = self._replay(key, stream=stream)
-        if recording is not None:
-            return _replay_response(request, recording)
-        self._miss(key, stream=stream)
-        response = send(transport, request)
-        if body.get("stream") is True and _is_event_stream(response):
-            secrets = request_secrets(request)
-            return _tee(
-                request, response, lambda events: self._record(key, 200, chunks=events, secrets=secrets), key
-            )
-        response.read()
-        self._record_response(key, response, request_secrets(request))
-        return response
+            async def on_complete(events: list[dict[str, Any]]) -> None:
+                self._record(key, 200, chunks=events, secrets=secrets)
+
+            return tee(request, upstream, key.endpoint, on_complete)
+        await upstream.aread()
+        self._record_response(key, upstream, secrets)
+        return upstream
 
     def _record_response(self, key: CacheKey, response: Any, secrets: frozenset[str]) -> None:  # noqa: ANN401
         try:
@@ -287,60 +274,11 @@ def _fingerprint(recording: dict[str, Any]) -> bytes:
     return orjson.dumps(recording, option=orjson.OPT_SORT_KEYS)
 
 
-def _is_event_stream(response: Any) -> bool:  # noqa: ANN401
-    return response.status_code == 200 and "event-stream" in response.headers.get("content-type", "")
-
-
 def _replay_response(request: Any, recording: dict[str, Any]) -> Any:  # noqa: ANN401
-    mod = httpx_module(request)
     status = int(recording.get("status", 200))
-    headers = [("x-promptcache", "replay")]
     if "chunks" in recording:
-        headers.append(("content-type", "text/event-stream"))
-        content = encode_events(recording["chunks"])
-    elif isinstance(recording.get("response"), str):
-        headers.append(("content-type", "text/plain"))
-        content = recording["response"].encode()
-    else:
-        headers.append(("content-type", "application/json"))
-        content = orjson.dumps(recording.get("response"))
-    return mod.Response(status, headers=headers, content=content, request=request)
-
-
-def _tee(request: Any, response: Any, on_complete: Any, key: CacheKey) -> Any:  # noqa: ANN401
-    """Forward a live stream chunk by chunk and record its events once the terminal event arrives."""
-    mod = httpx_module(request)
-    headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _HOP_HEADERS]
-    parser = SSEParser()
-    state = {"done": False}
-
-    def feed(chunk: bytes) -> None:
-        seen = len(parser.events)
-        parser.feed(chunk)
-        if not state["done"] and any(is_terminal(key.endpoint, e) for e in parser.events[seen:]):
-            state["done"] = True
-            on_complete(parser.events)
-
-    class AsyncTee(mod.AsyncByteStream):  # type: ignore[misc,name-defined]
-        async def __aiter__(self) -> AsyncIterator[bytes]:
-            async for chunk in response.aiter_bytes():
-                feed(chunk)
-                yield chunk
-
-        async def aclose(self) -> None:
-            await response.aclose()
-
-    class SyncTee(mod.SyncByteStream):  # type: ignore[misc,name-defined]
-        def __iter__(self) -> Iterator[bytes]:
-            for chunk in response.iter_bytes():
-                feed(chunk)
-                yield chunk
-
-        def close(self) -> None:
-            response.close()
-
-    is_async = isinstance(response.stream, mod.AsyncByteStream) and not isinstance(
-        response.stream, mod.SyncByteStream
-    )
-    stream = AsyncTee() if is_async else SyncTee()
-    return mod.Response(response.status_code, headers=headers, stream=stream, request=request)
+        return event_stream_response(request, recording["chunks"], "replay")
+    if isinstance(recording.get("response"), str):
+        headers = [("x-promptcache", "replay"), ("content-type", "text/plain")]
+        return response(request, status, headers, recording["response"].encode())
+    return json_response(request, recording.get("response"), "replay", status=status)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
-import os
+import hashlib
 import re
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from filelock import FileLock
 
 from promptcache._cassette import dump_cassette, find_secret, load_cassette, parse_cassette, save_cassette
 from promptcache.backends.redis import redact_url
@@ -84,12 +86,12 @@ class DirectoryStore:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # one writer at a time across xdist workers
+        # One writer at a time across xdist workers. filelock, not fcntl: fcntl does not exist on Windows,
+        # and this module is imported by every pytest run once promptcache is installed. The lock file
+        # lives in the temp folder, named after the cassette folder, so the cassette folder holds only
+        # cassettes (a lock file there would show up in every project's fixtures).
+        with FileLock(_lock_path(self.root)):
             yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the lock
 
     def update(self, name: str, change: Callable[[dict[str, Any] | None], dict[str, Any] | None]) -> None:
         with self._locked():
@@ -105,6 +107,11 @@ class DirectoryStore:
         if not self.root.is_dir():
             return []
         return sorted(str(p.relative_to(self.root).with_suffix("")) for p in self.root.rglob("*.yaml"))
+
+
+def _lock_path(root: Path) -> Path:
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"promptcache-cassettes-{digest}.lock"
 
 
 class RedisCassetteStore:

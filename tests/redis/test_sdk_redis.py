@@ -52,13 +52,13 @@ def test_sync_hit_across_two_client_instances(redis_url: str, server: FakeLLM) -
     clients = [wrap(sync_openai(server), cache, agent_id="shared") for cache in caches]
     try:
         first = clients[0].chat.completions.create(model="gpt-test", messages=MESSAGES)
-        _portal.run(caches[0].drain())
+        _portal.call(caches[0].drain)
         second = clients[1].chat.completions.create(model="gpt-test", messages=MESSAGES)
     finally:
         for client in clients:
             client.close()
         for cache in caches:
-            _portal.run(cache.aclose())
+            _portal.call(cache.aclose)
     assert second == first
     assert server.calls == 1
     assert (caches[0].stats().misses, caches[1].stats().hits) == (1, 1)
@@ -95,7 +95,7 @@ def test_sync_store_async_replay(redis_url: str, server: FakeLLM) -> None:
         first = client.chat.completions.create(model="gpt-test", messages=MESSAGES)
     finally:
         client.close()
-        _portal.run(sync_cache.aclose())
+        _portal.call(sync_cache.aclose)
 
     async def replay() -> Any:
         async with (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import TYPE_CHECKING
 
 import pytest
@@ -17,3 +18,14 @@ def server() -> Iterator[FakeLLM]:
     with FakeLLM() as fake:
         yield fake
     assert fake.errors == []
+
+
+@pytest.fixture(scope="module")
+def collect_abandoned_streams() -> Iterator[None]:
+    """Finalise the byte iterators of sync streams closed early while the portal loop still runs.
+
+    Left to the interpreter's exit they would block it (see the process-exit test in test_sdk_openai.py).
+    SDK test modules use it for all their tests (``pytestmark``), so it runs once, after the last one.
+    """
+    yield
+    gc.collect()

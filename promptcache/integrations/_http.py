@@ -1,0 +1,214 @@
+"""The HTTP layer the caching transport and the pytest plugin's recorder share, over ``httpx`` or ``httpx2``.
+
+It owns everything about the SDKs' HTTP requests and responses that does not depend on where answers are
+kept: which requests are cached (:func:`plan_request`: endpoint, ``x-promptcache-*`` control headers,
+Azure deployment), which upstream headers are dropped, building a response in the request's own httpx
+flavour (the current SDKs use ``httpx2``, older ones ``httpx``), and the stream tee. Everything here is
+async or free of I/O; sync transports reach it through :mod:`._sync`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+
+from promptcache._gate import is_terminal
+from promptcache._keys import Endpoint
+from promptcache.exceptions import ConfigError
+from promptcache.integrations._sse import SSEParser, encode_events
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+
+    from promptcache._scope import Scope
+
+__all__ = [
+    "CONTROL_HEADERS",
+    "Plan",
+    "clean_headers",
+    "endpoint_for",
+    "event_stream_response",
+    "httpx_module",
+    "is_event_stream",
+    "json_response",
+    "plan_request",
+    "response",
+    "take_controls",
+    "tee",
+]
+
+HEADER_PREFIX: Final = "x-promptcache-"
+CONTROL_HEADERS: Final = frozenset(
+    HEADER_PREFIX + name for name in ("bypass", "refresh", "ttl", "agent-id", "agent-version", "tenant")
+)
+# Headers that describe the upstream bytes on the wire, not the (decoded) body a rebuilt response carries.
+_HOP_HEADERS: Final = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+_ENDPOINT_SUFFIXES: Final = (
+    ("/chat/completions", Endpoint.CHAT_COMPLETIONS),
+    ("/responses", Endpoint.RESPONSES),
+    ("/embeddings", Endpoint.EMBEDDINGS),
+    ("/messages", Endpoint.ANTHROPIC_MESSAGES),
+)
+# Control headers that override a field of the scope, by the field they set (ttl is parsed on its own).
+_SCOPE_HEADERS: Final = (("agent-id", "agent_id"), ("agent-version", "agent_version"), ("tenant", "tenant"))
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How to treat one cacheable request: what to key, under which scope, with which controls."""
+
+    endpoint: Endpoint
+    body: dict[str, Any]
+    stream: bool
+    scope: Scope
+    bypass: bool
+    refresh: bool
+
+
+def _flag(value: str | None) -> bool:
+    return value is not None and value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _ttl(value: str) -> float:
+    try:
+        ttl = float(value)
+    except ValueError:
+        ttl = -1.0
+    if not (ttl > 0 and math.isfinite(ttl)):
+        raise ConfigError(f"header x-promptcache-ttl must be a positive number of seconds, got {value!r}")
+    return ttl
+
+
+def take_controls(headers: Any) -> dict[str, str]:  # noqa: ANN401 - httpx or httpx2 Headers
+    """Remove every ``x-promptcache-*`` header from ``headers`` (always, so none reaches upstream)."""
+    found = {name.lower(): value for name, value in headers.items() if name.lower().startswith(HEADER_PREFIX)}
+    for name in found:
+        del headers[name]
+    return found
+
+
+def endpoint_for(method: str, path: str) -> Endpoint | None:
+    """The cached endpoint a request goes to, or None for everything that passes through."""
+    if method != "POST":
+        return None
+    for suffix, endpoint in _ENDPOINT_SUFFIXES:
+        if path.endswith(suffix):
+            return endpoint
+    return None
+
+
+def plan_request(request: Any, scope: Scope) -> Plan | None:  # noqa: ANN401
+    """Decide how to treat one request; strips the control headers in every case.
+
+    Returns None for a request that passes through untouched (not a cached endpoint, not a JSON object).
+
+    Raises:
+        ConfigError: A control header has a bad value.
+    """
+    controls = take_controls(request.headers)
+    endpoint = endpoint_for(request.method, request.url.path)
+    if endpoint is None:
+        return None
+    try:
+        body = orjson.loads(request.content)
+    except (orjson.JSONDecodeError, AttributeError, RuntimeError):
+        return None  # not a JSON body we can key (or a streaming upload): pass through
+    if not isinstance(body, dict):
+        return None
+    path: str = request.url.path
+    if "/deployments/" in path:
+        # Azure names the model in the URL, not the body: the deployment must change the key.
+        body = {**body, "azure_deployment": path.split("/deployments/", 1)[1].split("/", 1)[0]}
+    overrides: dict[str, Any] = {
+        field: controls[HEADER_PREFIX + header]
+        for header, field in _SCOPE_HEADERS
+        if HEADER_PREFIX + header in controls
+    }
+    if HEADER_PREFIX + "ttl" in controls:
+        overrides["ttl"] = _ttl(controls[HEADER_PREFIX + "ttl"])
+    return Plan(
+        endpoint=endpoint,
+        body=body,
+        stream=body.get("stream") is True,
+        scope=scope.replace(**overrides) if overrides else scope,
+        bypass=_flag(controls.get(HEADER_PREFIX + "bypass")),
+        refresh=_flag(controls.get(HEADER_PREFIX + "refresh")),
+    )
+
+
+def httpx_module(obj: object) -> Any:  # noqa: ANN401 - the httpx or httpx2 module
+    """The httpx flavour (module) an SDK request, response or transport belongs to."""
+    return sys.modules[type(obj).__module__.partition(".")[0]]
+
+
+def clean_headers(headers: Any) -> list[tuple[str, str]]:  # noqa: ANN401
+    """An upstream response's headers minus the hop-by-hop ones a rebuilt response must not repeat."""
+    return [(k, v) for k, v in headers.items() if k.lower() not in _HOP_HEADERS]
+
+
+def is_event_stream(upstream: Any) -> bool:  # noqa: ANN401
+    """Whether an upstream response is a successful server-sent event stream."""
+    return upstream.status_code == 200 and "event-stream" in upstream.headers.get("content-type", "")
+
+
+def response(request: Any, status: int, headers: Iterable[tuple[str, str]], content: bytes) -> Any:  # noqa: ANN401
+    """A response to ``request`` in its own httpx flavour."""
+    return httpx_module(request).Response(status, headers=list(headers), content=content, request=request)
+
+
+def json_response(request: Any, body: Any, marker: str, status: int = 200) -> Any:  # noqa: ANN401
+    """A JSON response marked ``x-promptcache: <marker>`` (hit, replay, error)."""
+    headers = [("content-type", "application/json"), ("x-promptcache", marker)]
+    return response(request, status, headers, orjson.dumps(body))
+
+
+def event_stream_response(request: Any, events: list[dict[str, Any]], marker: str) -> Any:  # noqa: ANN401
+    """A recorded event stream served again, marked ``x-promptcache: <marker>``."""
+    headers = [("content-type", "text/event-stream"), ("x-promptcache", marker)]
+    return response(request, 200, headers, encode_events(events))
+
+
+def tee(
+    request: Any,  # noqa: ANN401
+    upstream: Any,  # noqa: ANN401
+    endpoint: Endpoint,
+    on_complete: Callable[[list[dict[str, Any]]], Awaitable[None]],
+    marker: str | None = None,
+) -> Any:  # noqa: ANN401
+    """``upstream``'s event stream as a new response that collects the events while passing the bytes on.
+
+    Chunks reach the caller as they arrive. The events are handed to ``on_complete`` as soon as the
+    terminal event has arrived (the sync OpenAI SDK stops reading right there); a stream abandoned or
+    broken before it completes nothing.
+    """
+    mod = httpx_module(request)
+
+    class TeeStream(mod.AsyncByteStream):  # type: ignore[misc,name-defined]
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            parser = SSEParser()
+            done = False
+            async for chunk in upstream.aiter_bytes():
+                seen = len(parser.events)
+                parser.feed(chunk)
+                if not done and any(is_terminal(endpoint, e) for e in parser.events[seen:]):
+                    done = True
+                    await on_complete(parser.events)
+                yield chunk
+
+        async def aclose(self) -> None:
+            await upstream.aclose()
+
+    headers = clean_headers(upstream.headers)
+    if marker is not None:
+        headers.append(("x-promptcache", marker))
+    return mod.Response(
+        upstream.status_code,
+        headers=headers,
+        stream=TeeStream(),
+        request=request,
+        extensions=upstream.extensions,
+    )
