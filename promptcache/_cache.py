@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import orjson
 
-from promptcache._cache_flight import Flight, SingleFlight
+from promptcache._flight import Flight, SingleFlight
 from promptcache._config import CacheConfig
 from promptcache._events import Emitter, Result
 from promptcache._gate import usage_of

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from promptcache._cache_io import StoreAccess
+from promptcache._guard import StoreAccess
 from promptcache._events import Result
 from promptcache._gate import usage_of
 
