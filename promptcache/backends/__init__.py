@@ -7,6 +7,9 @@ for several processes), :mod:`.redis` (``redis.asyncio``, pooled). They can be f
 from __future__ import annotations
 
 from promptcache.backends._base import LockingStore as LockingStore
+from promptcache.backends._base import ReplyErrorClassifier as ReplyErrorClassifier
 from promptcache.backends._base import Store as Store
+from promptcache.backends._base import TimedStore as TimedStore
+from promptcache.backends._base import TimeoutClassifier as TimeoutClassifier
 
-__all__ = ["LockingStore", "Store"]
+__all__ = ["LockingStore", "ReplyErrorClassifier", "Store", "TimedStore", "TimeoutClassifier"]
