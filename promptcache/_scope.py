@@ -8,6 +8,7 @@ versions add to it (the upstream, for one); callers that build a ``Scope`` need 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,13 +61,11 @@ def scope_from_keywords(  # noqa: PLR0913 - turns the documented loose scope key
     if scope is None:
         if agent_id is None:
             raise TypeError(f"{method}() needs agent_id= (or scope=)")
-        return Scope(
-            agent_id,
-            agent_version,
-            tenant,
-            ttl,
-            None if policy is None else parse_enum(KeyPolicy, policy, "policy"),
-        )
+        parsed = None if policy is None else parse_enum(KeyPolicy, policy, "policy")
+        try:
+            return _keyword_scope(agent_id, agent_version, tenant, ttl, parsed)
+        except TypeError:  # an unhashable id: not cached, and make_key rejects it with InvalidScopeError
+            return Scope(agent_id, agent_version, tenant, ttl, parsed)
     given = [
         name
         for name, value in (("agent_id", agent_id), ("tenant", tenant), ("ttl", ttl), ("policy", policy))
@@ -77,3 +76,12 @@ def scope_from_keywords(  # noqa: PLR0913 - turns the documented loose scope key
     if given:
         raise TypeError(f"{method}() takes scope= or the scope keywords ({', '.join(given)}=), not both")
     return scope
+
+
+# Callers repeat the same few scopes on every request; building a frozen dataclass costs about as much as
+# the rest of the door. typed=True keeps ttl=1, 1.0 and True apart (a bool ttl must still be refused).
+@functools.lru_cache(maxsize=1024, typed=True)
+def _keyword_scope(
+    agent_id: str, agent_version: str, tenant: str | None, ttl: float | None, policy: KeyPolicy | None
+) -> Scope:
+    return Scope(agent_id, agent_version, tenant, ttl, policy)
