@@ -77,7 +77,6 @@ class PromptCache:
         self._events = Emitter(self._hooks, self.config.namespace)
         self.store = store
         self._owns_store = owns_store
-        self._clock = clock
         self._counters = Counters()
         self._keys = KeyMemo(self.config.namespace)
         self._guard = StoreGuard(store, self.config, self._counters, self._events, monotonic=monotonic)
