@@ -17,6 +17,7 @@ from promptcache._keys import generate_cache_key as generate_cache_key
 from promptcache._keys import make_key as make_key
 from promptcache._prices import ModelPrice as ModelPrice
 from promptcache._prices import PriceTable as PriceTable
+from promptcache._scope import Scope as Scope
 from promptcache._stats import CacheStats as CacheStats
 from promptcache.exceptions import CassetteError as CassetteError
 from promptcache.exceptions import CassetteFormatError as CassetteFormatError
@@ -51,6 +52,7 @@ __all__ = [
     "PriceTable",
     "PromptCache",
     "PromptCacheError",
+    "Scope",
     "SecretLeakError",
     "StoreError",
     "UncacheableRequestError",

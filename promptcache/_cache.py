@@ -1,9 +1,14 @@
-"""PromptCache: lookup, single-flight, write gating, TTL and invalidation over any :class:`Store`.
+"""PromptCache: the public door over a store, composed of parts that each own their state.
+
+* :class:`~promptcache._keymemo.KeyMemo`: keys, memoised per request and scope.
+* :class:`~promptcache._guard.StoreGuard`: every store call under its deadline and the circuit breaker.
+* :class:`~promptcache._writer.EntryWriter`: write gating, encoding, bounded background writes.
+* :class:`~promptcache._flight.SingleFlight`: shared reads, shared upstream calls, the cross-process lock.
 
 The hit path is one guarded store GET, one JSON parse and a scope check. Everything that can go wrong with
 the store turns into a counted, logged miss (fail-open); nothing that goes wrong upstream is ever stored.
-Concurrent identical misses share one upstream call: in-process through a shared task, across processes
-through the store's short lock (:class:`~promptcache.backends.LockingStore`) with a bounded wait.
+Who an answer belongs to travels as one :class:`~promptcache.Scope`; the public methods also take its
+fields as keywords and turn them into a Scope at the door.
 """
 
 from __future__ import annotations
@@ -12,44 +17,34 @@ import asyncio
 import logging
 import math
 import time
-from collections import OrderedDict
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any, Self
 
-import orjson
-
-from promptcache._cache_flight import Flight, SingleFlight
 from promptcache._config import CacheConfig
 from promptcache._events import Emitter, Result
-from promptcache._gate import usage_of
-from promptcache._keys import DEFAULT_AGENT_VERSION, CacheKey, Endpoint, KeyPolicy, agent_prefix, make_key
-from promptcache._resilience import CircuitBreaker, Guard
+from promptcache._flight import SingleFlight
+from promptcache._guard import StoreGuard
+from promptcache._keymemo import KeyMemo
+from promptcache._keys import DEFAULT_AGENT_VERSION, CacheKey, Endpoint, KeyPolicy, agent_prefix
+from promptcache._scope import Scope, scope_from_keywords
 from promptcache._stats import CacheStats, Counters
-from promptcache._stores import DEFAULT_TIMEOUTS, open_store
-from promptcache.backends import LockingStore, Store
-from promptcache.exceptions import (
-    ConfigError,
-    PromptCacheError,
-    StoreError,
-    UncacheableRequestError,
-)
+from promptcache._stores import open_store
+from promptcache._writer import EntryWriter
+from promptcache.exceptions import ConfigError, PromptCacheError, StoreError, UncacheableRequestError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from promptcache._entry import Entry
     from promptcache._events import Hook
+    from promptcache.backends import Store
 
 __all__ = ["PromptCache"]
 
 log = logging.getLogger("promptcache")
 
-_MEMO_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
-_MEMO_MAX_REQUEST = 64 * 1024
-_MEMO_MAX_TOTAL = 16 * 1024 * 1024
 
-
-class PromptCache(SingleFlight):
+class PromptCache:
     """An async response cache for LLM requests.
 
     Args:
@@ -77,32 +72,26 @@ class PromptCache(SingleFlight):
         hooks: Sequence[Hook] = (),
     ) -> None:
         self.config = config if config is not None else CacheConfig()
-        # Emitting is always guarded by `if self._hooks:` (a tuple's truth test), so no hooks cost nothing.
+        # Emitting is always guarded by `if hooks:` (a tuple's truth test), so no hooks cost nothing.
         self._hooks: tuple[Hook, ...] = tuple(hooks)
         self._events = Emitter(self._hooks, self.config.namespace)
         self.store = store
         self._owns_store = owns_store
-        self._clock = clock
-        self._mono = monotonic
         self._counters = Counters()
-        timeout = self.config.store_timeout or DEFAULT_TIMEOUTS.get(type(store).__name__, 0.05)
-        self.breaker = CircuitBreaker(
-            self.config.breaker_threshold,
-            self.config.breaker_cooldown,
-            clock=monotonic,
-            on_change=self._on_breaker_change,
+        self._keys = KeyMemo(self.config.namespace)
+        self._guard = StoreGuard(store, self.config, self._counters, self._events, monotonic=monotonic)
+        self.breaker = self._guard.breaker
+        self._writer = EntryWriter(store, self._guard, self.config, self._counters, clock=clock)
+        self._flight = SingleFlight(
+            store,
+            self._guard,
+            self._writer,
+            self.config,
+            self._counters,
+            self._events,
+            clock=clock,
+            monotonic=monotonic,
         )
-        self._guard = Guard(
-            self.breaker, timeout, self._on_store_error, answered=getattr(store, "is_reply_error", None)
-        )
-        self._locks = store if isinstance(store, LockingStore) else None
-        self._flights: dict[str, Flight] = {}
-        self._reads: dict[str, asyncio.Future[Any]] = {}
-        self._uncertain_locks: set[str] = set()
-        self._releases: set[asyncio.Task[None]] = set()
-        self._key_memo: OrderedDict[tuple[Any, ...], CacheKey] = OrderedDict()
-        self._key_memo_bytes = 0
-        self._writes: set[asyncio.Task[None]] = set()
         self._closed = False
 
     @classmethod
@@ -136,11 +125,12 @@ class PromptCache(SingleFlight):
 
     # -- keys --------------------------------------------------------------------------------------
 
-    def key(  # noqa: PLR0913
+    def key(  # noqa: PLR0913 - the documented scope keywords, or one scope
         self,
         request: Mapping[str, Any],
         *,
-        agent_id: str,
+        scope: Scope | None = None,
+        agent_id: str | None = None,
         agent_version: str = DEFAULT_AGENT_VERSION,
         tenant: str | None = None,
         endpoint: Endpoint | str = Endpoint.CHAT_COMPLETIONS,
@@ -148,48 +138,29 @@ class PromptCache(SingleFlight):
     ) -> CacheKey:
         """The key this cache gives ``request`` (its namespace and default policy applied).
 
-        Keys are memoised by the request's JSON bytes and scope: agents repeat requests, and the hit path
-        should not rebuild the same key. A request whose JSON holds ``null`` is never memoised, because
-        orjson writes NaN as ``null`` too and NaN must stay uncacheable.
+        Pass either ``scope`` or the scope's fields as keywords (``agent_id`` at least), not both.
+
+        .. versionchanged:: 0.2.0 ``scope``.
         """
-        pol = self.config.key_policy if policy is None else policy
-        memo: tuple[Any, ...] | None = None
-        if type(request) is dict:
-            try:
-                raw = orjson.dumps(request, option=_MEMO_OPTIONS)
-            except (orjson.JSONEncodeError, TypeError):
-                raw = b"null"
-            if len(raw) <= _MEMO_MAX_REQUEST and b"null" not in raw:
-                memo = (raw, agent_id, agent_version, tenant, endpoint, pol)
-                found = self._key_memo.get(memo)
-                if found is not None:
-                    self._key_memo.move_to_end(memo)
-                    return found
-        key = make_key(
+        return self._key(
             request,
-            namespace=self.config.namespace,
-            agent_id=agent_id,
-            agent_version=agent_version,
-            tenant=tenant,
-            endpoint=endpoint,
-            policy=pol,
+            scope_from_keywords("key", scope, agent_id, agent_version, tenant, None, policy),
+            endpoint,
         )
-        if memo is not None:
-            self._key_memo[memo] = key
-            self._key_memo_bytes += len(memo[0])
-            while self._key_memo_bytes > _MEMO_MAX_TOTAL or len(self._key_memo) > 4096:
-                old, _ = self._key_memo.popitem(last=False)
-                self._key_memo_bytes -= len(old[0])
-        return key
+
+    def _key(self, request: Mapping[str, Any], scope: Scope, endpoint: Endpoint | str) -> CacheKey:
+        policy = self.config.key_policy if scope.policy is None else scope.policy
+        return self._keys.key(request, scope, endpoint, policy)
 
     # -- the main door -----------------------------------------------------------------------------
 
-    async def get_or_call(  # noqa: PLR0913
+    async def get_or_call(  # noqa: PLR0913 - the documented scope keywords, or one scope
         self,
         request: Mapping[str, Any],
         call: Callable[[], Awaitable[Any]],
         *,
-        agent_id: str,
+        scope: Scope | None = None,
+        agent_id: str | None = None,
         agent_version: str = DEFAULT_AGENT_VERSION,
         tenant: str | None = None,
         ttl: float | None = None,
@@ -204,6 +175,7 @@ class PromptCache(SingleFlight):
             request: The request body as it would be sent upstream.
             call: A zero-argument async callable returning the provider's JSON response as a dict. Its
                 exceptions reach the caller unchanged and nothing is stored.
+            scope: Who the answer belongs to, as one value; or pass its fields as the keywords below.
             agent_id: The agent the answer belongs to.
             agent_version: Bump it when the agent's prompts change.
             tenant: Optional tenant; tenants never share entries.
@@ -216,76 +188,65 @@ class PromptCache(SingleFlight):
         Raises:
             InvalidScopeError: A scope id is empty or not a string.
             StoreError: Only with ``fail_open=False``, when the store fails.
+            TypeError: Both ``scope`` and scope keywords, or neither.
+
+        .. versionchanged:: 0.2.0 ``scope``.
         """
         self._check_open()
-        ttl = self._ttl(ttl)
+        if bypass and scope is None:
+            policy = None  # a bypass builds no key, so its policy is never looked at
+        who = scope_from_keywords("get_or_call", scope, agent_id, agent_version, tenant, ttl, policy)
+        ttl_s = self._ttl(who.ttl)
         counters = self._counters
         if bypass:
-            counters.requests += 1
-            counters.bypasses += 1
-            if self._hooks:
-                self._events.bypass("requested", agent_id, agent_version, request)
+            self.count_bypass(scope=who, request=request)
             return await call()
         try:
-            key = self.key(
-                request,
-                agent_id=agent_id,
-                agent_version=agent_version,
-                tenant=tenant,
-                endpoint=endpoint,
-                policy=policy,
-            )
+            key = self._key(request, who, endpoint)
         except UncacheableRequestError as exc:
-            counters.requests += 1
-            counters.bypasses += 1
-            counters.uncacheable += 1
             log.debug("promptcache: request bypasses the cache: %s", exc)
-            if self._hooks:
-                self._events.bypass("uncacheable", agent_id, agent_version, request)
+            self.count_bypass(uncacheable=True, scope=who, request=request)
             return await call()
         counters.requests += 1  # counted once the key exists, so bad input never skews the invariant
         if not refresh:
             try:
-                entry = await self._lookup(key)
+                entry = await self._flight.lookup(key)
             except BaseException:  # cancelled, or StoreError with fail_open=False: still one request
                 counters.misses += 1
                 if self._hooks:
-                    self._events.request(Result.MISS, key, request, reason="error")
+                    self._events.request(Result.MISS, key, reason="error")
                 raise
             if entry is not None and entry.chunks is None:
-                self._count_hit(entry, key, request)
+                self._flight.count_hit(entry, key)
                 return entry.body
-        return await self._join_flight(key, request, call, ttl, refresh=refresh)
+        return await self._flight.join(key, request, call, ttl_s, refresh=refresh)
 
-    async def get(  # noqa: PLR0913
+    async def get(  # noqa: PLR0913 - the documented scope keywords, or one scope
         self,
         request: Mapping[str, Any],
         *,
-        agent_id: str,
+        scope: Scope | None = None,
+        agent_id: str | None = None,
         agent_version: str = DEFAULT_AGENT_VERSION,
         tenant: str | None = None,
         endpoint: Endpoint | str = Endpoint.CHAT_COMPLETIONS,
         policy: KeyPolicy | str | None = None,
     ) -> Any:  # noqa: ANN401
-        """The cached response body for ``request``, or None (for callers who make the call themselves)."""
-        entry = await self.get_entry(
-            self.key(
-                request,
-                agent_id=agent_id,
-                agent_version=agent_version,
-                tenant=tenant,
-                endpoint=endpoint,
-                policy=policy,
-            )
-        )
+        """The cached response body for ``request``, or None (for callers who make the call themselves).
+
+        .. versionchanged:: 0.2.0 ``scope``.
+        """
+        who = scope_from_keywords("get", scope, agent_id, agent_version, tenant, None, policy)
+        entry = await self.get_entry(self._key(request, who, endpoint))
         return None if entry is None else entry.body
 
-    async def set(  # noqa: PLR0913
+    async def set(  # noqa: PLR0913 - the documented scope keywords, or one scope
         self,
         request: Mapping[str, Any],
         response: Any,  # noqa: ANN401
         *,
-        agent_id: str,
+        scope: Scope | None = None,
+        agent_id: str | None = None,
         agent_version: str = DEFAULT_AGENT_VERSION,
         tenant: str | None = None,
         ttl: float | None = None,
@@ -293,33 +254,32 @@ class PromptCache(SingleFlight):
         policy: KeyPolicy | str | None = None,
         latency: float = 0.0,
     ) -> bool:
-        """Store ``response`` for ``request`` if it is a storable success; True when it was written."""
+        """Store ``response`` for ``request`` if it is a storable success; True when it was written.
+
+        .. versionchanged:: 0.2.0 ``scope``.
+        """
         self._check_open()
-        key = self.key(
-            request,
-            agent_id=agent_id,
-            agent_version=agent_version,
-            tenant=tenant,
-            endpoint=endpoint,
-            policy=policy,
-        )
-        data = self._encode(key, request, response, None, latency, self._ttl(ttl))
-        return data is not None and await self._write(key.store_key, data, self._ttl(ttl))
+        who = scope_from_keywords("set", scope, agent_id, agent_version, tenant, ttl, policy)
+        key = self._key(request, who, endpoint)
+        ttl_s = self._ttl(who.ttl)
+        data = self._writer.encode(key, request, response, None, latency, ttl_s)
+        return data is not None and await self._writer.write(key.store_key, data, ttl_s)
 
     async def get_entry(self, key: CacheKey, *, stream: bool = False, refresh: bool = False) -> Entry | None:
         """The live entry under ``key`` of the asked kind (body, or stream chunks), counted as hit or miss.
 
         An entry of the other kind counts as a miss. With ``refresh`` the store is not read (a counted miss).
+        The key carries its scope's ids; nothing else about the scope matters to a read.
         """
         self._check_open()
         self._counters.requests += 1
-        entry = None if refresh else await self._lookup(key)
+        entry = None if refresh else await self._flight.lookup(key)
         if entry is None or (entry.chunks is not None) != stream:
             self._counters.misses += 1
             if self._hooks:
-                self._events.request(Result.MISS, key, None)
+                self._events.request(Result.MISS, key)
             return None
-        self._count_hit(entry, key, None)
+        self._flight.count_hit(entry, key)
         return entry
 
     async def put_entry(  # noqa: PLR0913 - the parts of an entry
@@ -327,6 +287,7 @@ class PromptCache(SingleFlight):
         key: CacheKey,
         request: Mapping[str, Any] | None,
         *,
+        scope: Scope | None = None,
         body: Any = None,  # noqa: ANN401
         chunks: list[Any] | None = None,
         ttl: float | None = None,
@@ -335,18 +296,24 @@ class PromptCache(SingleFlight):
     ) -> bool:
         """Gate and write an entry for ``key``: a response ``body``, or a stream's complete ``chunks``.
 
-        Chunks are ``{"event": name | None, "data": JSON}`` (or ``"text"``) SSE events, stored only when the
-        stream reached its terminal event and its outcome is storable. With ``wait=False`` the write runs in
-        the background (tracked, drained by :meth:`aclose`). True when written (or scheduled).
+        The TTL is ``scope.ttl`` (the scope ``key`` was made in), or ``ttl``; not both. Chunks are
+        ``{"event": name | None, "data": JSON}`` (or ``"text"``) SSE events, stored only when the stream
+        reached its terminal event and its outcome is storable. With ``wait=False`` the write runs in the
+        background (tracked, drained by :meth:`aclose`). True when written (or scheduled).
         """
         self._check_open()
-        data = self._encode(key, request, body, chunks, latency, self._ttl(ttl))
+        if scope is not None:
+            if ttl is not None:
+                raise TypeError("put_entry() takes scope= or ttl=, not both")
+            ttl = scope.ttl
+        ttl_s = self._ttl(ttl)
+        data = self._writer.encode(key, request, body, chunks, latency, ttl_s)
         if data is None:
             return False
         if not wait:
-            self._spawn_write(key, data, self._ttl(ttl), None)
+            self._writer.spawn(key.store_key, data, ttl_s)
             return True
-        return await self._write(key.store_key, data, self._ttl(ttl))
+        return await self._writer.write(key.store_key, data, ttl_s)
 
     def count_upstream_call(self) -> None:
         """Count an upstream call an integration made itself (a streamed miss)."""
@@ -356,8 +323,7 @@ class PromptCache(SingleFlight):
         self,
         *,
         uncacheable: bool = False,
-        agent_id: str | None = None,
-        agent_version: str | None = None,
+        scope: Scope | None = None,
         request: Mapping[str, Any] | None = None,
     ) -> None:
         """Count a request that went upstream without the cache (for integrations that route themselves).
@@ -369,9 +335,7 @@ class PromptCache(SingleFlight):
         if uncacheable:
             self._counters.uncacheable += 1
         if self._hooks:
-            self._events.bypass(
-                "uncacheable" if uncacheable else "requested", agent_id, agent_version, request
-            )
+            self._events.bypass("uncacheable" if uncacheable else "requested", scope, request)
 
     # -- invalidation, stats, lifecycle ------------------------------------------------------------
 
@@ -402,8 +366,9 @@ class PromptCache(SingleFlight):
 
     async def drain(self) -> None:
         """Wait until every background write (and retried release of a timed-out lock) has finished."""
-        while self._writes or self._releases:
-            await asyncio.gather(*self._writes, *self._releases, return_exceptions=True)
+        while self._writer.pending or self._flight.releasing:
+            await self._writer.drain()
+            await self._flight.drain_releases()
 
     async def aclose(self) -> None:
         """Finish pending writes, then close the store (if owned). Idempotent.
@@ -413,11 +378,8 @@ class PromptCache(SingleFlight):
         if self._closed:
             return
         self._closed = True
-        while self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
-        for task in list(self._releases):
-            task.cancel()  # closing must not wait out their retries; each lock's TTL ends it anyway
-        await asyncio.gather(*self._releases, return_exceptions=True)
+        await self._writer.drain()
+        await self._flight.cancel_releases()
         if self._owns_store:
             await self.store.aclose()
 
@@ -450,13 +412,3 @@ class PromptCache(SingleFlight):
         if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not (ttl > 0 and math.isfinite(ttl)):
             raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
         return float(ttl)
-
-    def _count_hit(self, entry: Entry, key: CacheKey, request: Mapping[str, Any] | None) -> None:
-        counters = self._counters
-        counters.hits += 1
-        inp, out = usage_of({"usage": entry.usage})
-        counters.input_tokens_saved += inp
-        counters.output_tokens_saved += out
-        counters.latency_saved += entry.latency
-        if self._hooks:
-            self._events.request(Result.HIT, key, request, tokens=(inp, out), latency_saved=entry.latency)

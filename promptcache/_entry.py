@@ -18,7 +18,7 @@ from promptcache.exceptions import EntryError
 if TYPE_CHECKING:
     from promptcache._keys import CacheKey
 
-__all__ = ["ENTRY_FORMAT", "Entry", "decode_entry", "encode_entry"]
+__all__ = ["ENTRY_FORMAT", "Entry", "decode_entry", "encode_entry", "is_compressed", "parse_entry"]
 
 ENTRY_FORMAT: Final = 1
 _ZLIB_MAGIC: Final = b"PCZ1"  # cannot start a JSON document, so plain and compressed values never mix up
@@ -85,6 +85,11 @@ def encode_entry(entry: Entry, *, compress_above: int | None = 32 * 1024) -> byt
     return raw
 
 
+def is_compressed(raw: bytes) -> bool:
+    """Whether stored bytes are a compressed entry (as :func:`encode_entry` writes above its threshold)."""
+    return raw.startswith(_ZLIB_MAGIC)
+
+
 def _inflate(raw: bytes) -> bytes:
     inflater = zlib.decompressobj()
     try:
@@ -110,7 +115,7 @@ def _as_tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
 def _load(raw: bytes | str) -> Any:  # noqa: ANN401 - JSON
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogatepass")
-    if raw.startswith(_ZLIB_MAGIC):
+    if is_compressed(raw):
         raw = _inflate(raw)
     try:
         return orjson.loads(raw)
@@ -210,8 +215,3 @@ def decode_entry(raw: bytes | str, key: CacheKey, now: float) -> Entry | None:
         latency=float(latency) if type(latency) in (int, float) else 0.0,
         request=doc.get("request"),
     )
-
-
-def is_compressed(raw: bytes) -> bool:
-    """True when stored bytes hold a compressed entry (as :func:`encode_entry` writes one)."""
-    return raw.startswith(_ZLIB_MAGIC)

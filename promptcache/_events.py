@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-import orjson
-
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from promptcache._keys import CacheKey
+    from promptcache._scope import Scope
 
 __all__ = ["UNKNOWN", "BreakerEvent", "CacheEvent", "Emitter", "Hook", "RequestEvent", "Result", "StoreEvent"]
 
@@ -134,27 +133,23 @@ class Emitter:
                     self._failed.add(id(hook))
                     log.exception("promptcache: metrics hook %r failed; further failures not logged", hook)
 
-    def request(  # noqa: PLR0913
+    def request(  # noqa: PLR0913 - the fields of one request event
         self,
         result: Result,
         key: CacheKey,
-        request: Mapping[str, Any] | None,
         *,
         tokens: tuple[int, int] = (0, 0),
         latency_saved: float = 0.0,
         coalesced: bool = False,
         reason: str | None = None,
     ) -> None:
-        if request is None:  # integrations hand over the key only; the model is in the canonical request
-            request = orjson.loads(key.canonical)
-        model = request.get("model") if isinstance(request, dict) else None
         self.emit(
             RequestEvent(
                 result=result,
                 namespace=key.namespace,
                 agent_id=key.agent_id,
                 agent_version=key.agent_version,
-                model=model if isinstance(model, str) else None,
+                model=key.model,
                 input_tokens=tokens[0],
                 output_tokens=tokens[1],
                 latency_saved=latency_saved,
@@ -163,14 +158,11 @@ class Emitter:
             )
         )
 
-    def bypass(
-        self,
-        reason: str,
-        agent_id: object,
-        agent_version: object,
-        request: Mapping[str, Any] | None,
-    ) -> None:
+    def bypass(self, reason: str, scope: Scope | None, request: Mapping[str, Any] | None) -> None:
+        # No key was built (that is what a bypass is), so the model comes from the request itself.
         model = request.get("model") if isinstance(request, dict) else None
+        agent_id = None if scope is None else scope.agent_id
+        agent_version = None if scope is None else scope.agent_version
         self.emit(
             RequestEvent(
                 result=Result.BYPASS,

@@ -46,6 +46,7 @@ __all__ = [
     "canonical_json",
     "generate_cache_key",
     "make_key",
+    "store_key_for",
 ]
 
 SCHEMA_VERSION: Final = 1
@@ -119,6 +120,7 @@ class CacheKey:
             braces (a Redis Cluster hash tag, so an entry and its lock share a slot).
         prefix: The agent's prefix in this namespace; every key of the agent starts with it.
         canonical: The canonical JSON bytes of the request after the deny-list and text policy.
+        model: The request's ``model`` field when it is a string (what metrics label), else None.
 
     .. versionadded:: 0.1.0
     """
@@ -134,6 +136,8 @@ class CacheKey:
     policy: KeyPolicy
     canonical: bytes = field(repr=False)
     schema: int = SCHEMA_VERSION
+    # Read once from the request here, so nothing downstream parses ``canonical`` back to label an event.
+    model: str | None = field(default=None, compare=False)
 
     @property
     def lock_key(self) -> str:
@@ -464,7 +468,7 @@ def make_key(  # noqa: PLR0913 - the scope is four ids; bundling them would only
             raise UncacheableRequestError(f"request must be a mapping, got {type(request).__qualname__}")
         request = dict(request.items())
     prefix = agent_prefix(namespace, agent_id) + _escape(agent_version, "agent_version") + ":"
-    tenant_part = _NO_TENANT if tenant is None else _escape(tenant, "tenant")
+    tenant_part = _tenant_part(tenant)
     body = {k: v for k, v in request.items() if k not in DENY_LIST}
     if pol is not KeyPolicy.EXACT:
         body = _with_text_policy(body, ep, _TEXT_RULES[pol])
@@ -480,7 +484,7 @@ def make_key(  # noqa: PLR0913 - the scope is four ids; bundling them would only
     digest = hashlib.sha256(b"promptcache-key-v%d\n%s" % (SCHEMA_VERSION, material)).hexdigest()
     return CacheKey(
         digest=digest,
-        store_key=_joined_store_key(prefix, tenant_part, digest),
+        store_key=_join_store_key(prefix, tenant_part, digest),
         prefix=prefix,
         namespace=namespace,
         agent_id=agent_id,
@@ -489,7 +493,33 @@ def make_key(  # noqa: PLR0913 - the scope is four ids; bundling them would only
         endpoint=ep,
         policy=pol,
         canonical=canonical,
+        model=_model_of(body),
     )
+
+
+def _model_of(body: dict[str, Any]) -> str | None:
+    model = body.get("model")
+    return "" + model if isinstance(model, str) else None
+
+
+def _tenant_part(tenant: str | None) -> str:
+    return _NO_TENANT if tenant is None else _escape(tenant, "tenant")
+
+
+def _join_store_key(prefix: str, tenant_part: str, digest: str) -> str:
+    # The digest in braces is a Redis Cluster hash tag: an entry and its lock share one slot.
+    return f"{prefix}{tenant_part}:{{{digest}}}"
+
+
+def store_key_for(namespace: str, agent_id: str, agent_version: str, tenant: str | None, digest: str) -> str:
+    """The store key of the entry with ``digest`` in a scope, exactly as :func:`make_key` builds it.
+
+    For tools that find an entry by its digest and scope (the CLI) without the request it was made from.
+
+    Raises:
+        InvalidScopeError: A scope id is empty, not a string or not encodable.
+    """
+    return _join_store_key(agent_prefix(namespace, agent_id, agent_version), _tenant_part(tenant), digest)
 
 
 def generate_cache_key(  # noqa: PLR0913 - the seed tutorial's signature, kept for drop-in use
@@ -535,22 +565,6 @@ def chat_request(
         "temperature": temperature,
         "max_tokens": max_tokens,
     }
-
-
-def store_key_for(namespace: str, agent_id: str, agent_version: str, tenant: str | None, digest: str) -> str:
-    """The store key of the entry with ``digest`` in a scope: the key :func:`make_key` gives that entry.
-
-    Raises:
-        InvalidScopeError: A scope id is empty, not a string or not encodable.
-    """
-    tenant_part = _NO_TENANT if tenant is None else _escape(tenant, "tenant")
-    return _joined_store_key(agent_prefix(namespace, agent_id, agent_version), tenant_part, digest)
-
-
-def _joined_store_key(prefix: str, tenant_part: str, digest: str) -> str:
-    # The one place the store key's layout is written down. make_key calls this with the prefix and
-    # tenant part it has already escaped (escaping them again would cost ~1 us on every request).
-    return f"{prefix}{tenant_part}:{{{digest}}}"
 
 
 def namespace_prefix(namespace: str) -> str:

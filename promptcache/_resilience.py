@@ -126,6 +126,7 @@ class Guard:
         timeout: Seconds each call may take.
         on_error: Called with ``(operation, exception, timed_out)`` for every failed call.
         answered: Tells errors the store replied with (it is up) from failures to reach it.
+        timed_out: Recognises the store client's own timeout type, beside the builtin TimeoutError.
     """
 
     def __init__(
@@ -135,6 +136,7 @@ class Guard:
         on_error: Callable[[str, BaseException, bool], None],
         *,
         answered: Callable[[BaseException], bool] | None = None,
+        timed_out: Callable[[BaseException], bool] | None = None,
     ) -> None:
         self.breaker = breaker
         self.timeout = positive(timeout, "store timeout")
@@ -142,6 +144,12 @@ class Guard:
         # An error the server itself replied with (Redis OOM, WRONGTYPE) says the store is up: it is
         # counted and logged, but does not feed the breaker, so one odd key cannot stop every other hit.
         self._answered = answered
+        self._timed_out = timed_out
+
+    def is_timeout(self, exc: BaseException) -> bool:
+        """True for a timeout, whoever noticed it: this guard's deadline or the store client's own."""
+        # redis-py's TimeoutError is not the builtin one; the store says which of its errors are timeouts.
+        return isinstance(exc, TimeoutError) or (self._timed_out is not None and self._timed_out(exc))
 
     async def run(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         """Run ``call()``; raise StoreSkipped if the breaker refuses, or the store's error after counting it.
@@ -181,8 +189,7 @@ class Guard:
                 self._on_error(operation, exc, False)  # noqa: FBT003
                 raise
             self.breaker.failure()
-            # redis-py's TimeoutError is not the builtin one; a timeout is a timeout whoever noticed it.
-            self._on_error(operation, exc, type(exc).__name__ == "TimeoutError")
+            self._on_error(operation, exc, self.is_timeout(exc))
             raise
         finally:
             timer.cancel()

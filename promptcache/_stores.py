@@ -1,14 +1,15 @@
-"""Store URLs: which scheme opens which backend, and each backend's default per-call deadline."""
+"""Store URLs: which scheme opens which backend.
+
+Each opener imports its backend when it runs, so ``import promptcache`` never loads redis-py's cluster
+code (or anything a memory or SQLite user does not need). Each store declares its own default deadline
+(:class:`~promptcache.backends.TimedStore`).
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
-from promptcache.backends.cluster import RedisClusterStore
-from promptcache.backends.memory import MemoryStore
-from promptcache.backends.redis import RedisStore, redact_url
-from promptcache.backends.sqlite import SQLiteStore
 from promptcache.exceptions import ConfigError
 
 if TYPE_CHECKING:
@@ -16,22 +17,15 @@ if TYPE_CHECKING:
 
     from promptcache.backends import Store
 
-__all__ = ["DEFAULT_TIMEOUTS", "open_store"]
-
-DEFAULT_TIMEOUTS: Final[dict[str, float]] = {
-    "RedisStore": 0.05,  # a loopback GET is ~0.13 ms; 50 ms means Redis is in trouble, not busy
-    # One routed GET is one loopback/LAN round trip, as for RedisStore; a topology refresh after a
-    # failover (CLUSTER SLOTS + COMMAND, ~5-10 ms) also fits, so the first call after it is not a timeout.
-    "RedisClusterStore": 0.05,
-    "MemoryStore": 0.05,
-    "SQLiteStore": 0.25,  # a WAL checkpoint on a slow disk can take a while; it is still better than a call
-}
+__all__ = ["open_store"]
 
 
 def _memory(url: str) -> Store:
     parts = urlsplit(url)
     if parts.netloc or parts.path not in {"", "/"} or parts.query:
         raise ConfigError(f"memory:// takes no host, path or options, got {url!r}")
+    from promptcache.backends.memory import MemoryStore  # noqa: PLC0415 - each opener loads its backend
+
     return MemoryStore()
 
 
@@ -42,10 +36,14 @@ def _sqlite(url: str) -> Store:
     path = url.removeprefix("sqlite:///")
     if not path or "?" in path:
         raise ConfigError(f"a SQLite URL needs a file path and takes no options, got {url!r}")
+    from promptcache.backends.sqlite import SQLiteStore  # noqa: PLC0415
+
     return SQLiteStore(path)
 
 
 def _redis(url: str) -> Store:
+    from promptcache.backends.redis import RedisStore, redact_url  # noqa: PLC0415
+
     try:
         return RedisStore.from_url(url)
     except ValueError as exc:
@@ -53,6 +51,9 @@ def _redis(url: str) -> Store:
 
 
 def _cluster(url: str) -> Store:
+    from promptcache.backends.cluster import RedisClusterStore  # noqa: PLC0415
+    from promptcache.backends.redis import redact_url  # noqa: PLC0415
+
     try:
         return RedisClusterStore.from_url(url)
     except ValueError as exc:

@@ -596,7 +596,7 @@ class Rig:
     async def settle(self, within: float = 5.0) -> None:
         """Wait until no upstream call is in flight and every background write has finished."""
         deadline = time.monotonic() + within
-        while self.cache._flights and time.monotonic() < deadline:  # noqa: ASYNC110 - the cache has no event
+        while self.cache._flight.flights and time.monotonic() < deadline:  # noqa: ASYNC110 - the cache has no event
             await asyncio.sleep(0.005)
         await self.cache.drain()
 

@@ -9,6 +9,17 @@ from __future__ import annotations
 from promptcache.backends._base import BatchReadStore as BatchReadStore
 from promptcache.backends._base import ListingStore as ListingStore
 from promptcache.backends._base import LockingStore as LockingStore
+from promptcache.backends._base import ReplyErrorClassifier as ReplyErrorClassifier
 from promptcache.backends._base import Store as Store
+from promptcache.backends._base import TimedStore as TimedStore
+from promptcache.backends._base import TimeoutClassifier as TimeoutClassifier
 
-__all__ = ["BatchReadStore", "ListingStore", "LockingStore", "Store"]
+__all__ = [
+    "BatchReadStore",
+    "ListingStore",
+    "LockingStore",
+    "ReplyErrorClassifier",
+    "Store",
+    "TimedStore",
+    "TimeoutClassifier",
+]

@@ -1,13 +1,36 @@
-"""The store Protocol every backend implements, and the optional locking extension."""
+"""The store Protocol every backend implements, and the optional capabilities a store may declare.
+
+The cache asks for a capability through its Protocol (``isinstance(store, LockingStore)``), never by the
+store's class or class name, so a fake or third-party store gets the same treatment as ours:
+
+* :class:`LockingStore`: the short cross-process lock single-flight uses.
+* :class:`TimedStore`: the store's own default per-call deadline (else :data:`DEFAULT_STORE_TIMEOUT`).
+* :class:`ReplyErrorClassifier`: tells errors the server replied with (it is up) from failures to reach it.
+* :class:`TimeoutClassifier`: recognises the store client's own timeout exceptions (else only the builtin
+  :class:`TimeoutError` counts as a timeout).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Final, Protocol, Self, runtime_checkable
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["BatchReadStore", "ListingStore", "LockingStore", "Store"]
+__all__ = [
+    "DEFAULT_STORE_TIMEOUT",
+    "BatchReadStore",
+    "ListingStore",
+    "LockingStore",
+    "ReplyErrorClassifier",
+    "Store",
+    "TimedStore",
+    "TimeoutClassifier",
+    "default_timeout_of",
+]
+
+DEFAULT_STORE_TIMEOUT: Final = 0.05
+"""Seconds each call to a store that declares no :attr:`TimedStore.default_timeout` may take."""
 
 
 @runtime_checkable
@@ -53,6 +76,39 @@ class LockingStore(Store, Protocol):
     async def unlock(self, name: str, token: str) -> bool:
         """Release ``name`` only if ``token`` still holds it; True when released."""
         ...
+
+
+@runtime_checkable
+class TimedStore(Protocol):
+    """A store that knows how long one of its calls may take before it counts as a failure."""
+
+    @property
+    def default_timeout(self) -> float:
+        """Seconds per call when ``CacheConfig.store_timeout`` is not set."""
+        ...
+
+
+@runtime_checkable
+class ReplyErrorClassifier(Protocol):
+    """A store that can tell an error its server replied with from a failure to reach the server."""
+
+    def is_reply_error(self, exc: BaseException) -> bool:
+        """True for an error the server replied with (it is up): the breaker does not count it."""
+        ...
+
+
+@runtime_checkable
+class TimeoutClassifier(Protocol):
+    """A store whose client raises timeouts of its own type (redis-py's is not the builtin one)."""
+
+    def is_timeout(self, exc: BaseException) -> bool:
+        """True when ``exc`` is the client's timeout: counted as a timeout, not as an error."""
+        ...
+
+
+def default_timeout_of(store: object) -> float:
+    """The store's declared default deadline, or :data:`DEFAULT_STORE_TIMEOUT`."""
+    return store.default_timeout if isinstance(store, TimedStore) else DEFAULT_STORE_TIMEOUT
 
 
 # Capabilities a caller asks for with isinstance (the CLI does), instead of naming a concrete store.

@@ -26,12 +26,10 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Final, Self
 from urllib.parse import urlsplit, urlunsplit
 
-from redis._parsers.commands import AsyncCommandsParser
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException
-from redis.utils import str_if_bytes
 
 from promptcache._validate import positive
 from promptcache.backends.redis import (
@@ -39,6 +37,7 @@ from promptcache.backends.redis import (
     SCAN_COUNT,
     glob_escape,
     is_reply_error,
+    is_timeout,
     redact_url,
 )
 
@@ -50,8 +49,6 @@ __all__ = ["RedisClusterStore", "cluster_url_to_redis"]
 CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 DELETE_BATCH: Final = 500  # UNLINKs per pipeline round (each one slot's keys)
 REFRESH_TIMEOUT: Final = 2.0  # seconds one topology refresh may take; callers time out long before
-# redis-py's flag for "topology unknown or stale; re-read it before the next command" (RedisCluster slot).
-_STALE: Final = "_initialize"
 
 _UNLOCK_LUA: Final = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
@@ -90,63 +87,6 @@ def cluster_url_to_redis(url: str) -> tuple[str, list[tuple[str, int]]]:
     return urlunsplit((target, netloc, "", parts.query, "")), seeds[1:]
 
 
-# Where the keys of the commands this store sends are (COMMAND's arity, flags, first/last key, step);
-# fixed since Redis 2.x. Routing them never needs a COMMAND round trip.
-_KEY_POSITIONS: Final[dict[str, tuple[int, list[str], int, int, int]]] = {
-    "get": (2, ["readonly", "fast"], 1, 1, 1),
-    "set": (-3, ["write", "denyoom"], 1, 1, 1),
-    "del": (-2, ["write"], 1, -1, 1),
-    "unlink": (-2, ["write", "fast"], 1, -1, 1),
-}
-_COMMAND_INFO_FIELDS: Final = 6  # name, arity, flags, first key, last key, step
-
-
-def _command_entry(raw: list[Any]) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "name": str_if_bytes(raw[0]).lower(),
-        "arity": int(raw[1]),
-        "flags": [str_if_bytes(flag) for flag in raw[2]],
-        "first_key_pos": int(raw[3]),
-        "last_key_pos": int(raw[4]),
-        "step_count": int(raw[5]),
-    }
-    if len(raw) > 9:  # Redis >= 7: subcommands are the 10th field
-        entry["subcommands"] = raw[9]
-    return entry
-
-
-class _LazyCommandTable(AsyncCommandsParser):
-    """redis-py's key-position table, learnt one command at a time instead of with COMMAND.
-
-    redis-py fetches the whole COMMAND table on the first call and again after every connection error
-    (with retries off: on the next call): a ~250-entry reply whose pure-Python parse takes 25-40 ms of
-    event-loop time, most of a 50 ms deadline, at start-up and during exactly the failover the refresh is
-    for. The store's own commands are known up front; any other command a shared client sends is looked
-    up once with ``COMMAND INFO <name>``.
-    """
-
-    __slots__ = ()
-
-    def __init__(self) -> None:
-        super().__init__()
-        for name, (arity, flags, first, last, step) in _KEY_POSITIONS.items():
-            self.commands[name] = _command_entry([name, arity, flags, first, last, step])
-
-    async def initialize(self, node: ClusterNode | None = None) -> None:
-        if node is not None:
-            self.node = node
-
-    async def get_keys(self, *args: Any) -> tuple[str, ...] | None:  # noqa: ANN401 - redis-py's signature
-        if len(args) >= 2 and isinstance(args[0], str):  # a command and at least one argument
-            name = args[0].lower().split()[0]
-            if name not in self.commands:
-                for raw in await self.node.execute_command("COMMAND INFO", name) or []:
-                    if raw and len(raw) >= _COMMAND_INFO_FIELDS:
-                        entry = _command_entry(raw)
-                        self.commands[entry["name"]] = entry
-        return await super().get_keys(*args)
-
-
 def _consume(task: asyncio.Task[Any]) -> None:
     # Mark the outcome retrieved: when every waiting caller has timed out, nobody else will.
     if not task.cancelled():
@@ -179,10 +119,12 @@ class RedisClusterStore:
         self._label = label
         self._refresh: asyncio.Task[None] | None = None
         self._closed = False
-        if type(getattr(client, "commands_parser", None)) is AsyncCommandsParser:  # not a customised one
-            parser = _LazyCommandTable()
-            parser.commands.update(client.commands_parser.commands)
-            client.commands_parser = parser
+        # Every use of redis-py internals sits in one module, loaded here and not when promptcache is
+        # imported: if a redis-py release moves them, only opening a cluster store fails, and says why.
+        from promptcache.backends import _redis_private  # noqa: PLC0415
+
+        self._stale_flag = _redis_private.TOPOLOGY_STALE_FLAG
+        _redis_private.install_lazy_command_table(client)
 
     @classmethod
     def from_url(
@@ -222,23 +164,27 @@ class RedisClusterStore:
     def __repr__(self) -> str:
         return f"RedisClusterStore({self._label!r})"
 
+    # One routed GET is one loopback/LAN round trip, as for RedisStore; a topology refresh after a
+    # failover (CLUSTER SLOTS + COMMAND, ~5-10 ms) also fits, so the first call after it is not a timeout.
+    default_timeout: float = 0.05
     is_reply_error = staticmethod(is_reply_error)
+    is_timeout = staticmethod(is_timeout)
 
     # -- one key, one slot -------------------------------------------------------------------------
 
     async def get(self, key: str) -> bytes | None:
-        if getattr(self.client, _STALE, False):
+        if getattr(self.client, self._stale_flag, False):
             await self._refresh_topology()
         value = await self.client.get(key)
         return value if value is None or isinstance(value, bytes) else str(value).encode()
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
-        if getattr(self.client, _STALE, False):
+        if getattr(self.client, self._stale_flag, False):
             await self._refresh_topology()
         await self.client.set(key, value, px=max(1, int(positive(ttl, "ttl") * 1000)))
 
     async def delete(self, key: str) -> bool:
-        if getattr(self.client, _STALE, False):
+        if getattr(self.client, self._stale_flag, False):
             await self._refresh_topology()
         return bool(await self.client.delete(key))
 
@@ -250,7 +196,7 @@ class RedisClusterStore:
         """
         if not keys:
             return []
-        if getattr(self.client, _STALE, False):
+        if getattr(self.client, self._stale_flag, False):
             await self._refresh_topology()
         pipe = self.client.pipeline()
         for key in keys:
@@ -259,7 +205,7 @@ class RedisClusterStore:
         return [v if v is None or isinstance(v, bytes) else str(v).encode() for v in values]
 
     async def try_lock(self, name: str, token: str, ttl: float) -> bool:
-        if getattr(self.client, _STALE, False):
+        if getattr(self.client, self._stale_flag, False):
             await self._refresh_topology()
         return bool(await self.client.set(name, token, nx=True, px=max(1, int(ttl * 1000))))
 
@@ -267,7 +213,7 @@ class RedisClusterStore:
         # Plain EVAL rather than a registered script: EVALSHA would need the script on whichever node now
         # owns the slot (a promoted replica has an empty script cache) and SCRIPT LOAD goes to every
         # primary, so one dead primary would break unlocking everywhere. EVAL with one key goes to one slot.
-        if getattr(self.client, _STALE, False):
+        if getattr(self.client, self._stale_flag, False):
             await self._refresh_topology()
         return bool(await self.client.eval(_UNLOCK_LUA, 1, name, token))
 
@@ -335,7 +281,7 @@ class RedisClusterStore:
             await self.client.initialize()
 
     async def _primaries(self) -> list[ClusterNode]:
-        if getattr(self.client, _STALE, False):
+        if getattr(self.client, self._stale_flag, False):
             await self._refresh_topology()
         return list(self.client.get_primaries())
 

@@ -24,6 +24,8 @@ class MemoryStore:
     .. versionadded:: 0.1.0
     """
 
+    default_timeout: float = 0.05  # a dict lookup; over 50 ms the event loop itself is in trouble
+
     def __init__(self, max_entries: int = 10_000, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_entries = int(positive(max_entries, "max_entries"))
         self._clock = clock

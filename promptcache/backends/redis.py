@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from redis.commands.core import AsyncScript
 
-__all__ = ["RedisStore", "redact_url"]
+__all__ = ["RedisStore", "is_reply_error", "is_timeout", "redact_url"]
 
 SCAN_COUNT: Final = 1000
 DELETE_BATCH: Final = 500
@@ -60,6 +60,13 @@ def is_reply_error(exc: BaseException) -> bool:
 
     unavailable = (rex.ClusterError, rex.TryAgainError, rex.MasterDownError, rex.ReadOnlyError)
     return isinstance(exc, rex.ResponseError) and not isinstance(exc, unavailable)
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """True for a timeout, whoever noticed it: the builtin one or redis-py's own (not a subclass of it)."""
+    from redis import exceptions as rex  # noqa: PLC0415 - as above
+
+    return isinstance(exc, TimeoutError | rex.TimeoutError)
 
 
 def glob_escape(text: str) -> str:
@@ -115,7 +122,10 @@ class RedisStore:
     def __repr__(self) -> str:
         return f"RedisStore({self._label!r})"
 
+    # A loopback GET is ~0.13 ms; 50 ms means Redis is in trouble, not busy.
+    default_timeout: float = 0.05
     is_reply_error = staticmethod(is_reply_error)
+    is_timeout = staticmethod(is_timeout)
 
     async def get(self, key: str) -> bytes | None:
         value = await self.client.get(key)

@@ -49,6 +49,9 @@ class SQLiteStore:
     .. versionadded:: 0.1.0
     """
 
+    # A WAL checkpoint on a slow disk can take a while; it is still better than an upstream call.
+    default_timeout: float = 0.25
+
     def __init__(
         self, path: str | Path, *, busy_timeout: float = 5.0, clock: Callable[[], float] = time.time
     ) -> None:

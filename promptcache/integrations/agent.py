@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from promptcache._keys import DEFAULT_AGENT_VERSION, chat_request
+from promptcache._scope import Scope
 
 if TYPE_CHECKING:
     from promptcache._cache import PromptCache
@@ -46,11 +47,27 @@ class CachedAgent:
         self.model = model
         self.temperature = temperature
         self.max_tokens = max_tokens
-        self.agent_id = agent_id
-        self.agent_version = agent_version
+        self.scope = Scope(agent_id, agent_version)
         self.hits = 0
         self.misses = 0
         self.total_calls = 0
+
+    # The seed tutorial's attributes, kept settable; each reads or replaces the agent's one Scope.
+    @property
+    def agent_id(self) -> str:
+        return self.scope.agent_id
+
+    @agent_id.setter
+    def agent_id(self, value: str) -> None:
+        self.scope = self.scope.replace(agent_id=value)
+
+    @property
+    def agent_version(self) -> str:
+        return self.scope.agent_version
+
+    @agent_version.setter
+    def agent_version(self, value: str) -> None:
+        self.scope = self.scope.replace(agent_version=value)
 
     async def think(self, system_prompt: str, user_prompt: str) -> str:
         """The model's answer to ``user_prompt`` under ``system_prompt``; cached per agent and version.
@@ -69,9 +86,7 @@ class CachedAgent:
             return completion.model_dump(mode="json", exclude_unset=True)
 
         try:
-            body = await self.cache.get_or_call(
-                request, call, agent_id=self.agent_id, agent_version=self.agent_version
-            )
+            body = await self.cache.get_or_call(request, call, scope=self.scope)
         except BaseException:
             self.misses += 1  # no answer came from the cache: hits + misses always equals total_calls
             raise

@@ -25,7 +25,6 @@ from redis.backoff import NoBackoff
 
 from promptcache import CacheConfig, ConfigError, PromptCache
 from promptcache._keys import agent_prefix
-from promptcache._stores import DEFAULT_TIMEOUTS
 from promptcache.backends import BatchReadStore, ListingStore, LockingStore
 from promptcache.backends.cluster import RedisClusterStore, cluster_url_to_redis
 from promptcache.backends.redis import glob_escape
@@ -121,7 +120,7 @@ async def test_store_is_a_locking_store_opened_from_a_cluster_url(cluster: Local
     try:
         store = store_of(cache)
         assert isinstance(store, LockingStore)
-        assert cache._guard.timeout == DEFAULT_TIMEOUTS["RedisClusterStore"]
+        assert cache._guard.timeout == RedisClusterStore.default_timeout == 0.05
         assert repr(store) == f"RedisClusterStore({cluster.url!r})"
     finally:
         await cache.aclose()

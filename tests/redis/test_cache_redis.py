@@ -605,7 +605,7 @@ async def test_cancelled_caller_leaves_no_lock_and_no_half_read_connection(  # n
         await asyncio.sleep(max(0.0, paused_at + pause_ms / 1000 + 0.15 - time.perf_counter()))
 
         async def flights_done() -> bool:
-            return not cache._flights
+            return not cache._flight.flights
 
         assert await wait_for(flights_done)
         await cache.drain()

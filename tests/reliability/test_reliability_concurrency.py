@@ -56,7 +56,7 @@ def fake_llm() -> Iterator[FakeLLM]:
 
 def waiting(cache: PromptCache) -> int:
     """Callers currently sharing an in-flight upstream call."""
-    return sum(f.waiters for f in cache._flights.values())
+    return sum(f.waiters for f in cache._flight.flights.values())
 
 
 async def until(predicate: Callable[[], bool], what: str, within: float = 5.0) -> None:

@@ -119,7 +119,7 @@ async def until(predicate: Callable[[], bool], within: float = 5.0) -> None:
 
 def waiters(cache: PromptCache) -> int:
     """Callers currently sharing an in-flight upstream call."""
-    return sum(f.waiters for f in cache._flights.values())
+    return sum(f.waiters for f in cache._flight.flights.values())
 
 
 def invariant_holds(cache: PromptCache) -> bool:
@@ -844,7 +844,7 @@ async def test_all_callers_cancelled_cancels_the_upstream_call(sc: StoreCase) ->
             task.cancel()
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
         assert all(isinstance(o, asyncio.CancelledError) for o in outcomes)
-        await until(lambda: not cache._flights)
+        await until(lambda: not cache._flight.flights)
         await cache.drain()
         assert up.cancelled == 1
         assert await sc.store.get(key.store_key) is None
@@ -865,7 +865,7 @@ async def test_cancelled_callers_are_still_counted(sc: StoreCase) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await until(lambda: not cache._flights)
+        await until(lambda: not cache._flight.flights)
         stats = cache.stats()
     assert stats.requests == 3
     assert stats.hits + stats.misses + stats.bypasses == stats.requests, stats

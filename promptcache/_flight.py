@@ -1,0 +1,372 @@
+"""Single-flight: one store read and one upstream call for concurrent identical requests.
+
+In one process, concurrent first reads of a key share one store GET, and concurrent misses share the
+pending call's task. Across processes, the store's short lock (taken with ``SET NX PX``, released only once
+the entry is written) with a bounded wait, after which a waiter calls upstream itself. A lock whose
+``SET NX`` timed out may still land later: it is released in the background a few times over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from promptcache._entry import Entry, decode_entry
+from promptcache._events import Result
+from promptcache._gate import usage_of
+from promptcache.backends import LockingStore
+from promptcache.exceptions import EntryError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Mapping
+
+    from promptcache._config import CacheConfig
+    from promptcache._events import Emitter
+    from promptcache._guard import StoreGuard
+    from promptcache._keys import CacheKey
+    from promptcache._stats import Counters
+    from promptcache._writer import EntryWriter
+    from promptcache.backends import Store
+
+__all__ = ["Flight", "SingleFlight"]
+
+log = logging.getLogger("promptcache")
+
+_RETRY: Any = object()  # a shared read that did not finish: its waiters read for themselves
+
+
+@dataclass(slots=True)
+class Flight:
+    """One upstream call in progress and the callers waiting on it."""
+
+    task: asyncio.Task[tuple[Any, bool]]
+    waiters: int = 0
+    snapshot: bytes | None = None  # the answer's JSON, taken before any caller can change the object
+
+
+class SingleFlight:
+    """Shares store reads and upstream calls between concurrent identical requests of one cache.
+
+    Args:
+        store: The store; its lock is used when it is a :class:`~promptcache.backends.LockingStore`.
+        guard: Runs every store call (reads, locks, unlocks).
+        writer: Encodes and writes the answer of each call this makes.
+        config: ``lock_wait`` and ``lock_ttl``.
+        counters: Where hits, misses, coalesced callers, lock waits and bad values are counted.
+        events: The cache's hook emitter; used only when it has hooks.
+        clock: Wall-clock seconds (entry expiry); injectable for tests.
+        monotonic: Monotonic seconds (upstream latency, lock waits); injectable for tests.
+    """
+
+    def __init__(  # noqa: PLR0913 - the parts single-flight works with, clocks keyword-only
+        self,
+        store: Store,
+        guard: StoreGuard,
+        writer: EntryWriter,
+        config: CacheConfig,
+        counters: Counters,
+        events: Emitter,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._locks = store if isinstance(store, LockingStore) else None
+        self._guard = guard
+        self._writer = writer
+        self._config = config
+        self._counters = counters
+        self._events = events
+        self._clock = clock
+        self._mono = monotonic
+        self.flights: dict[str, Flight] = {}
+        self._reads: dict[str, asyncio.Future[Any]] = {}
+        self._uncertain_locks: set[str] = set()
+        self._releases: set[asyncio.Task[None]] = set()
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    async def lookup(self, key: CacheKey, *, again: bool = False) -> Entry | None:
+        """The entry under ``key``; ``again`` marks a re-read within one request (a bad value counts once).
+
+        Concurrent first reads of one key share a single store GET (a burst of identical requests costs
+        one round trip and one connection, not one each); every caller decodes its own copy.
+        """
+        if again:
+            return self._decode(key, await self._fetch(key), again=True)
+        pending = self._reads.get(key.store_key)
+        if pending is not None:
+            raw = await asyncio.shield(pending)
+            if raw is not _RETRY:
+                return self._decode(key, raw, again=True)  # the first reader already counted a bad value
+            return self._decode(key, await self._fetch(key), again=again)
+        pending = self._reads[key.store_key] = asyncio.get_running_loop().create_future()
+        try:
+            raw = await self._fetch(key)
+        except BaseException:
+            pending.set_result(_RETRY)  # cancelled or raised: the others read for themselves
+            raise
+        else:
+            pending.set_result(raw)
+        finally:
+            if self._reads.get(key.store_key) is pending:
+                del self._reads[key.store_key]
+        return self._decode(key, raw, again=again)
+
+    async def _fetch(self, key: CacheKey) -> bytes | None:
+        store = self._store
+        ok, raw = await self._guard.run("get", lambda: store.get(key.store_key))
+        return raw if ok else None
+
+    def _decode(self, key: CacheKey, raw: bytes | None, *, again: bool) -> Entry | None:
+        if raw is None:
+            return None
+        try:
+            return decode_entry(raw, key, self._clock())
+        except EntryError as exc:
+            if again:
+                return None
+            self._counters.corrupt_entries += 1
+            log.warning("promptcache: ignoring a bad value under %s: %s", key.store_key, exc)
+            return None
+
+    def count_hit(self, entry: Entry, key: CacheKey) -> None:
+        """Count a caller answered by the stored ``entry`` (what it saved, and the hooks' hit event)."""
+        counters = self._counters
+        counters.hits += 1
+        inp, out = usage_of({"usage": entry.usage})
+        counters.input_tokens_saved += inp
+        counters.output_tokens_saved += out
+        counters.latency_saved += entry.latency
+        if self._events.hooks:
+            self._events.request(Result.HIT, key, tokens=(inp, out), latency_saved=entry.latency)
+
+    # -- shared calls ------------------------------------------------------------------------------
+
+    async def join(
+        self,
+        key: CacheKey,
+        request: Mapping[str, Any],
+        call: Callable[[], Awaitable[Any]],
+        ttl: float,
+        *,
+        refresh: bool,
+    ) -> Any:  # noqa: ANN401 - the provider's JSON body
+        """The answer to ``request``: from the call in flight for ``key``, or from one this caller leads."""
+        while True:
+            flight, leader = self._flight_for(key, request, call, ttl, refresh=refresh)
+            flight.waiters += 1
+            try:
+                body, from_store = await asyncio.shield(flight.task)
+            except asyncio.CancelledError:
+                flight.waiters -= 1
+                if self._caller_cancelled(key, flight):
+                    raise
+                # Only the shared call was cancelled (every caller before us left); this one still needs
+                # an answer, so it goes round again and starts a new call.
+                continue
+            except BaseException:
+                flight.waiters -= 1
+                self._counters.misses += 1
+                if leader:
+                    self._counters.upstream_errors += 1
+                if self._events.hooks:
+                    self._events.request(Result.MISS, key, reason="error")
+                raise
+            flight.waiters -= 1
+            return self._answer(key, flight, body, leader=leader, from_store=from_store)
+
+    def _flight_for(
+        self,
+        key: CacheKey,
+        request: Mapping[str, Any],
+        call: Callable[[], Awaitable[Any]],
+        ttl: float,
+        *,
+        refresh: bool,
+    ) -> tuple[Flight, bool]:
+        """The call in flight for ``key`` to join, or a new one this caller leads."""
+        flight = self.flights.get(key.store_key)
+        if flight is not None and not (flight.task.done() and flight.task.cancelled()):
+            return flight, False
+        # None in flight, or one abandoned by all its callers and not yet removed: start a new call.
+        task = asyncio.create_task(self._fill(key, request, call, ttl, refresh=refresh))
+        flight = self.flights[key.store_key] = Flight(task)
+        task.add_done_callback(functools.partial(self._end_flight, key.store_key, flight))
+        return flight, True
+
+    def _caller_cancelled(self, key: CacheKey, flight: Flight) -> bool:
+        """After a CancelledError: True (counted) if this caller was cancelled, False if only the call was."""
+        current = asyncio.current_task()
+        if current is None or not current.cancelling():
+            return False
+        self._counters.misses += 1
+        if self._events.hooks:
+            self._events.request(Result.MISS, key, reason="cancelled")
+        if flight.waiters == 0 and not flight.task.done():
+            flight.task.cancel()  # nobody is left to receive the answer
+            if self.flights.get(key.store_key) is flight:
+                del self.flights[key.store_key]
+        return True
+
+    def _answer(
+        self,
+        key: CacheKey,
+        flight: Flight,
+        body: Any,  # noqa: ANN401
+        *,
+        leader: bool,
+        from_store: bool,
+    ) -> Any:  # noqa: ANN401
+        """Count one caller's outcome and give it its own copy of the answer."""
+        counters = self._counters
+        if leader and not from_store:
+            counters.misses += 1
+            if self._events.hooks:
+                self._events.request(Result.MISS, key, tokens=usage_of(body))
+            return body
+        counters.hits += 1
+        if not leader:
+            counters.coalesced += 1
+            if flight.snapshot is not None:
+                body = orjson.loads(flight.snapshot)  # each caller gets its own copy to mutate
+        inp, out = usage_of(body)
+        counters.input_tokens_saved += inp
+        counters.output_tokens_saved += out
+        if self._events.hooks:
+            self._events.request(Result.HIT, key, tokens=(inp, out), coalesced=not leader)
+        return body
+
+    def _end_flight(self, store_key: str, flight: Flight, _task: object) -> None:
+        # Runs before any waiting caller resumes (done callbacks are scheduled first), so the snapshot
+        # is taken before the first caller can change the answer it gets.
+        if self.flights.get(store_key) is flight:
+            del self.flights[store_key]
+        if flight.task.cancelled() or flight.task.exception() is not None:
+            return  # exception() also marks it retrieved: the callers re-raise it
+        if flight.waiters > 1:
+            with contextlib.suppress(TypeError):  # a body that is not JSON is shared as it is
+                flight.snapshot = orjson.dumps(flight.task.result()[0])
+
+    async def _fill(
+        self,
+        key: CacheKey,
+        request: Mapping[str, Any],
+        call: Callable[[], Awaitable[Any]],
+        ttl: float,
+        *,
+        refresh: bool,
+    ) -> tuple[Any, bool]:
+        """Make the one upstream call for ``key``; ``(body, from_store)``."""
+        token: str | None = None
+        if self._locks is not None and not refresh:
+            found, token = await self._lock_or_wait(self._locks, key)
+            if found is not None:
+                return found.body, True
+        started = self._mono()
+        try:
+            body = await call()
+        except BaseException:
+            await self.unlock(key, token)
+            raise
+        self._counters.upstream_calls += 1
+        if self._guard.breaker.is_open():
+            self._guard.count_skip()  # nothing could be written: skip encoding it at all
+            return body, False
+        data = self._writer.encode(key, request, body, None, self._mono() - started, ttl)
+        if data is None:
+            await self.unlock(key, token)
+        else:
+            # The lock is released only once the entry is written, so no other process sees "no lock,
+            # no entry" in between and pays for a second upstream call.
+            then = None if token is None else functools.partial(self.unlock, key, token)
+            self._writer.spawn(key.store_key, data, ttl, then=then)
+        return body, False
+
+    # -- the cross-process lock --------------------------------------------------------------------
+
+    async def _lock_or_wait(self, locks: LockingStore, key: CacheKey) -> tuple[Entry | None, str | None]:
+        """Take the cross-process lock, or wait (bounded) for its holder's entry."""
+        token = secrets.token_hex(16)
+        deadline = self._mono() + self._config.lock_wait
+        pause = 0.01
+        waited = False
+        while True:
+            ok, got = await self._guard.run(
+                "lock", lambda: locks.try_lock(key.lock_key, token, self._config.lock_ttl)
+            )
+            if not ok:
+                # Store trouble: answer without waiting on the lock. After a timeout the SET NX may still
+                # have run (its reply came too late), so the token is kept and released as usual; the
+                # unlock deletes only a lock that still holds this token.
+                if got is not None and self._guard.is_timeout(got):
+                    self._uncertain_locks.add(token)
+                    return None, token
+                return None, None
+            if got:
+                # Another process may have written the entry and released the lock between our lookup
+                # and this lock: look once more before paying for a second upstream call.
+                entry = await self.lookup(key, again=True)
+                if entry is not None and entry.chunks is None:
+                    await self.unlock(key, token)
+                    return entry, None
+                return None, token
+            if not waited:
+                waited = True
+                self._counters.lock_waits += 1
+            entry = await self.lookup(key, again=True)
+            if entry is not None and entry.chunks is None:
+                return entry, None
+            remaining = deadline - self._mono()
+            if remaining <= 0:
+                self._counters.lock_timeouts += 1
+                log.info("promptcache: gave up waiting for another process's call on %s", key.store_key)
+                return None, None
+            await asyncio.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.25)
+
+    async def unlock(self, key: CacheKey, token: str | None) -> None:
+        """Release the lock ``token`` holds on ``key`` (nothing when there is no token or no lock)."""
+        locks = self._locks
+        if token is None or locks is None:
+            return
+        if token in self._uncertain_locks:
+            # The SET NX timed out: it may land after this. Release in the background a few times over
+            # a few seconds (each attempt deletes only a lock holding this token), off the caller's path.
+            self._uncertain_locks.discard(token)
+            task = asyncio.create_task(self._release_later(locks, key, token))
+            self._releases.add(task)  # awaited by drain(); the lock's own TTL is the backstop
+            task.add_done_callback(self._releases.discard)
+            return
+        await self._guard.run("unlock", lambda: locks.unlock(key.lock_key, token))
+
+    async def _release_later(self, locks: LockingStore, key: CacheKey, token: str) -> None:
+        for pause in (0.0, 0.2, 1.0):
+            await asyncio.sleep(pause)
+            ok, released = await self._guard.run("unlock", lambda: locks.unlock(key.lock_key, token))
+            if ok and released:
+                return
+
+    @property
+    def releasing(self) -> int:
+        """Background releases of timed-out locks still running."""
+        return len(self._releases)
+
+    async def drain_releases(self) -> None:
+        """Wait for the background releases of timed-out locks."""
+        while self._releases:
+            await asyncio.gather(*self._releases, return_exceptions=True)
+
+    async def cancel_releases(self) -> None:
+        """Stop the background releases (closing must not wait out their retries; each lock's TTL ends it)."""
+        for task in list(self._releases):
+            task.cancel()
+        await asyncio.gather(*self._releases, return_exceptions=True)

@@ -1,0 +1,157 @@
+"""The writer: gates and encodes an answer, then writes it, on or off the response path.
+
+Only successes are stored (:mod:`promptcache._gate` decides), encoded as a versioned entry
+(:mod:`promptcache._entry`) no larger than ``max_entry_bytes``. Background writes are bounded by
+``max_pending_writes`` (beyond it one is dropped, counted and logged), tracked, and awaited by
+:meth:`EntryWriter.drain`. A write may carry a follow-up (single-flight's lock release) that runs once
+the write has finished, even when the write itself was dropped or failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from promptcache._entry import Entry, encode_entry, scope_of
+from promptcache._gate import refusal_reason, stream_refusal, stream_summary
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Mapping
+
+    from promptcache._config import CacheConfig
+    from promptcache._guard import StoreGuard
+    from promptcache._keys import CacheKey
+    from promptcache._stats import Counters
+    from promptcache.backends import Store
+
+__all__ = ["EntryWriter"]
+
+log = logging.getLogger("promptcache")
+
+
+class EntryWriter:
+    """Encodes storable answers and writes them through the guard; owns the background write tasks.
+
+    Args:
+        store: Where entries are written.
+        guard: Runs each write under the store's deadline and breaker.
+        config: ``finish_reasons``, ``keep_request``, ``compress_above``, ``max_entry_bytes`` and
+            ``max_pending_writes``.
+        counters: Where writes, refusals, oversize entries and dropped writes are counted.
+        clock: Wall-clock seconds (entry timestamps); injectable for tests.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        guard: StoreGuard,
+        config: CacheConfig,
+        counters: Counters,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._guard = guard
+        self._config = config
+        self._counters = counters
+        self._clock = clock
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def pending(self) -> int:
+        """Background writes not finished yet."""
+        return len(self._tasks)
+
+    def encode(  # noqa: PLR0913 - the parts of one entry
+        self,
+        key: CacheKey,
+        request: Mapping[str, Any] | None,
+        body: Any,  # noqa: ANN401 - the provider's JSON body
+        chunks: list[Any] | None,
+        latency: float,
+        ttl: float,
+    ) -> bytes | None:
+        """The stored bytes for a success, or None (counted) when it must not be stored."""
+        req = dict(request) if request is not None else None
+        finish = self._config.finish_reasons
+        if chunks is None:
+            reason = refusal_reason(key.endpoint, body, req, finish_reasons=finish)
+            source = body
+        else:
+            reason = stream_refusal(key.endpoint, chunks, req, finish_reasons=finish)
+            source = stream_summary(key.endpoint, chunks)
+        if reason is not None:
+            self._counters.not_stored += 1
+            log.debug("promptcache: not storing %s: %s", key.store_key, reason)
+            return None
+        now = self._clock()
+        usage = source.get("usage") if isinstance(source, dict) else None
+        model = source.get("model") if isinstance(source, dict) else None
+        entry = Entry(
+            digest=key.digest,
+            scope=scope_of(key),
+            endpoint=key.endpoint.value,
+            created_at=now,
+            expires_at=now + ttl,
+            body=body if chunks is None else None,
+            chunks=chunks,
+            model=model if isinstance(model, str) else None,
+            usage=usage if isinstance(usage, dict) else None,
+            latency=latency,
+            request=orjson.loads(key.canonical) if self._config.keep_request else None,
+        )
+        try:
+            data = encode_entry(entry, compress_above=self._config.compress_above)
+        except TypeError as exc:  # orjson: the body holds something that is not JSON
+            self._counters.not_stored += 1
+            log.debug("promptcache: not storing %s: %s", key.store_key, exc)
+            return None
+        if len(data) > self._config.max_entry_bytes:
+            self._counters.oversize += 1
+            log.info("promptcache: entry of %d bytes is over max_entry_bytes; not stored", len(data))
+            return None
+        return data
+
+    async def write(self, store_key: str, data: bytes, ttl: float) -> bool:
+        """Write now; True when the store took it (a failure is already counted and logged)."""
+        store = self._store
+        ok, _ = await self._guard.run("set", lambda: store.set(store_key, data, ttl))
+        if ok:
+            self._counters.writes += 1
+        return ok
+
+    def spawn(
+        self,
+        store_key: str,
+        data: bytes,
+        ttl: float,
+        *,
+        then: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        """Write in the background (tracked, bounded), then run ``then`` whatever became of the write."""
+        if len(self._tasks) >= self._config.max_pending_writes:
+            self._counters.writes_dropped += 1
+            log.warning("promptcache: %d writes pending; dropping one", len(self._tasks))
+            data = b""  # nothing to write, but the follow-up (a lock release) must still run
+        task = asyncio.create_task(self._write_then(store_key, data, ttl, then))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait until every background write (and its follow-up) has finished."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _write_then(
+        self, store_key: str, data: bytes, ttl: float, then: Callable[[], Awaitable[object]] | None
+    ) -> None:
+        try:
+            if data:
+                await self.write(store_key, data, ttl)
+        finally:
+            if then is not None:
+                await then()
