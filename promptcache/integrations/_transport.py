@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from promptcache._scope import Scope
 from promptcache.exceptions import ConfigError, InvalidScopeError, UncacheableRequestError
 from promptcache.integrations._http import (
     CONTROL_HEADERS,
@@ -41,30 +40,9 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from promptcache._cache import PromptCache
+    from promptcache._scope import Scope
 
-__all__ = ["CONTROL_HEADERS", "CachingCore", "TransportScope", "engine_kwargs"]
-
-# The first wave's name for the scope a wrapped client caches under (same fields, same defaults); kept
-# so code that imports it keeps working while callers move to promptcache._scope.Scope.
-TransportScope = Scope
-
-
-def engine_kwargs(scope: Scope, *, ttl: bool = True) -> dict[str, Any]:
-    """``PromptCache``'s keyword arguments for ``scope`` (``ttl=False`` for ``key()``, which takes none).
-
-    The one place a :class:`Scope` is unpacked for the engine's current keyword arguments: once
-    ``PromptCache.key`` and ``get_or_call`` take ``scope=``, this returns ``{"scope": scope}`` (and the
-    ``ttl`` switch goes), and its two callers below stay as they are.
-    """
-    kwargs: dict[str, Any] = {
-        "agent_id": scope.agent_id,
-        "agent_version": scope.agent_version,
-        "tenant": scope.tenant,
-        "policy": scope.policy,
-    }
-    if ttl:
-        kwargs["ttl"] = scope.ttl
-    return kwargs
+__all__ = ["CONTROL_HEADERS", "CachingCore"]
 
 
 class _Passthrough(Exception):  # noqa: N818 - carries a non-cacheable upstream answer, not an error
@@ -129,7 +107,7 @@ class CachingCore:
                 endpoint=plan.endpoint,
                 bypass=plan.bypass,
                 refresh=plan.refresh,
-                **engine_kwargs(plan.scope),
+                scope=plan.scope,
             )
         except _Passthrough as answer:
             if own:  # this request's own upstream answer: hand it back untouched
@@ -142,12 +120,12 @@ class CachingCore:
     async def _stream(self, plan: Plan, request: Any, send: Callable[[Any], Awaitable[Any]]) -> Any:  # noqa: ANN401
         cache = self.cache
         if plan.bypass:
-            cache.count_bypass()
+            cache.count_bypass(scope=plan.scope, request=plan.body)
             return await send(request)
         try:
-            key = cache.key(plan.body, endpoint=plan.endpoint, **engine_kwargs(plan.scope, ttl=False))
+            key = cache.key(plan.body, endpoint=plan.endpoint, scope=plan.scope)
         except UncacheableRequestError:
-            cache.count_bypass(uncacheable=True)
+            cache.count_bypass(uncacheable=True, scope=plan.scope, request=plan.body)
             return await send(request)
         entry = await cache.get_entry(key, stream=True, refresh=plan.refresh)
         if entry is not None and entry.chunks is not None:
@@ -162,8 +140,8 @@ class CachingCore:
             await cache.put_entry(
                 key,
                 plan.body,
+                scope=plan.scope,
                 chunks=events,
-                ttl=plan.scope.ttl,
                 latency=time.monotonic() - started,
                 wait=False,
             )
