@@ -11,6 +11,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from promptcache._logs import ThrottledLog, describe
 from promptcache._resilience import BreakerState, CircuitBreaker, Guard, StoreSkipped
 from promptcache.backends._base import ReplyErrorClassifier, TimeoutClassifier, default_timeout_of
 from promptcache.exceptions import StoreError
@@ -51,6 +52,9 @@ class StoreGuard:
         self._counters = counters
         self._events = events
         self._mono = monotonic
+        # One line per (operation, cause) per interval: a store that fails every call must not turn every
+        # request into a log line. The count of held-back lines goes out with the next one.
+        self.log = ThrottledLog(log, clock=monotonic)
         self.breaker = CircuitBreaker(
             config.breaker_threshold,
             config.breaker_cooldown,
@@ -130,9 +134,10 @@ class StoreGuard:
             self._counters.store_timeouts += 1
         else:
             self._counters.store_errors += 1
-        log.warning(
+        self.log.warning(
+            (operation, type(exc)),
             "promptcache: store %s %s (%s); answering without the cache",
             operation,
             "timed out" if timed_out else "failed",
-            type(exc).__name__,
+            describe(exc),
         )

@@ -69,6 +69,10 @@ class CircuitBreaker:
         self._on_change = on_change
         self.state = BreakerState.CLOSED
         self.failures = 0
+        # Which opening of the breaker we are in: a call's verdict counts only in the epoch it started in,
+        # so a call that was already in flight when the breaker opened cannot close it (only the half-open
+        # probe can) nor count twice towards opening it.
+        self.epoch = 0
         self._opened_at = 0.0
         self._probe_out = False
 
@@ -89,19 +93,26 @@ class CircuitBreaker:
         """True while calls are being skipped (open, cool-down not yet over); no side effects."""
         return self.state is BreakerState.OPEN and self._clock() - self._opened_at < self.cooldown
 
-    def success(self) -> None:
+    def success(self, epoch: int | None = None) -> None:
+        """A call succeeded; ``epoch`` is :attr:`epoch` when it started (None: the current one)."""
+        if epoch is not None and epoch != self.epoch:
+            return  # started before the breaker last opened: says nothing about the store now
         self.failures = 0
         self._probe_out = False
-        if self.state is not BreakerState.CLOSED:
+        if self.state is BreakerState.HALF_OPEN:
             self._move(BreakerState.CLOSED)
 
-    def failure(self) -> None:
+    def failure(self, epoch: int | None = None) -> None:
+        """A call failed; ``epoch`` is :attr:`epoch` when it started (None: the current one)."""
+        if epoch is not None and epoch != self.epoch:
+            return  # the breaker has opened since this call started; its failure is already priced in
         self.failures += 1
         self._probe_out = False
         if self.state is BreakerState.HALF_OPEN or (
             self.state is BreakerState.CLOSED and self.failures >= self.threshold
         ):
             self._opened_at = self._clock()
+            self.epoch += 1
             self._move(BreakerState.OPEN)
 
     def release_probe(self) -> None:
@@ -156,8 +167,10 @@ class Guard:
 
         Cancellation of the caller propagates unchanged (and frees a half-open probe slot).
         """
-        if not self.breaker.allow():
+        breaker = self.breaker
+        if not breaker.allow():
             raise StoreSkipped(operation)
+        epoch = breaker.epoch
         # Why not asyncio.timeout: it is implemented in Python on 3.11 and costs several microseconds per
         # call on the hit path. This is the same mechanism (a timer that cancels the task, and uncancel to
         # tell our cancellation from the caller's) in a few lines.
@@ -178,20 +191,20 @@ class Guard:
         except asyncio.CancelledError as exc:
             if expired and task.uncancel() <= cancelling:
                 timeout = TimeoutError(f"store {operation} exceeded {self.timeout * 1000:.0f} ms")
-                self.breaker.failure()
+                breaker.failure(epoch)
                 self._on_error(operation, timeout, True)  # noqa: FBT003 - positional callback flag
                 raise timeout from exc
-            self.breaker.release_probe()
+            breaker.release_probe()
             raise
         except Exception as exc:
             if self._answered is not None and self._answered(exc):
-                self.breaker.success()
+                breaker.success(epoch)
                 self._on_error(operation, exc, False)  # noqa: FBT003
                 raise
-            self.breaker.failure()
+            breaker.failure(epoch)
             self._on_error(operation, exc, self.is_timeout(exc))
             raise
         finally:
             timer.cancel()
-        self.breaker.success()
+        breaker.success(epoch)
         return result

@@ -135,7 +135,9 @@ class EntryWriter:
         """Write in the background (tracked, bounded), then run ``then`` whatever became of the write."""
         if len(self._tasks) >= self._config.max_pending_writes:
             self._counters.writes_dropped += 1
-            log.warning("promptcache: %d writes pending; dropping one", len(self._tasks))
+            self._guard.log.warning(
+                ("set", "backlog"), "promptcache: %d writes pending; dropping one", len(self._tasks)
+            )
             data = b""  # nothing to write, but the follow-up (a lock release) must still run
         task = asyncio.create_task(self._write_then(store_key, data, ttl, then))
         self._tasks.add(task)

@@ -431,7 +431,8 @@ async def test_guard_returns_the_result_and_closes_a_half_open_breaker() -> None
 async def test_connection_errors_never_reach_the_caller(
     broken: Broken, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """With Redis refusing connections each request is answered upstream; each error is counted and logged."""
+    """With Redis refusing connections each request is answered upstream; each error is counted, and logged
+    once per operation and cause (with the error's message), not once per request."""
     up = Upstream()
     cfg = CacheConfig(breaker_threshold=1000, store_timeout=1.0)
     async with PromptCache(broken.store, cfg, owns_store=False) as cache:
@@ -447,9 +448,14 @@ async def test_connection_errors_never_reach_the_caller(
     assert (stats.misses, stats.writes, stats.hits) == (6, 0, 0)
     assert stats.hits + stats.misses + stats.bypasses == stats.requests
     warnings = [
-        r for r in caplog.records if r.levelno == logging.WARNING and "ConnectionError" in r.getMessage()
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "ConnectionError" in r.getMessage()
     ]
-    assert len(warnings) == stats.store_errors
+    operations = [line.split()[2] for line in warnings]  # "promptcache: store <operation> failed (...)"
+    assert sorted(operations) == sorted(set(operations))  # one line per operation and cause
+    assert 0 < len(warnings) < stats.store_errors
+    assert all("ConnectionError: " in line for line in warnings)  # the message, not only the type
 
 
 async def test_breaker_opens_skips_the_store_then_probes_and_recovers(broken: Broken) -> None:
@@ -662,3 +668,50 @@ async def test_concurrent_requests_during_an_outage_all_get_answers(broken: Brok
     )
     assert stats.breaker_state == "open"
     assert stats.hits + stats.misses + stats.bypasses == stats.requests
+
+
+async def test_a_call_in_flight_when_the_breaker_opens_cannot_close_it() -> None:
+    """A call in flight when the breaker opened, succeeding after, leaves it open: only a probe closes it."""
+    breaker, clock, changes = _breaker(threshold=2, cooldown=10.0)
+    guard, _ = _guard(breaker)
+    release = asyncio.Event()
+
+    async def slow_ok() -> str:
+        await release.wait()
+        return "ok"
+
+    async def broken() -> str:
+        raise OSError("down")
+
+    in_flight = asyncio.create_task(guard.run("get", slow_ok))
+    await asyncio.sleep(0)  # let it start (and take the breaker's verdict slot) before the failures
+    for _ in range(2):
+        with pytest.raises(OSError, match="down"):
+            await guard.run("get", broken)
+    assert _state(breaker) is BreakerState.OPEN
+    release.set()
+    assert await in_flight == "ok"
+    assert _state(breaker) is BreakerState.OPEN  # the old call's success is not a probe
+    assert breaker.is_open()
+    with pytest.raises(StoreSkipped):
+        await guard.run("get", slow_ok)
+    clock.advance(10.0)
+    assert await guard.run("get", lambda: asyncio.sleep(0, "probe")) == "probe"
+    assert _state(breaker) is BreakerState.CLOSED
+    assert changes == ["closed->open", "open->half_open", "half_open->closed"]
+
+
+def test_a_failure_from_before_the_opening_does_not_count_again() -> None:
+    """Failures of calls that started before the breaker opened neither reopen it nor count toward it."""
+    breaker, clock, changes = _breaker(threshold=1, cooldown=10.0)
+    assert breaker.allow()
+    old_epoch = breaker.epoch
+    breaker.failure(old_epoch)
+    assert _state(breaker) is BreakerState.OPEN
+    clock.advance(10.0)
+    assert breaker.allow()  # the probe goes out
+    breaker.failure(old_epoch)  # a straggler from before the opening
+    assert _state(breaker) is BreakerState.HALF_OPEN
+    breaker.success(breaker.epoch)  # the probe's own verdict
+    assert _state(breaker) is BreakerState.CLOSED
+    assert changes == ["closed->open", "open->half_open", "half_open->closed"]
