@@ -10,30 +10,26 @@ Private attributes of redis-py used here (there is no public count of a pool's c
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
 import redis.asyncio as aioredis
+from helpers import Upstream, check_answer, run_single_flight_workers, until
 from redis_server import RedisServer, free_port
+from reliability_support import in_use_connections
 
 from promptcache import CacheConfig, PromptCache, StoreError
 from promptcache.backends.redis import RedisStore
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Callable
 
 pytestmark = pytest.mark.redis
 
 MODEL = "gpt-4o-mini"
 AGENT = "agent"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -47,64 +43,8 @@ def request_for(prompt: str) -> dict[str, Any]:
     }
 
 
-def chat_body(rid: str, content: str) -> dict[str, Any]:
-    return {
-        "id": f"chatcmpl-{rid}",
-        "object": "chat.completion",
-        "created": 1_700_000_000,
-        "model": MODEL,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content, "refusal": None},
-                "logprobs": None,
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19},
-    }
-
-
-def check_answer(body: Any, prompt: str) -> None:
-    """The body is the one the fake upstream gives ``prompt`` (and no other request's)."""
-    assert isinstance(body, dict), body
-    assert body["id"] == f"chatcmpl-{prompt}", (body["id"], prompt)
-    assert body["choices"][0]["message"]["content"] == f"answer to {prompt}"
-
-
-class Upstream:
-    """A fake provider: answers each prompt with a body that names it, and counts its calls."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.calls = 0
-        self.delay = delay
-
-    def answer(self, prompt: str) -> dict[str, Any]:
-        return chat_body(prompt, f"answer to {prompt}")
-
-    def for_prompt(self, prompt: str) -> Callable[[], Awaitable[dict[str, Any]]]:
-        async def call() -> dict[str, Any]:
-            self.calls += 1
-            if self.delay:
-                await asyncio.sleep(self.delay)
-            return self.answer(prompt)
-
-        return call
-
-
 def open_cache(url: str, **config: Any) -> PromptCache:
     return PromptCache.from_url(url, CacheConfig(**config))
-
-
-def redis_client_of(cache: PromptCache) -> aioredis.Redis:
-    store = cache.store
-    assert isinstance(store, RedisStore)
-    return store.client
-
-
-def in_use_connections(cache: PromptCache) -> int:
-    pool = redis_client_of(cache).connection_pool
-    return len(pool._in_use_connections)
 
 
 async def all_keys(raw: aioredis.Redis) -> set[bytes]:
@@ -113,15 +53,6 @@ async def all_keys(raw: aioredis.Redis) -> set[bytes]:
 
 async def ask(cache: PromptCache, upstream: Upstream, prompt: str, **kwargs: Any) -> Any:
     return await cache.get_or_call(request_for(prompt), upstream.for_prompt(prompt), agent_id=AGENT, **kwargs)
-
-
-async def wait_for(predicate: Callable[[], Awaitable[bool]], within: float = 3.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(0.01)
-    return False
 
 
 # -- TTL ---------------------------------------------------------------------------------------------
@@ -232,7 +163,7 @@ async def test_invalidate_deletes_exactly_one_agents_entries(redis_url: str) -> 
         async def locked() -> bool:
             return bool(await raw.exists(inflight_key.lock_key))
 
-        assert await wait_for(locked)
+        await until(locked, "the in-flight lock", within=3.0)
         lock_keys = {inflight_key.lock_key.encode()}
         for agent, version, tenant, prompt in keys:
             lock_keys.add(
@@ -284,54 +215,6 @@ async def test_invalidate_deletes_exactly_one_agents_entries(redis_url: str) -> 
 
 # -- cross-process single-flight ---------------------------------------------------------------------
 
-WORKER = r"""
-import asyncio, json, os, sys, uuid
-
-import redis.asyncio as aioredis
-
-from promptcache import CacheConfig, PromptCache
-
-URL, PREFIX, CALLERS, WARM = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "warm"
-REQUEST = {
-    "model": "gpt-4o-mini",
-    "messages": [{"role": "user", "content": "the one question every process asks"}],
-    "temperature": 0,
-}
-
-
-async def main() -> None:
-    raw = aioredis.Redis.from_url(URL)
-    cache = PromptCache.from_url(URL, CacheConfig(lock_wait=10))
-
-    async def call():
-        await raw.incr(PREFIX + "upstream")
-        await asyncio.sleep(0.3)
-        return {
-            "id": f"chatcmpl-{os.getpid()}-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": 1700000000,
-            "model": "gpt-4o-mini",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "forty-two"},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11},
-        }
-
-    if WARM:  # open as many pooled connections as there will be concurrent callers
-        await asyncio.gather(*(cache.store.client.ping() for _ in range(CALLERS)))
-    await raw.incr(PREFIX + "ready")
-    while await raw.get(PREFIX + "go") is None:
-        await asyncio.sleep(0.002)
-    answers = await asyncio.gather(*(cache.get_or_call(REQUEST, call, agent_id="mp") for _ in range(CALLERS)))
-    stats = cache.stats()
-    await cache.aclose()
-    await raw.aclose()
-    print(json.dumps({"answers": answers, "stats": stats.as_dict()}))
-
-
-asyncio.run(main())
-"""
-
-
 SHOWN_STATS = (
     "upstream_calls",
     "store_timeouts",
@@ -343,48 +226,13 @@ SHOWN_STATS = (
 
 
 @pytest.mark.parametrize("pool", ["warm", "cold"])
-def test_four_processes_share_one_upstream_call(redis_url: str, tmp_path: Path, pool: str) -> None:
+def test_four_processes_share_one_upstream_call(redis_url: str, pool: str) -> None:
     """4 processes x 25 concurrent identical misses make exactly one upstream call and get one answer,
     whether each process's connection pool is already open (warm) or not (cold: a fresh process)."""
     processes, callers, prefix = 4, 25, "mp-test:"
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
-    }
-    client = redis.Redis.from_url(redis_url)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), redis_url, prefix, str(callers), pool],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=ROOT,
-        )
-        for _ in range(processes)
-    ]
-    try:
-        deadline = time.monotonic() + 30
-        while int(client.get(prefix + "ready") or 0) < processes:
-            assert all(p.poll() is None for p in procs), [
-                p.communicate() for p in procs if p.poll() is not None
-            ]
-            assert time.monotonic() < deadline, "workers did not get ready"
-            time.sleep(0.01)
-        client.set(prefix + "go", b"1")
-        outputs = [p.communicate(timeout=30) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
-        upstream_count = int(client.get(prefix + "upstream") or 0)
-        client.close()
-
-    for p, (_out, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err.decode()
-    results = [json.loads(out) for out, _ in outputs]
+    args = [redis_url, redis_url, prefix, str(callers), pool]
+    counters = redis.Redis.from_url(redis_url)
+    results, upstream_count = run_single_flight_workers(counters, prefix, processes, args)
     answers = [answer for result in results for answer in result["answers"]]
     summary = "; ".join(", ".join(f"{name}={r['stats'][name]}" for name in SHOWN_STATS) for r in results)
     assert upstream_count == 1, summary
@@ -607,7 +455,7 @@ async def test_cancelled_caller_leaves_no_lock_and_no_half_read_connection(  # n
         async def flights_done() -> bool:
             return not cache._flights
 
-        assert await wait_for(flights_done)
+        await until(flights_done, "the flights ending", within=3.0)
         await cache.drain()
         assert await raw.exists(victim_key.lock_key) == 0
         assert not [k for k in await all_keys(raw) if b":lock:" in k]
