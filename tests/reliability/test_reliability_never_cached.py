@@ -9,7 +9,6 @@ success, is stored and then hit).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import TYPE_CHECKING, Any
 
 import anthropic
@@ -180,7 +179,11 @@ async def test_an_unstorable_anthropic_answer_is_never_cached(
 
     try:
         ANTHROPIC_CASES[case](fake_llm)
-        with contextlib.suppress(anthropic.APIError):  # the 529: the caller sees it, as sent
+        if case == "529":  # the caller sees the overload, as sent
+            with pytest.raises(anthropic.APIStatusError) as raised:
+                await ask()
+            assert raised.value.status_code == 529
+        else:
             await ask()
         await cache.drain()
         assert await _keys(cache) == []
