@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Self
 import fakeredis
 import fakeredis.aioredis
 import pytest
+from helpers import FakeClock, Upstream, chat_body
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from promptcache import CacheConfig, PromptCache, StoreError
@@ -30,42 +31,6 @@ pytestmark = pytest.mark.anyio
 
 REQ: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
 DEADLINE_MARGIN = 0.5  # seconds: a generous bound for "returned at the deadline, not at the hang's end"
-
-
-class FakeClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, start: float = 100.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def chat_body(content: str) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "model": "gpt-4o-mini",
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-        ],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
-    }
-
-
-class Upstream:
-    """A fake provider call that counts its calls and answers ``answer <n>``."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def __call__(self) -> dict[str, Any]:
-        self.calls += 1
-        return chat_body(f"answer {self.calls}")
 
 
 def req(i: int) -> dict[str, Any]:
