@@ -28,16 +28,9 @@ from promptcache import CacheConfig, PromptCache
 from promptcache.anthropic import wrap as wrap_anthropic
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
 pytestmark = [pytest.mark.redis, pytest.mark.anyio]
-
-
-@pytest.fixture
-def fake_llm() -> Iterator[FakeLLM]:
-    """A local OpenAI-/Anthropic-compatible server, stopped afterwards."""
-    with FakeLLM() as server:
-        yield server
 
 
 def _fail(status: int, body: Any = None) -> Callable[[FakeLLM], None]:
