@@ -38,6 +38,19 @@ class FakeClock:
         self.now += seconds
 
 
+class ShiftedClock:
+    """Real monotonic time plus an offset the test moves on: cool-downs pass at once, deadlines still run."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
 def chat_body(
     content: str | None = "4", finish_reason: str | None = "stop", *, rid: str = "1", **message: Any
 ) -> dict[str, Any]:
