@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
     import openai
     from fake_llm import FakeLLM
+    from helpers import ShiftedClock
 
     from promptcache import CacheKey, CacheStats
     from promptcache.metrics import Hook
@@ -513,6 +514,7 @@ class Rig:
         self.upstream = upstream if upstream is not None else EchoUpstream()
         self.ledger = Ledger()
         self.events = events
+        self.clock: ShiftedClock | None = None
         self.raw = aioredis.Redis.from_url(raw_url) if raw_url is not None else None
         self._tasks_before = other_tasks()
         self._closed = False
@@ -526,13 +528,20 @@ class Rig:
         upstream: EchoUpstream | None = None,
         max_connections: int | None = None,
         hooks: Sequence[Hook] = (),
+        clock: ShiftedClock | None = None,
         **config: Any,
     ) -> Rig:
-        """A rig on a Redis cache at ``url`` (maybe a proxy); ``raw_url`` defaults to ``url``."""
+        """A rig on a Redis cache at ``url`` (maybe a proxy); ``raw_url`` defaults to ``url``.
+
+        ``clock`` is the cache's monotonic clock; :func:`hits_resume` advances it past the cool-down.
+        """
         events = StoreEvents()
         store = RedisStore.from_url(url, max_connections=max_connections)
-        cache = PromptCache(store, CacheConfig(**config), hooks=[events, *hooks])
-        return cls(cache, upstream, raw_url=raw_url or url, events=events)
+        monotonic = clock if clock is not None else time.monotonic
+        cache = PromptCache(store, CacheConfig(**config), hooks=[events, *hooks], monotonic=monotonic)
+        rig = cls(cache, upstream, raw_url=raw_url or url, events=events)
+        rig.clock = clock
+        return rig
 
     async def ask(
         self,
@@ -695,7 +704,10 @@ async def hits_resume(
             return True, notes
         events = rig.events.events[seen:] if rig.events else []
         notes.append(str(Counter((e.operation, e.outcome, e.error) for e in events)))
-        await asyncio.sleep(cooldown)
+        if rig.clock is not None:
+            rig.clock.advance(cooldown)
+        else:
+            await asyncio.sleep(cooldown)
     return False, notes
 
 
