@@ -131,6 +131,7 @@ class FaultProxy:
         self.refuse = False
         self.accepted = 0
         self.resets = 0
+        self.held = 0  # reply chunks being held back right now (a test polls it to know a reply is waiting)
         self._cut_after = 0
         self._cuts_left = 0
         self._lock = threading.Lock()
@@ -268,12 +269,16 @@ class FaultProxy:
 
     async def _hold(self, arrived: float) -> None:
         # Re-reads `delay` while waiting, so lowering it releases held chunks.
-        while True:
-            extra = self._random.uniform(0, self.jitter) if self.jitter else 0.0
-            remaining = arrived + self.delay + extra - time.monotonic()
-            if remaining <= 0:
-                return
-            await asyncio.sleep(min(remaining, 0.01))
+        self.held += 1
+        try:
+            while True:
+                extra = self._random.uniform(0, self.jitter) if self.jitter else 0.0
+                remaining = arrived + self.delay + extra - time.monotonic()
+                if remaining <= 0:
+                    return
+                await asyncio.sleep(min(remaining, 0.01))
+        finally:
+            self.held -= 1
 
     async def _pump(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pair: _Pair, *, reply: bool

@@ -136,7 +136,7 @@ async def test_an_abandoned_read_never_hands_its_reply_to_the_next_caller(
                 proxy.delay = 0.3
                 if how == "cancelled":
                     task = asyncio.create_task(rig.ask(victim, "same question"))
-                    await asyncio.sleep(0.05)  # the GET is sent; its reply sits in the proxy
+                    await until(lambda: proxy.held > 0, "the GET's reply held in the proxy")
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
