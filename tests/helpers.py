@@ -1,4 +1,4 @@
-"""Helpers shared by test modules: a fake clock, a fake provider call, chat bodies, polling, worker processes.
+"""Helpers shared by test modules: fake clocks, a fake provider call, chat bodies, polling, worker processes.
 
 Each lived as a copy in two to four test modules; a fix to one copy now reaches every test.
 """
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    import pytest
     import redis
 
 MODEL: Final = "gpt-4o-mini"
@@ -187,3 +188,13 @@ def run_single_flight_workers(
     for p, (_out, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err.decode()
     return [json.loads(out) for out, _ in outputs], upstream_count
+
+
+def outputs(pytester: pytest.Pytester) -> dict[str, Any]:
+    """What the inner tests noted since the last call (the log is consumed)."""
+    path = pytester.path / "outputs.jsonl"
+    if not path.exists():
+        return {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    path.unlink()
+    return dict(map(json.loads, lines))
