@@ -443,7 +443,6 @@ class Ledger:
     wrong: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     tracebacks: list[str] = field(default_factory=list)
-    slowest: float = 0.0
 
     @staticmethod
     def next_id() -> int:
@@ -566,7 +565,6 @@ class Rig:
         ledger = self.ledger
         rid = ledger.next_id()
         ledger.requests += 1
-        started = time.monotonic()
         request = chat_request(prompt, rid)
         if extra:
             request.update(extra)
@@ -591,8 +589,6 @@ class Rig:
             ledger.errors.append(f"{type(exc).__name__}: {exc}")
             ledger.tracebacks.append(traceback.format_exc())
             return None
-        finally:
-            ledger.slowest = max(ledger.slowest, time.monotonic() - started)
         ledger.answered += 1
         why = self.upstream.wrong(body, tenant, prompt)
         if why is not None:
