@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     import pytest
     import redis
 
+    from promptcache import PromptCache
+
 MODEL: Final = "gpt-4o-mini"
 ROOT: Final = Path(__file__).resolve().parents[1]
 SINGLE_FLIGHT_WORKER: Final = Path(__file__).with_name("single_flight_worker.py")
@@ -129,6 +131,11 @@ class Upstream:
     def for_prompt(self, prompt: str) -> Callable[[], Awaitable[Any]]:
         """A call that answers with :func:`answer_for` ``(prompt)``."""
         return lambda: self._answer(lambda _n: answer_for(prompt))
+
+
+def waiters(cache: PromptCache) -> int:
+    """Callers currently sharing an in-flight upstream call."""
+    return sum(f.waiters for f in cache._flights.values())
 
 
 async def until(

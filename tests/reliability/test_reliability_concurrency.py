@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import openai
 import pytest
 from helpers import until
+from helpers import waiters as waiting
 from redis.exceptions import ConnectionError as RedisConnectionError
 from reliability_support import (
     EchoUpstream,
@@ -46,11 +47,6 @@ if TYPE_CHECKING:
     from redis_server import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.anyio]
-
-
-def waiting(cache: PromptCache) -> int:
-    """Callers currently sharing an in-flight upstream call."""
-    return sum(f.waiters for f in cache._flights.values())
 
 
 # -- cancellation ------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import fakeredis
 import fakeredis.aioredis
 import pytest
-from helpers import FakeClock, Upstream, chat_body, until
+from helpers import FakeClock, Upstream, chat_body, until, waiters
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from promptcache import CacheConfig, ConfigError, PromptCache, PromptCacheError, StoreError
@@ -41,11 +41,6 @@ REQ: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "co
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-def waiters(cache: PromptCache) -> int:
-    """Callers currently sharing an in-flight upstream call."""
-    return sum(f.waiters for f in cache._flights.values())
 
 
 def invariant_holds(cache: PromptCache) -> bool:
