@@ -163,7 +163,8 @@ def run_single_flight_workers(
     """Start ``processes`` copies of ``single_flight_worker.py`` with ``args``, release them together.
 
     ``counters`` is a client on the store the workers count in (``<prefix>ready``, ``<prefix>go``,
-    ``<prefix>upstream``). Returns each worker's JSON output and the upstream calls counted across all.
+    ``<prefix>upstream``); it is closed here. Returns each worker's JSON output and the upstream calls
+    counted across all of them.
     """
     env = {
         **os.environ,
