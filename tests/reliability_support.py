@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
     import openai
     from fake_llm import FakeLLM
+    from helpers import ShiftedClock
 
     from promptcache import CacheKey, CacheStats
     from promptcache.metrics import Hook
@@ -130,6 +131,7 @@ class FaultProxy:
         self.refuse = False
         self.accepted = 0
         self.resets = 0
+        self.held = 0  # reply chunks being held back right now (a test polls it to know a reply is waiting)
         self._cut_after = 0
         self._cuts_left = 0
         self._lock = threading.Lock()
@@ -267,12 +269,16 @@ class FaultProxy:
 
     async def _hold(self, arrived: float) -> None:
         # Re-reads `delay` while waiting, so lowering it releases held chunks.
-        while True:
-            extra = self._random.uniform(0, self.jitter) if self.jitter else 0.0
-            remaining = arrived + self.delay + extra - time.monotonic()
-            if remaining <= 0:
-                return
-            await asyncio.sleep(min(remaining, 0.01))
+        self.held += 1
+        try:
+            while True:
+                extra = self._random.uniform(0, self.jitter) if self.jitter else 0.0
+                remaining = arrived + self.delay + extra - time.monotonic()
+                if remaining <= 0:
+                    return
+                await asyncio.sleep(min(remaining, 0.01))
+        finally:
+            self.held -= 1
 
     async def _pump(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pair: _Pair, *, reply: bool
@@ -437,7 +443,6 @@ class Ledger:
     wrong: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     tracebacks: list[str] = field(default_factory=list)
-    slowest: float = 0.0
 
     @staticmethod
     def next_id() -> int:
@@ -513,6 +518,7 @@ class Rig:
         self.upstream = upstream if upstream is not None else EchoUpstream()
         self.ledger = Ledger()
         self.events = events
+        self.clock: ShiftedClock | None = None
         self.raw = aioredis.Redis.from_url(raw_url) if raw_url is not None else None
         self._tasks_before = other_tasks()
         self._closed = False
@@ -526,13 +532,20 @@ class Rig:
         upstream: EchoUpstream | None = None,
         max_connections: int | None = None,
         hooks: Sequence[Hook] = (),
+        clock: ShiftedClock | None = None,
         **config: Any,
     ) -> Rig:
-        """A rig on a Redis cache at ``url`` (maybe a proxy); ``raw_url`` defaults to ``url``."""
+        """A rig on a Redis cache at ``url`` (maybe a proxy); ``raw_url`` defaults to ``url``.
+
+        ``clock`` is the cache's monotonic clock; :func:`hits_resume` advances it past the cool-down.
+        """
         events = StoreEvents()
         store = RedisStore.from_url(url, max_connections=max_connections)
-        cache = PromptCache(store, CacheConfig(**config), hooks=[events, *hooks])
-        return cls(cache, upstream, raw_url=raw_url or url, events=events)
+        monotonic = clock if clock is not None else time.monotonic
+        cache = PromptCache(store, CacheConfig(**config), hooks=[events, *hooks], monotonic=monotonic)
+        rig = cls(cache, upstream, raw_url=raw_url or url, events=events)
+        rig.clock = clock
+        return rig
 
     async def ask(
         self,
@@ -552,7 +565,6 @@ class Rig:
         ledger = self.ledger
         rid = ledger.next_id()
         ledger.requests += 1
-        started = time.monotonic()
         request = chat_request(prompt, rid)
         if extra:
             request.update(extra)
@@ -577,8 +589,6 @@ class Rig:
             ledger.errors.append(f"{type(exc).__name__}: {exc}")
             ledger.tracebacks.append(traceback.format_exc())
             return None
-        finally:
-            ledger.slowest = max(ledger.slowest, time.monotonic() - started)
         ledger.answered += 1
         why = self.upstream.wrong(body, tenant, prompt)
         if why is not None:
@@ -695,7 +705,10 @@ async def hits_resume(
             return True, notes
         events = rig.events.events[seen:] if rig.events else []
         notes.append(str(Counter((e.operation, e.outcome, e.error) for e in events)))
-        await asyncio.sleep(cooldown)
+        if rig.clock is not None:
+            rig.clock.advance(cooldown)
+        else:
+            await asyncio.sleep(cooldown)
     return False, notes
 
 

@@ -8,17 +8,13 @@ and a primary SIGKILLed mid-traffic. Contents are checked node by node with plai
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import subprocess
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
+from helpers import Upstream, answer_for, check_answer, run_single_flight_workers, until
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -30,15 +26,12 @@ from promptcache.backends.cluster import RedisClusterStore, cluster_url_to_redis
 from promptcache.backends.redis import glob_escape
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
     from redis_cluster import LocalRedisCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.anyio]
 
 MODEL = "gpt-4o-mini"
 NAMESPACE = "promptcache"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -46,47 +39,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def request_for(prompt: str) -> dict[str, Any]:
     return {"model": MODEL, "messages": [{"role": "user", "content": prompt}], "temperature": 0}
-
-
-def chat_body(rid: str) -> dict[str, Any]:
-    return {
-        "id": f"chatcmpl-{rid}",
-        "object": "chat.completion",
-        "created": 1_700_000_000,
-        "model": MODEL,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": f"answer to {rid}"},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19},
-    }
-
-
-def check_answer(body: Any, rid: str) -> None:
-    """The body is the one the fake upstream gave request ``rid`` (and no other request's)."""
-    assert isinstance(body, dict), body
-    assert body["id"] == f"chatcmpl-{rid}", (body["id"], rid)
-    assert body["choices"][0]["message"]["content"] == f"answer to {rid}"
-
-
-class Upstream:
-    """A fake provider: echoes each request id in its answer and counts its calls."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.calls = 0
-        self.delay = delay
-
-    def for_prompt(self, rid: str) -> Callable[[], Awaitable[dict[str, Any]]]:
-        async def call() -> dict[str, Any]:
-            self.calls += 1
-            if self.delay:
-                await asyncio.sleep(self.delay)
-            return chat_body(rid)
-
-        return call
 
 
 async def ask(cache: PromptCache, upstream: Upstream, rid: str, agent: str = "agent") -> Any:
@@ -160,10 +112,11 @@ async def test_ttl_is_set_in_milliseconds_and_expires(cluster: LocalRedisCluster
         pttl = await store.client.pttl("ttl:{long}")
         assert 0 < pttl <= 60_000
         await store.set("ttl:{short}", b"v", 0.05)
-        deadline = time.monotonic() + 5
-        while await store.get("ttl:{short}") is not None:
-            assert time.monotonic() < deadline, "the key outlived its TTL by seconds"
-            await asyncio.sleep(0.02)
+
+        async def expired() -> bool:
+            return await store.get("ttl:{short}") is None
+
+        await until(expired, "the key expiring")
         with pytest.raises(ValueError, match="ttl"):
             await store.set("ttl:{bad}", b"v", 0)
 
@@ -201,10 +154,11 @@ async def test_lock_is_exclusive_token_checked_and_expires(cluster: LocalRedisCl
         assert await store.unlock("l:{a}", "t1") is True
         assert await store.unlock("l:{a}", "t1") is False
         assert await store.try_lock("l:{a}", "t2", 0.05) is True
-        deadline = time.monotonic() + 5
-        while not await store.try_lock("l:{a}", "t3", 30):
-            assert time.monotonic() < deadline, "the lock outlived its TTL by seconds"
-            await asyncio.sleep(0.02)
+
+        async def relocked() -> bool:
+            return await store.try_lock("l:{a}", "t3", 30)
+
+        await until(relocked, "the lock expiring")
 
 
 async def test_aclose_is_idempotent_and_spares_a_borrowed_client(cluster: LocalRedisCluster) -> None:
@@ -289,7 +243,9 @@ async def test_invalidate_deletes_one_agent_on_every_primary(cluster: LocalRedis
     try:
         for agent in ("a", "b"):
             for i in range(200):
-                assert await cache.set(request_for(f"{agent}-{i}"), chat_body(f"{agent}-{i}"), agent_id=agent)
+                assert await cache.set(
+                    request_for(f"{agent}-{i}"), answer_for(f"{agent}-{i}"), agent_id=agent
+                )
         a_prefix, b_prefix = agent_prefix(NAMESPACE, "a"), agent_prefix(NAMESPACE, "b")
         a_before, b_before = count_on_primaries(cluster, a_prefix), count_on_primaries(cluster, b_prefix)
         assert len(a_before) == 3
@@ -324,87 +280,12 @@ async def test_one_agents_keys_spread_over_all_primaries(cluster: LocalRedisClus
         await cache.aclose()
 
 
-WORKER = r"""
-import asyncio, json, os, sys, uuid
-
-from redis.asyncio.cluster import RedisCluster
-
-from promptcache import CacheConfig, PromptCache
-
-URL, RAW_URL, PREFIX, CALLERS = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-REQUEST = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "one question for all"}]}
-
-
-async def main() -> None:
-    raw = RedisCluster.from_url(RAW_URL)
-    cache = PromptCache.from_url(URL, CacheConfig(lock_wait=10))
-
-    async def call():
-        await raw.incr(PREFIX + "upstream")
-        await asyncio.sleep(0.3)
-        return {
-            "id": f"chatcmpl-{os.getpid()}-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "model": "gpt-4o-mini",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "forty-two"},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11},
-        }
-
-    await cache.store.client.initialize()  # a fresh process reads the topology before the race starts
-    await raw.incr(PREFIX + "ready")
-    while await raw.get(PREFIX + "go") is None:
-        await asyncio.sleep(0.002)
-    answers = await asyncio.gather(*(cache.get_or_call(REQUEST, call, agent_id="mp") for _ in range(CALLERS)))
-    stats = cache.stats()
-    await cache.aclose()
-    await raw.aclose()
-    print(json.dumps({"answers": answers, "stats": stats.as_dict()}))
-
-
-asyncio.run(main())
-"""
-
-
-def test_four_processes_share_one_upstream_call(cluster: LocalRedisCluster, tmp_path: Path) -> None:
+def test_four_processes_share_one_upstream_call(cluster: LocalRedisCluster) -> None:
     """4 processes x 10 concurrent identical misses make one upstream call through the cluster's lock."""
     processes, callers, prefix = 4, 10, "mp-test:{counters}:"
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
-    }
-    client = redis.RedisCluster.from_url(cluster.redis_url)
-    argv = [sys.executable, str(script), cluster.url, cluster.redis_url, prefix, str(callers)]
-    procs = [
-        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
-        for _ in range(processes)
-    ]
-    try:
-        deadline = time.monotonic() + 30
-        while int(client.get(prefix + "ready") or 0) < processes:
-            assert all(p.poll() is None for p in procs), [
-                p.communicate() for p in procs if p.poll() is not None
-            ]
-            assert time.monotonic() < deadline, "workers did not get ready"
-            time.sleep(0.01)
-        client.set(prefix + "go", b"1")
-        outputs = [p.communicate(timeout=30) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-            for stream in (p.stdout, p.stderr):
-                if stream is not None:
-                    stream.close()
-        upstream_count = int(client.get(prefix + "upstream") or 0)
-        client.close()
-
-    for p, (_out, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err.decode()
-    results = [json.loads(out) for out, _ in outputs]
+    args = [cluster.url, cluster.redis_url, prefix, str(callers), "cold"]
+    counters = redis.RedisCluster.from_url(cluster.redis_url)
+    results, upstream_count = run_single_flight_workers(counters, prefix, processes, args)
     answers = [answer for result in results for answer in result["answers"]]
     assert upstream_count == 1, [r["stats"] for r in results]
     assert sum(result["stats"]["upstream_calls"] for result in results) == 1
@@ -466,7 +347,8 @@ async def test_primary_killed_mid_traffic_every_request_is_answered(cluster: Loc
         hits_before = cache.stats().hits
         cluster.kill(victim)
         await asyncio.to_thread(cluster.wait_failover, victim)
-        await asyncio.sleep(0.3)  # some traffic against the new topology, too
+        at_failover = cache.stats().requests
+        await until(lambda: cache.stats().requests >= at_failover + 100, "traffic against the new topology")
     finally:
         stop.set()
         await asyncio.gather(*workers)

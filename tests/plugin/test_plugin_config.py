@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from helpers import outputs
 
 from promptcache._cassette import load_cassette
 
@@ -23,16 +23,6 @@ import llm
 def test_chat():
     llm.note("answer", llm.chat("Name a river"))
 """
-
-
-def outputs(pytester: pytest.Pytester) -> dict[str, Any]:
-    """What the inner tests noted since the last call (the log is consumed)."""
-    path = pytester.path / "outputs.jsonl"
-    if not path.exists():
-        return {}
-    lines = path.read_text(encoding="utf-8").splitlines()
-    path.unlink()
-    return dict(map(json.loads, lines))
 
 
 def recordings(path: Path) -> list[dict[str, Any]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,6 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
+from helpers import outputs
 
 from promptcache._cassette import load_cassette, parse_cassette
 from promptcache.pytest_plugin._stores import REDIS_PREFIX
@@ -120,16 +120,6 @@ def test_messages_stream_async():
 
     llm.note("stream_async", asyncio.run(main()))
 """
-
-
-def outputs(pytester: pytest.Pytester) -> dict[str, Any]:
-    """What the inner tests noted since the last call (the log is consumed)."""
-    path = pytester.path / "outputs.jsonl"
-    if not path.exists():
-        return {}
-    lines = path.read_text(encoding="utf-8").splitlines()
-    path.unlink()
-    return dict(map(json.loads, lines))
 
 
 def cassette(pytester: pytest.Pytester, name: str) -> dict[str, Any]:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 from typing import TYPE_CHECKING, Any
 
 import openai
 import pytest
-from fake_llm import FakeLLM
+from helpers import until
+from helpers import waiters as waiting
 from redis.exceptions import ConnectionError as RedisConnectionError
 from reliability_support import (
     EchoUpstream,
@@ -27,6 +27,7 @@ from reliability_support import (
     finish_sdk,
     in_use_connections,
     leftover_tasks,
+    lock_keys,
     other_tasks,
     run_traffic,
     sdk_answer_is_for,
@@ -40,30 +41,12 @@ from promptcache.backends.redis import RedisStore
 from promptcache.metrics import CacheEvent, StoreEvent
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
+    from fake_llm import FakeLLM
     from redis_server import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.anyio]
-
-
-@pytest.fixture
-def fake_llm() -> Iterator[FakeLLM]:
-    """A local OpenAI-compatible server, stopped afterwards."""
-    with FakeLLM() as server:
-        yield server
-
-
-def waiting(cache: PromptCache) -> int:
-    """Callers currently sharing an in-flight upstream call."""
-    return sum(f.waiters for f in cache._flight.flights.values())
-
-
-async def until(predicate: Callable[[], bool], what: str, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} did not happen within {within} s"
-        await asyncio.sleep(0.002)
 
 
 # -- cancellation ------------------------------------------------------------------------------------
@@ -149,7 +132,7 @@ async def test_an_abandoned_read_never_hands_its_reply_to_the_next_caller(
                 proxy.delay = 0.3
                 if how == "cancelled":
                     task = asyncio.create_task(rig.ask(victim, "same question"))
-                    await asyncio.sleep(0.05)  # the GET is sent; its reply sits in the proxy
+                    await until(lambda: proxy.held > 0, "the GET's reply held in the proxy")
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
@@ -314,11 +297,20 @@ async def test_a_timed_out_lock_does_not_hold_up_the_next_caller(
             slow_after_get["armed"] = False
             proxy.delay = 0.0
             rig.upstream.fail_with = None
-            await asyncio.sleep(0.3)  # the late replies have gone through
-            started = time.monotonic()
+            raw = rig.raw
+            assert raw is not None
+
+            async def late_lock_released() -> bool:
+                return not await lock_keys(raw)
+
+            await until(late_lock_released, "the late lock's release")
+            before, calls = rig.cache.stats(), rig.upstream.completed
             await rig.ask("tenant-1", "retried")  # the caller retries after the provider's 500
-            elapsed = time.monotonic() - started
-            assert elapsed < 2 * 0.05 + 0.5, f"the retry waited {elapsed:.2f} s on a lock nobody holds"
+            after = rig.cache.stats()
+            assert (after.lock_waits, after.lock_timeouts) == (before.lock_waits, before.lock_timeouts), (
+                "the retry waited on a lock nobody holds"
+            )
+            assert rig.upstream.completed == calls + 1
             await rig.finish()
         finally:
             await rig.close()

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import openai
 import pytest
 import redis.asyncio as aioredis
-from fake_llm import FakeLLM
 from reliability_support import (
     SECRET_API_KEY,
     SECRET_COOKIE,
@@ -37,9 +36,10 @@ from promptcache import CacheConfig, PromptCache, StoreError
 from promptcache.pytest_plugin._stores import RedisCassetteStore, open_cassette_store
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
     from pathlib import Path
 
+    from fake_llm import FakeLLM
     from redis_server import RedisServer
 
 pytest_plugins = ["pytester"]
@@ -62,13 +62,6 @@ CLIENT_OPTIONS: dict[str, Any] = {
     "default_headers": {"Cookie": f"session={SECRET_COOKIE}"},
     "default_query": {"token": SECRET_QUERY},
 }
-
-
-@pytest.fixture
-def fake_llm() -> Iterator[FakeLLM]:
-    """A local OpenAI-compatible server, stopped afterwards."""
-    with FakeLLM() as server:
-        yield server
 
 
 def _password_protected(private_redis: Callable[..., RedisServer]) -> RedisServer:

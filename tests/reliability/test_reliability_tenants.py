@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from fake_llm import FakeLLM
 from reliability_support import (
     AGENT,
     Rig,
@@ -28,7 +27,7 @@ from promptcache._entry import parse_entry
 from promptcache.backends.redis import glob_escape
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from fake_llm import FakeLLM
 
 pytestmark = [pytest.mark.redis, pytest.mark.anyio]
 
@@ -53,13 +52,6 @@ HOSTILE_IDS = [
     "a",
     "b",
 ]
-
-
-@pytest.fixture
-def fake_llm() -> Iterator[FakeLLM]:
-    """A local OpenAI-compatible server, stopped afterwards."""
-    with FakeLLM() as server:
-        yield server
 
 
 async def test_same_request_from_two_tenants_is_two_entries(redis_url: str) -> None:

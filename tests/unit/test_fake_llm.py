@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -72,14 +73,18 @@ def ant_pair(server: FakeLLM) -> Iterator[AnthropicPair]:
 
 
 def test_urls_and_lifecycle() -> None:
-    """The server exposes loopback base URLs while running, and stop() is idempotent and fast."""
+    """The server exposes loopback base URLs while running, and stop() is idempotent and complete."""
     fake = FakeLLM().start()
     assert fake.base_url == f"http://127.0.0.1:{fake.port}/v1"
     assert fake.anthropic_base_url == f"http://127.0.0.1:{fake.port}"
-    started = time.monotonic()
+    port, thread = fake.port, fake._thread
+    assert thread is not None
     fake.stop()
     fake.stop()
-    assert time.monotonic() - started < 1
+    # Complete, not merely requested: the serving thread has ended and the port no longer accepts.
+    assert not thread.is_alive()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
     with pytest.raises(RuntimeError, match="not started"):
         _ = fake.base_url
 
@@ -351,12 +356,23 @@ async def test_anthropic_create_stream_async(ant_pair: AnthropicPair) -> None:
 # --- failures ------------------------------------------------------------------------------------
 
 
-def test_429_then_success_is_retried(server: FakeLLM, oai: openai.OpenAI) -> None:
+def test_429_then_success_is_retried(
+    server: FakeLLM, oai: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A 429 is retried by the SDK without a long sleep, and both attempts reach the server."""
     server.fail_next(429)
-    started = time.monotonic()
+    slept: list[float] = []
+    real_sleep = time.sleep
+
+    def recorded_sleep(seconds: float) -> None:
+        slept.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", recorded_sleep)
     reply = oai.chat.completions.create(model="gpt-test", messages=chat("retry me"))
-    assert time.monotonic() - started < 1
+    # The wait the fake asked for (retry-after-ms: 1), not the SDK's own backoff (0.5 s and up).
+    assert slept, "the SDK retried without waiting at all"
+    assert max(slept) < 0.5, slept
     assert reply.choices[0].message.content == "answer #2 to: retry me"
     assert server.calls == 2
     assert [r.headers["x-stainless-retry-count"] for r in server.requests] == ["0", "1"]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import fakeredis
 import fakeredis.aioredis
 import pytest
+from helpers import FakeClock, Upstream, chat_body, until, waiters
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from promptcache import CacheConfig, ConfigError, PromptCache, PromptCacheError, StoreError
@@ -40,86 +41,6 @@ REQ: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "co
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-class FakeClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, start: float) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def chat_body(
-    content: str | None = "4", finish_reason: str | None = "stop", **message: Any
-) -> dict[str, Any]:
-    """An OpenAI chat.completion body."""
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "model": "gpt-4o-mini",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content, **message},
-                "finish_reason": finish_reason,
-            }
-        ],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
-    }
-
-
-class Upstream:
-    """A fake provider call: counts calls, answers ``answer <n>``, can block, fail or record cancellation."""
-
-    def __init__(
-        self,
-        make: Callable[[int], Any] | None = None,
-        *,
-        error: BaseException | None = None,
-        delay: float = 0.0,
-        gate: asyncio.Event | None = None,
-    ) -> None:
-        self.make = make if make is not None else (lambda n: chat_body(f"answer {n}"))
-        self.error = error
-        self.delay = delay
-        self.gate = gate
-        self.calls = 0
-        self.cancelled = 0
-
-    async def __call__(self) -> Any:
-        self.calls += 1
-        n = self.calls
-        try:
-            if self.gate is not None:
-                await self.gate.wait()
-            if self.delay:
-                await asyncio.sleep(self.delay)
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            raise
-        if self.error is not None:
-            raise self.error
-        return self.make(n)
-
-
-async def until(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll ``predicate`` on the event loop until it holds; fail the test after ``within`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.002)
-
-
-def waiters(cache: PromptCache) -> int:
-    """Callers currently sharing an in-flight upstream call."""
-    return sum(f.waiters for f in cache._flight.flights.values())
 
 
 def invariant_holds(cache: PromptCache) -> bool:
@@ -277,11 +198,11 @@ async def _expire(sc: StoreCase, key: str, ttl: float) -> None:
     if sc.clock is not None:
         sc.clock.advance(ttl + 0.01)
         return
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5.0
-    while await sc.store.get(key) is not None:
-        assert loop.time() < deadline, "the Redis TTL did not expire"
-        await asyncio.sleep(0.02)
+
+    async def gone() -> bool:
+        return await sc.store.get(key) is None
+
+    await until(gone, "the Redis TTL expiring")
 
 
 async def test_ttl_expiry(sc: StoreCase) -> None:
@@ -441,11 +362,11 @@ async def test_lock_expires_after_its_ttl(lsc: StoreCase) -> None:
         lsc.clock.advance(ttl + 0.1)
         assert await store.try_lock("lock:a", "t2", ttl) is True
     else:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5.0
-        while not await store.try_lock("lock:a", "t2", ttl):
-            assert loop.time() < deadline, "the lock never expired"
-            await asyncio.sleep(0.02)
+
+        async def relocked() -> bool:
+            return await store.try_lock("lock:a", "t2", ttl)
+
+        await until(relocked, "the lock expiring")
     assert await store.unlock("lock:a", "t1") is False  # the expired holder cannot release the new one
 
 

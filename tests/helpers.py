@@ -1,0 +1,208 @@
+"""Helpers shared by test modules: fake clocks, a fake provider call, chat bodies, polling, worker processes.
+
+Each lived as a copy in two to four test modules; a fix to one copy now reaches every test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    import pytest
+    import redis
+
+    from promptcache import PromptCache
+
+MODEL: Final = "gpt-4o-mini"
+ROOT: Final = Path(__file__).resolve().parents[1]
+SINGLE_FLIGHT_WORKER: Final = Path(__file__).with_name("single_flight_worker.py")
+
+
+class FakeClock:
+    """A clock that only moves when told to."""
+
+    def __init__(self, start: float = 100.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class ShiftedClock:
+    """Real monotonic time plus an offset the test moves on: cool-downs pass at once, deadlines still run."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+def chat_body(
+    content: str | None = "4", finish_reason: str | None = "stop", *, rid: str = "1", **message: Any
+) -> dict[str, Any]:
+    """An OpenAI chat.completion body with id ``chatcmpl-<rid>``."""
+    return {
+        "id": f"chatcmpl-{rid}",
+        "object": "chat.completion",
+        "model": MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, **message},
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+    }
+
+
+def answer_for(prompt: str) -> dict[str, Any]:
+    """The body :meth:`Upstream.for_prompt` answers ``prompt`` with: it names the prompt."""
+    return chat_body(f"answer to {prompt}", rid=prompt)
+
+
+def check_answer(body: Any, prompt: str) -> None:
+    """The body is the one the fake upstream gives ``prompt`` (and no other request's)."""
+    assert isinstance(body, dict), body
+    assert body["id"] == f"chatcmpl-{prompt}", (body["id"], prompt)
+    assert body["choices"][0]["message"]["content"] == f"answer to {prompt}"
+
+
+class Upstream:
+    """A fake provider call: counts calls, answers ``answer <n>``, can block, fail or record cancellation.
+
+    Called directly it is one call site; :meth:`for_prompt` gives per-prompt calls that share the count.
+    """
+
+    def __init__(
+        self,
+        make: Callable[[int], Any] | None = None,
+        *,
+        error: BaseException | None = None,
+        delay: float = 0.0,
+        gate: asyncio.Event | None = None,
+    ) -> None:
+        self.make = make if make is not None else (lambda n: chat_body(f"answer {n}"))
+        self.error = error
+        self.delay = delay
+        self.gate = gate
+        self.calls = 0
+        self.cancelled = 0
+
+    async def _answer(self, make: Callable[[int], Any]) -> Any:
+        self.calls += 1
+        n = self.calls
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            if self.delay:
+                await asyncio.sleep(self.delay)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        if self.error is not None:
+            raise self.error
+        return make(n)
+
+    async def __call__(self) -> Any:
+        return await self._answer(self.make)
+
+    def answer(self, prompt: str) -> dict[str, Any]:
+        """What :meth:`for_prompt` calls answer (without counting a call)."""
+        return answer_for(prompt)
+
+    def for_prompt(self, prompt: str) -> Callable[[], Awaitable[Any]]:
+        """A call that answers with :func:`answer_for` ``(prompt)``."""
+        return lambda: self._answer(lambda _n: answer_for(prompt))
+
+
+def waiters(cache: PromptCache) -> int:
+    """Callers currently sharing an in-flight upstream call."""
+    return sum(f.waiters for f in cache._flight.flights.values())
+
+
+async def until(
+    predicate: Callable[[], bool | Awaitable[bool]], what: str = "condition", within: float = 5.0
+) -> None:
+    """Poll ``predicate`` (sync or async) on the event loop until it holds; fail after ``within`` seconds.
+
+    ``within`` only keeps a broken test from hanging: it is no claim about speed.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        held = predicate()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
+        assert loop.time() < deadline, f"{what} did not happen within {within} s"
+        await asyncio.sleep(0.002)
+
+
+def run_single_flight_workers(
+    counters: redis.Redis | redis.RedisCluster, prefix: str, processes: int, args: list[str]
+) -> tuple[list[dict[str, Any]], int]:
+    """Start ``processes`` copies of ``single_flight_worker.py`` with ``args``, release them together.
+
+    ``counters`` is a client on the store the workers count in (``<prefix>ready``, ``<prefix>go``,
+    ``<prefix>upstream``); it is closed here. Returns each worker's JSON output and the upstream calls
+    counted across all of them.
+    """
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+    }
+    argv = [sys.executable, str(SINGLE_FLIGHT_WORKER), *args]
+    procs = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+        for _ in range(processes)
+    ]
+    try:
+        deadline = time.monotonic() + 30
+        while int(counters.get(prefix + "ready") or 0) < processes:
+            assert all(p.poll() is None for p in procs), [
+                p.communicate() for p in procs if p.poll() is not None
+            ]
+            assert time.monotonic() < deadline, "workers did not get ready"
+            time.sleep(0.01)
+        counters.set(prefix + "go", b"1")
+        outputs = [p.communicate(timeout=30) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+        upstream_count = int(counters.get(prefix + "upstream") or 0)
+        counters.close()
+
+    for p, (_out, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err.decode()
+    return [json.loads(out) for out, _ in outputs], upstream_count
+
+
+def outputs(pytester: pytest.Pytester) -> dict[str, Any]:
+    """What the inner tests noted since the last call (the log is consumed)."""
+    path = pytester.path / "outputs.jsonl"
+    if not path.exists():
+        return {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    path.unlink()
+    return dict(map(json.loads, lines))
