@@ -56,7 +56,10 @@ class PromptCache:
         hooks: Called with a frozen :mod:`promptcache.metrics` event for every request (exactly one hit,
             miss or bypass each), store call and breaker transition; see :class:`~promptcache.metrics.Hook`.
 
-    A cache belongs to the event loop it is first used on, like the ``redis.asyncio`` client inside it.
+    One cache serves every caller of a process: any event loop (successive ``asyncio.run`` calls, a
+    loop per test), any thread, sync SDK clients (on promptcache's portal thread) and async code at once.
+    What is bound to a loop (store connections, shared calls, background writes) is kept per loop and
+    finished before that loop closes; counters, the breaker and the store's contents are shared.
 
     .. versionadded:: 0.1.0
     """
@@ -365,34 +368,50 @@ class PromptCache:
         return self._counters.snapshot(self.breaker.state.value)
 
     async def drain(self) -> None:
-        """Wait until every background write (and retried release of a timed-out lock) has finished."""
-        while self._writer.pending or self._flight.releasing:
+        """Wait until this loop's background writes (and retried lock releases) have finished."""
+        while True:
             await self._writer.drain()
             await self._flight.drain_releases()
+            if not (self._writer.pending_here or self._flight.releasing):
+                return
 
     async def aclose(self) -> None:
-        """Finish pending writes, then close the store (if owned). Idempotent.
+        """Let calls in flight finish, write what they bring, then close the store (if owned). Idempotent.
 
-        Retried releases of locks whose ``SET NX`` timed out are cancelled rather than waited for.
+        Writes pending in other event loops (a sync client's, on promptcache's portal thread) are finished
+        in their own loops first. After this, new calls raise :class:`PromptCacheError`, and an answer that
+        arrives late is returned to its caller but neither written nor sent to the store (counted as a
+        dropped write and skipped store calls). Retried releases of locks whose ``SET NX`` timed out are
+        cancelled rather than waited for: each lock's TTL ends it.
         """
         if self._closed:
             return
         self._closed = True
-        await self._writer.drain()
+        await self._flight.settle()
+        await self._writer.aclose()
         await self._flight.cancel_releases()
+        self._guard.close()
         if self._owns_store:
             await self.store.aclose()
 
     def close(self) -> None:
-        """:meth:`aclose` for a cache that sync clients use (it lives on promptcache's portal loop).
+        """:meth:`aclose` from sync code (a cache used by sync SDK clients); blocks until it is done.
 
-        Async code uses ``await cache.aclose()`` instead; this blocks the calling thread.
+        Raises:
+            PromptCacheError: Called from a thread running an event loop (it would block that loop):
+                use ``await cache.aclose()`` there.
 
         .. versionadded:: 0.1.0
         """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise PromptCacheError("cache.close() would block this event loop; use `await cache.aclose()`")
         from promptcache.integrations import _portal  # noqa: PLC0415 - only sync users need the portal
 
-        _portal.run(self.aclose())
+        _portal.call(self.aclose)
 
     async def __aenter__(self) -> Self:
         return self

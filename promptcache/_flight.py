@@ -14,7 +14,7 @@ import functools
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -22,6 +22,7 @@ import orjson
 from promptcache._entry import Entry, decode_entry
 from promptcache._events import Result
 from promptcache._gate import usage_of
+from promptcache._loops import PerLoop
 from promptcache.backends import LockingStore
 from promptcache.exceptions import EntryError
 
@@ -50,6 +51,15 @@ class Flight:
     task: asyncio.Task[tuple[Any, bool]]
     waiters: int = 0
     snapshot: bytes | None = None  # the answer's JSON, taken before any caller can change the object
+
+
+@dataclass(slots=True)
+class _LoopFlights:
+    """One event loop's shared reads, shared calls and lock releases (futures and tasks are loop-bound)."""
+
+    flights: dict[str, Flight] = field(default_factory=dict)
+    reads: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
+    releases: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 class SingleFlight:
@@ -87,10 +97,22 @@ class SingleFlight:
         self._events = events
         self._clock = clock
         self._mono = monotonic
-        self.flights: dict[str, Flight] = {}
-        self._reads: dict[str, asyncio.Future[Any]] = {}
+        # Concurrent callers share reads and calls within their own event loop; across loops (and
+        # processes) the store's lock keeps it to one upstream call.
+        self._loops: PerLoop[_LoopFlights] = PerLoop(_LoopFlights)
         self._uncertain_locks: set[str] = set()
-        self._releases: set[asyncio.Task[None]] = set()
+
+    @property
+    def flights(self) -> dict[str, Flight]:
+        """The running loop's calls in flight, by store key (empty outside a loop)."""
+        state = self._loops.current()
+        return {} if state is None else state.flights
+
+    @property
+    def reads(self) -> dict[str, asyncio.Future[Any]]:
+        """The running loop's shared store reads in flight, by store key (empty outside a loop)."""
+        state = self._loops.current()
+        return {} if state is None else state.reads
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -102,13 +124,14 @@ class SingleFlight:
         """
         if again:
             return self._decode(key, await self._fetch(key), again=True)
-        pending = self._reads.get(key.store_key)
+        reads = self._loops.get().reads
+        pending = reads.get(key.store_key)
         if pending is not None:
             raw = await asyncio.shield(pending)
             if raw is not _RETRY:
                 return self._decode(key, raw, again=True)  # the first reader already counted a bad value
             return self._decode(key, await self._fetch(key), again=again)
-        pending = self._reads[key.store_key] = asyncio.get_running_loop().create_future()
+        pending = reads[key.store_key] = asyncio.get_running_loop().create_future()
         try:
             raw = await self._fetch(key)
         except BaseException:
@@ -117,8 +140,8 @@ class SingleFlight:
         else:
             pending.set_result(raw)
         finally:
-            if self._reads.get(key.store_key) is pending:
-                del self._reads[key.store_key]
+            if reads.get(key.store_key) is pending:
+                del reads[key.store_key]
         return self._decode(key, raw, again=again)
 
     async def _fetch(self, key: CacheKey) -> bytes | None:
@@ -194,13 +217,14 @@ class SingleFlight:
         refresh: bool,
     ) -> tuple[Flight, bool]:
         """The call in flight for ``key`` to join, or a new one this caller leads."""
-        flight = self.flights.get(key.store_key)
+        flights = self._loops.get().flights
+        flight = flights.get(key.store_key)
         if flight is not None and not (flight.task.done() and flight.task.cancelled()):
             return flight, False
         # None in flight, or one abandoned by all its callers and not yet removed: start a new call.
         task = asyncio.create_task(self._fill(key, request, call, ttl, refresh=refresh))
-        flight = self.flights[key.store_key] = Flight(task)
-        task.add_done_callback(functools.partial(self._end_flight, key.store_key, flight))
+        flight = flights[key.store_key] = Flight(task)
+        task.add_done_callback(functools.partial(self._end_flight, flights, key.store_key, flight))
         return flight, True
 
     def _caller_cancelled(self, key: CacheKey, flight: Flight) -> bool:
@@ -213,8 +237,9 @@ class SingleFlight:
             self._events.request(Result.MISS, key, reason="cancelled")
         if flight.waiters == 0 and not flight.task.done():
             flight.task.cancel()  # nobody is left to receive the answer
-            if self.flights.get(key.store_key) is flight:
-                del self.flights[key.store_key]
+            flights = self.flights
+            if flights.get(key.store_key) is flight:
+                del flights[key.store_key]
         return True
 
     def _answer(
@@ -245,11 +270,11 @@ class SingleFlight:
             self._events.request(Result.HIT, key, tokens=(inp, out), coalesced=not leader)
         return body
 
-    def _end_flight(self, store_key: str, flight: Flight, _task: object) -> None:
+    def _end_flight(self, flights: dict[str, Flight], store_key: str, flight: Flight, _task: object) -> None:
         # Runs before any waiting caller resumes (done callbacks are scheduled first), so the snapshot
         # is taken before the first caller can change the answer it gets.
-        if self.flights.get(store_key) is flight:
-            del self.flights[store_key]
+        if flights.get(store_key) is flight:
+            del flights[store_key]
         if flight.task.cancelled() or flight.task.exception() is not None:
             return  # exception() also marks it retrieved: the callers re-raise it
         if flight.waiters > 1:
@@ -342,9 +367,10 @@ class SingleFlight:
             # The SET NX timed out: it may land after this. Release in the background a few times over
             # a few seconds (each attempt deletes only a lock holding this token), off the caller's path.
             self._uncertain_locks.discard(token)
+            releases = self._loops.get().releases
             task = asyncio.create_task(self._release_later(locks, key, token))
-            self._releases.add(task)  # awaited by drain(); the lock's own TTL is the backstop
-            task.add_done_callback(self._releases.discard)
+            releases.add(task)  # awaited by drain(); the lock's own TTL is the backstop
+            task.add_done_callback(releases.discard)
             return
         await self._guard.run("unlock", lambda: locks.unlock(key.lock_key, token))
 
@@ -357,16 +383,27 @@ class SingleFlight:
 
     @property
     def releasing(self) -> int:
-        """Background releases of timed-out locks still running."""
-        return len(self._releases)
+        """Background releases of timed-out locks still running (in this event loop)."""
+        state = self._loops.current()
+        return 0 if state is None else len(state.releases)
 
     async def drain_releases(self) -> None:
-        """Wait for the background releases of timed-out locks."""
-        while self._releases:
-            await asyncio.gather(*self._releases, return_exceptions=True)
+        """Wait for this loop's background releases of timed-out locks."""
+        state = self._loops.current()
+        while state is not None and state.releases:
+            await asyncio.gather(*state.releases, return_exceptions=True)
+
+    async def settle(self) -> None:
+        """Wait for this loop's upstream calls in flight (closing lets them finish, and write nothing)."""
+        state = self._loops.current()
+        while state is not None and state.flights:
+            await asyncio.gather(*(f.task for f in state.flights.values()), return_exceptions=True)
 
     async def cancel_releases(self) -> None:
-        """Stop the background releases (closing must not wait out their retries; each lock's TTL ends it)."""
-        for task in list(self._releases):
+        """Stop this loop's background releases (closing must not wait out their retries; the TTL ends it)."""
+        state = self._loops.current()
+        if state is None:
+            return
+        for task in list(state.releases):
             task.cancel()
-        await asyncio.gather(*self._releases, return_exceptions=True)
+        await asyncio.gather(*state.releases, return_exceptions=True)

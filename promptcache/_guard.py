@@ -52,6 +52,7 @@ class StoreGuard:
         self._counters = counters
         self._events = events
         self._mono = monotonic
+        self.closed = False
         # One line per (operation, cause) per interval: a store that fails every call must not turn every
         # request into a log line. The count of held-back lines goes out with the next one.
         self.log = ThrottledLog(log, clock=monotonic)
@@ -78,6 +79,10 @@ class StoreGuard:
         """True when a failed call's error was a timeout (the deadline's or the store client's own)."""
         return self._guard.is_timeout(exc)
 
+    def close(self) -> None:
+        """From now on, skip every store call (counted): the cache is closed."""
+        self.closed = True
+
     def count_skip(self) -> None:
         """Count a store call not made because the breaker is open."""
         self._counters.store_skipped += 1
@@ -89,6 +94,9 @@ class StoreGuard:
         Raises:
             StoreError: The store failed and ``fail_open`` is off.
         """
+        if self.closed:
+            self._counters.store_skipped += 1
+            return False, None
         if self._events.hooks:
             return await self._run_timed(operation, call)
         try:

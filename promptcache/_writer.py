@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from promptcache._entry import Entry, encode_entry, scope_of
 from promptcache._gate import refusal_reason, stream_refusal, stream_summary
+from promptcache._loops import PerLoop
+from promptcache.backends._base import LoopHoldingStore
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -31,6 +34,16 @@ if TYPE_CHECKING:
 __all__ = ["EntryWriter"]
 
 log = logging.getLogger("promptcache")
+
+@dataclass(slots=True)
+class _LoopWrites:
+    """One event loop's background writes, and the store's promise to stay open until they are done."""
+
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    # Writes not finished yet, by task: a task cancelled before it wrote (``asyncio.run`` cancels every
+    # task of a loop before finalising it) leaves its write here, and the loop's finaliser makes it.
+    unwritten: dict[asyncio.Task[None], tuple[str, bytes, float, Any]] = field(default_factory=dict)
+    release: Callable[[], None] | None = None
 
 
 class EntryWriter:
@@ -59,12 +72,20 @@ class EntryWriter:
         self._config = config
         self._counters = counters
         self._clock = clock
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Tasks belong to the loop that made them: each loop has its own, finished before it closes.
+        self._loops: PerLoop[_LoopWrites] = PerLoop(self._open_loop, self._finish_loop)
+        self.closed = False
 
     @property
     def pending(self) -> int:
-        """Background writes not finished yet."""
-        return len(self._tasks)
+        """Background writes not finished yet, in every loop."""
+        return sum(len(writes.tasks | writes.unwritten.keys()) for writes in self._loops.values())
+
+    @property
+    def pending_here(self) -> int:
+        """Background writes of the running event loop not finished yet."""
+        writes = self._loops.current()
+        return 0 if writes is None else len(writes.tasks)
 
     def encode(  # noqa: PLR0913 - the parts of one entry
         self,
@@ -133,20 +154,46 @@ class EntryWriter:
         then: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         """Write in the background (tracked, bounded), then run ``then`` whatever became of the write."""
-        if len(self._tasks) >= self._config.max_pending_writes:
+        if self.closed:
+            self._counters.writes_dropped += 1  # the cache is closed: a late answer is not written
+            return
+        writes = self._loops.get()
+        if len(writes.tasks) >= self._config.max_pending_writes:
             self._counters.writes_dropped += 1
             self._guard.log.warning(
-                ("set", "backlog"), "promptcache: %d writes pending; dropping one", len(self._tasks)
+                ("set", "backlog"), "promptcache: %d writes pending; dropping one", len(writes.tasks)
             )
             data = b""  # nothing to write, but the follow-up (a lock release) must still run
         task = asyncio.create_task(self._write_then(store_key, data, ttl, then))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        writes.tasks.add(task)
+        writes.unwritten[task] = (store_key, data, ttl, then)
+        task.add_done_callback(lambda t: _settled(writes, t))
 
     async def drain(self) -> None:
-        """Wait until every background write (and its follow-up) has finished."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Wait until every background write (and its follow-up) of this event loop has finished."""
+        writes = self._loops.current()
+        while writes is not None and writes.tasks:
+            await asyncio.gather(*writes.tasks, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Finish every loop's writes (each in its own loop); later answers are not written."""
+        await self._loops.aclose()
+        self.closed = True
+
+    def _open_loop(self) -> _LoopWrites:
+        store = self._store
+        return _LoopWrites(release=store.hold_loop() if isinstance(store, LoopHoldingStore) else None)
+
+    async def _finish_loop(self, writes: _LoopWrites) -> None:
+        try:
+            while writes.tasks:
+                await asyncio.gather(*writes.tasks, return_exceptions=True)
+            for store_key, data, ttl, then in list(writes.unwritten.values()):
+                await self._write_then(store_key, data, ttl, then)
+            writes.unwritten.clear()
+        finally:
+            if writes.release is not None:
+                writes.release()
 
     async def _write_then(
         self, store_key: str, data: bytes, ttl: float, then: Callable[[], Awaitable[object]] | None
@@ -157,3 +204,9 @@ class EntryWriter:
         finally:
             if then is not None:
                 await then()
+
+
+def _settled(writes: _LoopWrites, task: asyncio.Task[None]) -> None:
+    writes.tasks.discard(task)
+    if not task.cancelled():
+        writes.unwritten.pop(task, None)  # written (or failed, counted): nothing left to do for it

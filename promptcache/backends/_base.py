@@ -15,13 +15,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final, Protocol, Self, runtime_checkable
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 __all__ = [
     "DEFAULT_STORE_TIMEOUT",
     "BatchReadStore",
     "ListingStore",
     "LockingStore",
+    "LoopHoldingStore",
     "ReplyErrorClassifier",
     "Store",
     "TimedStore",
@@ -129,4 +130,17 @@ class BatchReadStore(Protocol):
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """The values under ``keys``, in the same order; None where a key is absent or expired."""
+        ...
+
+
+@runtime_checkable
+class LoopHoldingStore(Protocol):
+    """A store with a client per event loop, closed when its loop shuts down (the Redis stores).
+
+    A cache holds its loop's client while it may still have writes to make there, so a loop that ends
+    (``asyncio.run`` returning) finishes the cache's last writes before the store closes that client.
+    """
+
+    def hold_loop(self) -> Callable[[], None]:
+        """Keep the running loop's client open at loop shutdown until the returned function is called."""
         ...

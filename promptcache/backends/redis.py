@@ -16,9 +16,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from promptcache._validate import positive
+from promptcache.backends._loopclient import LoopClients
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from redis.commands.core import AsyncScript
 
@@ -31,6 +32,10 @@ DELETE_BATCH: Final = 500
 # socket timeout). Every call the cache makes runs under its own deadline instead; code that uses a
 # RedisStore directly should do the same (asyncio.timeout).
 DEFAULT_SOCKET_TIMEOUT: Final[float | None] = None
+# Connections per event loop. A call waits for a free one rather than fail (redis-py's plain pool raises
+# MaxConnectionsError): hundreds of concurrent callers share a few dozen connections instead of opening
+# one each, which would cost more in connection set-up than the GETs themselves.
+DEFAULT_MAX_CONNECTIONS: Final = 64
 _GLOB_SPECIAL: Final = re.compile(r"([*?\[\]\\])")
 
 _UNLOCK_LUA: Final = """
@@ -69,6 +74,23 @@ def is_timeout(exc: BaseException) -> bool:
     return isinstance(exc, TimeoutError | rex.TimeoutError)
 
 
+def _clone(client: aioredis.Redis) -> aioredis.Redis:
+    """A client with ``client``'s connection settings and pool bound, for another event loop."""
+    pool = client.connection_pool
+    options: dict[str, Any] = {
+        "connection_class": pool.connection_class,
+        "max_connections": pool.max_connections,
+        **pool.connection_kwargs,
+    }
+    if isinstance(pool, aioredis.BlockingConnectionPool):
+        return aioredis.Redis.from_pool(aioredis.BlockingConnectionPool(timeout=pool.timeout, **options))
+    return aioredis.Redis.from_pool(aioredis.ConnectionPool(**options))
+
+
+async def _close(client: aioredis.Redis) -> None:
+    await client.aclose()
+
+
 def glob_escape(text: str) -> str:
     """Escape Redis glob specials so ``text`` matches itself literally in SCAN MATCH."""
     return _GLOB_SPECIAL.sub(r"\\\1", text)
@@ -85,10 +107,21 @@ class RedisStore:
     """
 
     def __init__(self, client: aioredis.Redis, *, owns_client: bool = True, label: str = "redis") -> None:
-        self.client = client
-        self._owns_client = owns_client
+        # One client per event loop: ``client`` in the first loop that uses the store, a clone with the
+        # same settings and pool bound in each other (connections cannot cross loops).
+        self._clients: LoopClients[aioredis.Redis] = LoopClients(
+            client, owns=owns_client, clone=_clone, close=_close
+        )
         self._label = label
-        self._unlock: AsyncScript = client.register_script(_UNLOCK_LUA)
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The ``redis.asyncio`` client of the running event loop (outside a loop: the one given)."""
+        return self._clients.client()
+
+    def hold_loop(self) -> Callable[[], None]:
+        """Keep this loop's client open at loop shutdown until the returned function is called."""
+        return self._clients.hold()
 
     @classmethod
     def from_url(
@@ -100,8 +133,8 @@ class RedisStore:
     ) -> RedisStore:
         """Open a pooled client on ``redis://`` / ``rediss://`` / ``unix://`` with retries disabled.
 
-        With ``max_connections`` the pool blocks for a free connection instead of failing at once; the
-        wait counts toward the cache's per-call deadline like any other part of the call.
+        The pool holds at most ``max_connections`` connections per event loop (default
+        :data:`DEFAULT_MAX_CONNECTIONS`); a call beyond that waits for a free one instead of failing.
         """
         timeout = None if socket_timeout is None else positive(socket_timeout, "socket_timeout")
         kwargs: dict[str, Any] = {
@@ -110,14 +143,11 @@ class RedisStore:
             "retry": Retry(NoBackoff(), 0),
             "health_check_interval": 0,
         }
-        if max_connections is None:
-            client = aioredis.Redis.from_url(url, **kwargs)
-        else:
-            pool = aioredis.BlockingConnectionPool.from_url(
-                url, max_connections=int(positive(max_connections, "max_connections")), timeout=None, **kwargs
-            )
-            client = aioredis.Redis.from_pool(pool)  # the client owns (and closes) the pool
-        return cls(client, label=redact_url(url))
+        limit = DEFAULT_MAX_CONNECTIONS if max_connections is None else max_connections
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=int(positive(limit, "max_connections")), timeout=None, **kwargs
+        )
+        return cls(aioredis.Redis.from_pool(pool), label=redact_url(url))  # the client closes its pool
 
     def __repr__(self) -> str:
         return f"RedisStore({self._label!r})"
@@ -162,7 +192,11 @@ class RedisStore:
         return bool(await self.client.set(name, token, nx=True, px=max(1, int(ttl * 1000))))
 
     async def unlock(self, name: str, token: str) -> bool:
-        return bool(await self._unlock(keys=[name], args=[token]))
+        slot = self._clients.get()
+        script: AsyncScript | None = slot.extras.get("unlock")
+        if script is None:
+            script = slot.extras["unlock"] = slot.client.register_script(_UNLOCK_LUA)
+        return bool(await script(keys=[name], args=[token]))
 
     async def keys(self, prefix: str = "") -> list[str]:
         """Keys starting with ``prefix`` (SCAN, never KEYS; for the CLI and tests)."""
@@ -170,8 +204,7 @@ class RedisStore:
         return [k.decode() if isinstance(k, bytes) else str(k) for k in found]
 
     async def aclose(self) -> None:
-        if self._owns_client:
-            await self.client.aclose()
+        await self._clients.aclose()
 
     async def __aenter__(self) -> Self:
         return self

@@ -451,7 +451,7 @@ async def test_cancelled_caller_leaves_no_lock_and_no_half_read_connection(  # n
                 lambda: [e.operation for e in events.events[seen:]] == ([] if point == "get" else ["get"])
             )
             await until(
-                lambda: point != "get" or victim_key.store_key in cache._flight._reads, "the GET in flight"
+                lambda: point != "get" or victim_key.store_key in cache._flight.reads, "the GET in flight"
             )
             assert not upstream_started.is_set()
         if point == "lock":  # CLIENT LIST is not a write, so it answers: the cache's SET NX is blocked
