@@ -92,8 +92,7 @@ class Upstream:
             try:
                 gate = self.gate
                 if gate is not None:
-                    while not gate.is_set():
-                        await asyncio.sleep(0.005)
+                    await asyncio.to_thread(gate.wait)
                 if self.delay:
                     await asyncio.sleep(self.delay)
             finally:

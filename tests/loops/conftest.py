@@ -23,6 +23,6 @@ def server() -> Iterator[FakeLLM]:
 
 @pytest.fixture
 def url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh store of the parametrised ``kind``: the session redis-server (flushed), a SQLite file, memory."""
+    """A fresh store of the parametrised ``kind``: the session Redis (flushed), a SQLite file, or memory."""
     redis_url = request.getfixturevalue("redis_url") if kind == "redis" else None
     return store_url(kind, redis_url, tmp_path)

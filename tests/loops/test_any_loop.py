@@ -100,64 +100,76 @@ def test_module_level_cache_serves_successive_asyncio_runs(kind: str, url: str) 
         gc.collect()  # a client left bound to a closed loop warns here, in this test, not in a later one
 
 
-@pytest.mark.parametrize("kind", _stores(ROW2, xfail=("redis", "sqlite", "memory")))
-def test_async_loop_and_sync_client_threads_share_one_cache(kind: str, url: str, server: FakeLLM) -> None:
-    """Coroutines on the main thread's loop and a sync OpenAI client used from three threads share one
-    cache at the same time: no caller error, every answer right, upstream calls == misses, and closing works."""
-    prompts = [f"shared question {i}" for i in range(10)]
-    cache = PromptCache.from_url(url, store_timeout=2.0)
-    sync_client, async_client = openai_clients(server, max_retries=0)
-    wrap(sync_client, cache, agent_id=AGENT)
-    wrap(async_client, cache, agent_id=AGENT)
-    errors: list[str] = []
-    wrong: list[str] = []
-    answered = 0
-    count = threading.Lock()
+class _Callers:
+    """Sync callers on threads and async callers on one loop asking the same prompts; what they got."""
 
-    def record(text: str | None, prompt: str) -> None:
-        nonlocal answered
-        with count:
-            answered += 1
+    def __init__(self, server: FakeLLM, cache: PromptCache, prompts: list[str]) -> None:
+        self.prompts = prompts
+        self.sync_client, self.async_client = openai_clients(server, max_retries=0)
+        wrap(self.sync_client, cache, agent_id=AGENT)
+        wrap(self.async_client, cache, agent_id=AGENT)
+        self.errors: list[str] = []
+        self.wrong: list[str] = []
+        self.answered = 0
+        self._lock = threading.Lock()
+
+    def record(self, text: str | None, prompt: str) -> None:
+        with self._lock:
+            self.answered += 1
             if not answer_is_for({"choices": [{"message": {"content": text}}]}, prompt):
-                wrong.append(f"{text!r} for {prompt!r}")
+                self.wrong.append(f"{text!r} for {prompt!r}")
 
-    def sync_worker() -> None:
-        for _ in range(3):
-            for prompt in prompts:
+    def sync_worker(self, rounds: int) -> None:
+        for _ in range(rounds):
+            for prompt in self.prompts:
                 try:
-                    reply = sync_client.chat.completions.create(
+                    reply = self.sync_client.chat.completions.create(
                         model=MODEL, messages=[{"role": "user", "content": prompt}]
                     )
                 except Exception as exc:  # noqa: BLE001 - every caller error is the finding
-                    errors.append(f"sync: {exc!r}"[:300])
+                    self.errors.append(f"sync: {exc!r}"[:300])
                 else:
-                    record(reply.choices[0].message.content, prompt)
+                    self.record(reply.choices[0].message.content, prompt)
 
-    async def async_one(prompt: str) -> None:
+    async def async_one(self, prompt: str) -> None:
         try:
-            reply = await async_client.chat.completions.create(
+            reply = await self.async_client.chat.completions.create(
                 model=MODEL, messages=[{"role": "user", "content": prompt}]
             )
         except Exception as exc:  # noqa: BLE001
-            errors.append(f"async: {exc!r}"[:300])
+            self.errors.append(f"async: {exc!r}"[:300])
         else:
-            record(reply.choices[0].message.content, prompt)
+            self.record(reply.choices[0].message.content, prompt)
+
+    async def run(self, threads: int, rounds: int) -> None:
+        workers = [
+            threading.Thread(target=self.sync_worker, args=(rounds,), name=f"sync-caller-{i}")
+            for i in range(threads)
+        ]
+        for worker in workers:
+            worker.start()
+        for _ in range(rounds):
+            await asyncio.gather(*(self.async_one(p) for p in self.prompts))
+
+        def join() -> None:
+            for worker in workers:
+                worker.join(60)
+
+        await asyncio.to_thread(join)
+        assert not any(w.is_alive() for w in workers), "a sync caller hung"
+
+
+@pytest.mark.parametrize("kind", _stores(ROW2, xfail=("redis", "sqlite", "memory")))
+def test_async_loop_and_sync_client_threads_share_one_cache(kind: str, url: str, server: FakeLLM) -> None:
+    """Coroutines on the main thread's loop and a sync OpenAI client used from three threads share one
+    cache at once: no caller error, every answer right, upstream calls == misses, and closing works."""
+    cache = PromptCache.from_url(url, store_timeout=2.0)
+    callers = _Callers(server, cache, [f"shared question {i}" for i in range(10)])
 
     async def main() -> None:
         before = other_tasks()
-        threads = [threading.Thread(target=sync_worker, name=f"sync-caller-{i}") for i in range(3)]
-        for thread in threads:
-            thread.start()
-        for _ in range(3):
-            await asyncio.gather(*(async_one(p) for p in prompts))
-
-        def join() -> None:
-            for thread in threads:
-                thread.join(60)
-
-        await asyncio.to_thread(join)
-        assert not any(t.is_alive() for t in threads), "a sync caller hung"
-        await async_client.close()
+        await callers.run(threads=3, rounds=3)
+        await callers.async_client.close()
         await cache.aclose()
         assert await leftover_tasks(before) == []
 
@@ -165,12 +177,12 @@ def test_async_loop_and_sync_client_threads_share_one_cache(kind: str, url: str,
         asyncio.run(asyncio.wait_for(main(), 90))
         cache.close()  # the sync twin, from the thread the sync callers used: idempotent, no crash
         stats = cache.stats()
-        assert errors == [], errors[:3]
-        assert wrong == [], wrong[:3]
-        assert answered == 2 * 3 * len(prompts)
+        assert callers.errors == [], callers.errors[:3]
+        assert callers.wrong == [], callers.wrong[:3]
+        assert callers.answered == 2 * 3 * len(callers.prompts)
         assert server.calls == stats.upstream_calls == stats.misses, (server.calls, stats)
-        assert stats.hits + stats.misses == stats.requests == answered, stats
+        assert stats.hits + stats.misses == stats.requests == callers.answered, stats
         assert (stats.store_errors, stats.store_timeouts) == (0, 0), stats
     finally:
-        sync_client.close()
+        callers.sync_client.close()
         gc.collect()
