@@ -13,10 +13,12 @@ these tests survive a restructure of promptcache's internals.
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Final
 
+import pytest
 import redis
 
 if TYPE_CHECKING:
@@ -146,3 +148,32 @@ async def leftover_tasks(before: set[asyncio.Task[Any]], within: float = 3.0) ->
         if not left or time.monotonic() > deadline:
             return sorted(repr(t.get_coro()) for t in left)
         await asyncio.sleep(0.01)
+
+
+async def until(predicate: Callable[[], bool], what: str, within: float = 30.0) -> None:
+    """Wait until ``predicate()`` is true; fail the test after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} did not happen within {within} s"
+        await asyncio.sleep(0.002)
+
+
+def _outcome(scenario: Callable[[], None]) -> str | None:
+    try:
+        scenario()
+    except Exception as exc:  # noqa: BLE001 - any failure is reported, as text
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def fail_cleanly(scenario: Callable[[], None]) -> None:
+    """Run ``scenario`` (which builds its own cache and loops); on failure, fail with its message only.
+
+    A failing run can leave connections open on a closed loop. Reporting the failure without its traceback
+    lets those objects die here, in a garbage collection inside this test, so their ResourceWarnings are
+    blamed on this test rather than on whichever test happens to run when they are finally collected.
+    """
+    failure = _outcome(scenario)
+    gc.collect()
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)

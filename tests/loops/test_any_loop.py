@@ -9,7 +9,6 @@ lost": no caller error, every answer right, upstream calls == misses, no store e
 from __future__ import annotations
 
 import asyncio
-import gc
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ from loops_support import (
     Upstream,
     answer_is_for,
     chat_request,
+    fail_cleanly,
     leftover_tasks,
     other_tasks,
 )
@@ -58,6 +58,10 @@ async def _ask(cache: PromptCache, upstream: Upstream, prompt: str) -> Any:
 def test_module_level_cache_serves_successive_asyncio_runs(kind: str, url: str) -> None:
     """A cache created once and used from five successive ``asyncio.run`` calls stores in the first and
     serves hits in every later one, with no store error and no lost write."""
+    fail_cleanly(lambda: _successive_runs(kind, url))
+
+
+def _successive_runs(kind: str, url: str) -> None:
     cache = PromptCache.from_url(url, store_timeout=2.0)  # generous: this is about loops, not deadlines
     upstream = Upstream()
 
@@ -74,30 +78,27 @@ def test_module_level_cache_serves_successive_asyncio_runs(kind: str, url: str) 
             assert cache.stats().hits - hits == 1 + len(BATCH), cache.stats()
         assert await leftover_tasks(before) == []
 
-    try:
-        asyncio.run(script_run())
-        asyncio.run(worker_run(expect_hits=False))  # "first question" hits; the batch is stored
-        stats = cache.stats()
-        assert (stats.hits, stats.misses) == (1, 1 + len(BATCH)), stats
-        for _ in range(3):
-            asyncio.run(worker_run(expect_hits=True))
-        stats = cache.stats()
-        assert upstream.calls == stats.misses == stats.upstream_calls == 1 + len(BATCH), stats
-        assert (stats.store_errors, stats.store_timeouts, stats.store_skipped) == (0, 0, 0), stats
-        assert stats.hits + stats.misses == stats.requests, stats
-        asyncio.run(cache.aclose())
-        if kind == "sqlite":
-            # Nothing written in any of those loops was lost: a new cache on the same file hits them all.
-            async def reread() -> None:
-                async with PromptCache.from_url(url, store_timeout=2.0) as again:
-                    for prompt in ["first question", *BATCH]:
-                        await _ask(again, upstream, prompt)
-                    assert again.stats().hits == 1 + len(BATCH), again.stats()
+    asyncio.run(script_run())
+    asyncio.run(worker_run(expect_hits=False))  # "first question" hits; the batch is stored
+    stats = cache.stats()
+    assert (stats.hits, stats.misses) == (1, 1 + len(BATCH)), stats
+    for _ in range(3):
+        asyncio.run(worker_run(expect_hits=True))
+    stats = cache.stats()
+    assert upstream.calls == stats.misses == stats.upstream_calls == 1 + len(BATCH), stats
+    assert (stats.store_errors, stats.store_timeouts, stats.store_skipped) == (0, 0, 0), stats
+    assert stats.hits + stats.misses == stats.requests, stats
+    asyncio.run(cache.aclose())
+    if kind == "sqlite":
+        # Nothing written in any of those loops was lost: a new cache on the same file hits them all.
+        async def reread() -> None:
+            async with PromptCache.from_url(url, store_timeout=2.0) as again:
+                for prompt in ["first question", *BATCH]:
+                    await _ask(again, upstream, prompt)
+                assert again.stats().hits == 1 + len(BATCH), again.stats()
 
-            asyncio.run(reread())
-            assert upstream.calls == 1 + len(BATCH)
-    finally:
-        gc.collect()  # a client left bound to a closed loop warns here, in this test, not in a later one
+        asyncio.run(reread())
+        assert upstream.calls == 1 + len(BATCH)
 
 
 class _Callers:
@@ -163,6 +164,10 @@ class _Callers:
 def test_async_loop_and_sync_client_threads_share_one_cache(kind: str, url: str, server: FakeLLM) -> None:
     """Coroutines on the main thread's loop and a sync OpenAI client used from three threads share one
     cache at once: no caller error, every answer right, upstream calls == misses, and closing works."""
+    fail_cleanly(lambda: _shared_by_loop_and_threads(url, server))
+
+
+def _shared_by_loop_and_threads(url: str, server: FakeLLM) -> None:
     cache = PromptCache.from_url(url, store_timeout=2.0)
     callers = _Callers(server, cache, [f"shared question {i}" for i in range(10)])
 
@@ -185,4 +190,3 @@ def test_async_loop_and_sync_client_threads_share_one_cache(kind: str, url: str,
         assert (stats.store_errors, stats.store_timeouts) == (0, 0), stats
     finally:
         callers.sync_client.close()
-        gc.collect()
