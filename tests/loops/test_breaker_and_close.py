@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any, Self
 
 import pytest
 import redis
+from fake_llm import openai_clients
 from loops_support import (
     AGENT,
+    MODEL,
     Upstream,
     answer_is_for,
     chat_request,
@@ -29,10 +31,12 @@ from loops_support import (
 )
 
 from promptcache import CacheConfig, PromptCache, PromptCacheError
+from promptcache.openai import wrap
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from fake_llm import FakeLLM
     from redis_server import RedisServer
 
 
@@ -281,3 +285,59 @@ async def test_a_full_redis_logs_few_warnings_that_name_the_error(
         await cache.aclose()
         raw.close()
         gc.collect()  # sockets a failing run leaked warn here, in this test, not in a later one
+
+
+@pytest.mark.redis
+def test_calls_after_aclose_are_refused_without_reconnecting(redis_url: str, server: FakeLLM) -> None:
+    """After ``aclose()`` every call (direct or through a wrapped SDK client) is a clear PromptCacheError or
+    a counted call that leaves the store alone; no connection to Redis is reopened."""
+    raw = raw_redis(redis_url)
+    try:
+        fail_cleanly(lambda: asyncio.run(_calls_after_close(redis_url, raw, server)))
+    finally:
+        raw.close()
+
+
+async def _calls_after_close(redis_url: str, raw: redis.Redis, server: FakeLLM) -> None:
+    cache = PromptCache.from_url(redis_url, store_timeout=2.0)
+    upstream = Upstream()
+    _, client = openai_clients(server, max_retries=0)
+    wrap(client, cache, agent_id=AGENT)
+    before = other_tasks()
+    try:
+        await cache.get_or_call(chat_request("stored"), upstream.call_for("stored"), agent_id=AGENT)
+        await cache.aclose()
+        keys = _entries(raw)
+        assert keys, "nothing was stored before close"
+        requests = cache.stats().requests
+
+        async def refused_or_counted(prompt: str) -> None:
+            nonlocal requests
+            try:
+                body = await cache.get_or_call(
+                    chat_request(prompt), upstream.call_for(prompt), agent_id=AGENT
+                )
+            except PromptCacheError:
+                return
+            assert answer_is_for(body, prompt), body
+            requests += 1
+            assert cache.stats().requests == requests, cache.stats()
+
+        await refused_or_counted("stored")
+        await refused_or_counted("new after close")
+        with pytest.raises(PromptCacheError):
+            await cache.invalidate(agent_id=AGENT)
+        try:
+            reply = await client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "sdk after close"}]
+            )
+        except PromptCacheError:
+            pass
+        else:
+            assert answer_is_for(reply.model_dump(mode="json"), "sdk after close"), reply
+        assert _entries(raw) == keys, "the store changed after aclose()"
+        assert client_connections(raw) == 0, "a connection to Redis was (re)opened after aclose()"
+    finally:
+        await client.close()
+        await cache.aclose()
+    assert await leftover_tasks(before) == []
