@@ -9,6 +9,7 @@ lost": no caller error, every answer right, upstream calls == misses, no store e
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,8 @@ from promptcache import PromptCache
 from promptcache.openai import wrap
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from fake_llm import FakeLLM
 
 ROW1 = "issue #13: a module-level PromptCache used from two successive asyncio.run(...) stops serving hits"
@@ -61,9 +64,54 @@ def test_module_level_cache_serves_successive_asyncio_runs(kind: str, url: str) 
     fail_cleanly(lambda: _successive_runs(kind, url))
 
 
+BUSY = [f"written while the file is busy {i}" for i in range(5)]
+
+
+def _hold_write_lock(path: str, seconds: float) -> threading.Timer:
+    """Another process writing to the SQLite file: take its write lock, give it back ``seconds`` later."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("BEGIN IMMEDIATE")
+
+    def release() -> None:
+        conn.execute("COMMIT")
+        conn.close()
+
+    timer = threading.Timer(seconds, release)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+async def _busy_script_run(cache: PromptCache, upstream: Upstream, path: str) -> threading.Timer:
+    """A script whose answers arrive while another process holds the file's write lock for a second; the
+    loop ends as soon as the callers have their answers (their writes still waiting for the lock)."""
+    arrived = 0
+    all_in = asyncio.Event()
+    held: list[threading.Timer] = []
+
+    def call_for(prompt: str) -> Callable[[], Awaitable[Any]]:
+        async def call() -> Any:
+            nonlocal arrived
+            arrived += 1
+            if arrived == len(BUSY):  # every lock is taken and every call is in flight: the file gets busy
+                held.append(_hold_write_lock(path, 1.0))
+                all_in.set()
+            await all_in.wait()
+            return await upstream.call_for(prompt)()
+
+        return call
+
+    bodies = await asyncio.gather(
+        *(cache.get_or_call(chat_request(p), call_for(p), agent_id=AGENT) for p in BUSY)
+    )
+    assert all(answer_is_for(b, p) for b, p in zip(bodies, BUSY, strict=True)), bodies
+    return held[0]
+
+
 def _successive_runs(kind: str, url: str) -> None:
     cache = PromptCache.from_url(url, store_timeout=2.0)  # generous: this is about loops, not deadlines
     upstream = Upstream()
+    stored = ["first question"]
 
     async def script_run() -> None:
         # A script: one call, then the loop ends at once (no drain, no close).
@@ -72,20 +120,22 @@ def _successive_runs(kind: str, url: str) -> None:
     async def worker_run(expect_hits: bool) -> None:
         before = other_tasks()
         hits = cache.stats().hits
-        await _ask(cache, upstream, "first question")
+        await asyncio.gather(*(_ask(cache, upstream, p) for p in stored))
         await asyncio.gather(*(_ask(cache, upstream, p) for p in BATCH))
-        if expect_hits:
-            assert cache.stats().hits - hits == 1 + len(BATCH), cache.stats()
+        expected = len(stored) + (len(BATCH) if expect_hits else 0)
+        assert cache.stats().hits - hits == expected, cache.stats()
         assert await leftover_tasks(before) == []
 
     asyncio.run(script_run())
-    asyncio.run(worker_run(expect_hits=False))  # "first question" hits; the batch is stored
-    stats = cache.stats()
-    assert (stats.hits, stats.misses) == (1, 1 + len(BATCH)), stats
+    if kind == "sqlite":
+        path = url.removeprefix("sqlite:///")
+        asyncio.run(_busy_script_run(cache, upstream, path)).join(10)  # then wait for the file to be free
+        stored += BUSY
+    asyncio.run(worker_run(expect_hits=False))  # what the scripts stored hits; the batch is stored
     for _ in range(3):
         asyncio.run(worker_run(expect_hits=True))
     stats = cache.stats()
-    assert upstream.calls == stats.misses == stats.upstream_calls == 1 + len(BATCH), stats
+    assert upstream.calls == stats.misses == stats.upstream_calls == len(stored) + len(BATCH), stats
     assert (stats.store_errors, stats.store_timeouts, stats.store_skipped) == (0, 0, 0), stats
     assert stats.hits + stats.misses == stats.requests, stats
     asyncio.run(cache.aclose())
@@ -93,12 +143,12 @@ def _successive_runs(kind: str, url: str) -> None:
         # Nothing written in any of those loops was lost: a new cache on the same file hits them all.
         async def reread() -> None:
             async with PromptCache.from_url(url, store_timeout=2.0) as again:
-                for prompt in ["first question", *BATCH]:
+                for prompt in [*stored, *BATCH]:
                     await _ask(again, upstream, prompt)
-                assert again.stats().hits == 1 + len(BATCH), again.stats()
+                assert again.stats().hits == len(stored) + len(BATCH), again.stats()
 
         asyncio.run(reread())
-        assert upstream.calls == 1 + len(BATCH)
+        assert upstream.calls == len(stored) + len(BATCH)
 
 
 class _Callers:
