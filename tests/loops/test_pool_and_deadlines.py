@@ -12,7 +12,7 @@ import gc
 import os
 import signal
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from loops_support import (
@@ -32,7 +32,7 @@ from reliability_support import FaultProxy
 from promptcache import PromptCache
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Coroutine
 
     from redis_server import RedisServer
 
@@ -114,7 +114,9 @@ class _Stall:
             self.proxy.stop()
 
 
-async def _traffic(ask: Callable[[str], Awaitable[None]], seconds: float, prompts: list[str]) -> None:
+async def _traffic(
+    ask: Callable[[str], Coroutine[Any, Any, None]], seconds: float, prompts: list[str]
+) -> None:
     """Fresh prompts arriving for ``seconds``: four every 50 ms, each answered in the background."""
     calls: list[asyncio.Task[None]] = []
     until = time.monotonic() + seconds

@@ -33,7 +33,7 @@ def _entry_table(conn: sqlite3.Connection) -> str:
         and conn.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0] == ENTRIES  # noqa: S608 - a table name
     ]
     assert len(found) == 1, (tables, found)
-    return found[0]
+    return str(found[0])
 
 
 @pytest.mark.xfail(
