@@ -376,19 +376,20 @@ class PromptCache:
                 return
 
     async def aclose(self) -> None:
-        """Let calls in flight finish, write what they bring, then close the store (if owned). Idempotent.
+        """Finish pending writes, release held locks, then close the store (if owned). Idempotent.
 
         Writes pending in other event loops (a sync client's, on promptcache's portal thread) are finished
-        in their own loops first. After this, new calls raise :class:`PromptCacheError`, and an answer that
-        arrives late is returned to its caller but neither written nor sent to the store (counted as a
-        dropped write and skipped store calls). Retried releases of locks whose ``SET NX`` timed out are
-        cancelled rather than waited for: each lock's TTL ends it.
+        in their own loops first. Upstream calls still in flight are not waited for: their callers get
+        their answers, which are neither written nor sent to the store (counted as dropped writes and
+        skipped store calls), and their locks are released now. After this, new calls raise
+        :class:`PromptCacheError`. Background retries of lock releases are cancelled (each lock's TTL ends
+        it).
         """
         if self._closed:
             return
         self._closed = True
-        await self._flight.settle()
         await self._writer.aclose()
+        await self._flight.release_held()
         await self._flight.cancel_releases()
         self._guard.close()
         if self._owns_store:

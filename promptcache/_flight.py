@@ -15,7 +15,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
@@ -42,6 +42,9 @@ __all__ = ["Flight", "SingleFlight"]
 log = logging.getLogger("promptcache")
 
 _RETRY: Any = object()  # a shared read that did not finish: its waiters read for themselves
+# Pauses before each background attempt to release a lock: a store that stalls for a few seconds still
+# gets the lock back well before its TTL; each attempt deletes only a lock that still holds our token.
+_RETRY_PAUSES: Final = (0.0, 0.2, 1.0, 2.5)
 
 
 @dataclass(slots=True)
@@ -101,6 +104,7 @@ class SingleFlight:
         # processes) the store's lock keeps it to one upstream call.
         self._loops: PerLoop[_LoopFlights] = PerLoop(_LoopFlights)
         self._uncertain_locks: set[str] = set()
+        self._held: dict[str, CacheKey] = {}  # lock tokens this cache holds now, in any loop
 
     @property
     def flights(self) -> dict[str, Flight]:
@@ -305,6 +309,7 @@ class SingleFlight:
         self._counters.upstream_calls += 1
         if self._guard.breaker.is_open():
             self._guard.count_skip()  # nothing could be written: skip encoding it at all
+            self._release_soon(key, token)  # but the lock must not outlive this call
             return body, False
         data = self._writer.encode(key, request, body, None, self._mono() - started, ttl)
         if data is None:
@@ -334,11 +339,13 @@ class SingleFlight:
                 # unlock deletes only a lock that still holds this token.
                 if got is not None and self._guard.is_timeout(got):
                     self._uncertain_locks.add(token)
+                    self._held[token] = key
                     return None, token
                 return None, None
             if got:
                 # Another process may have written the entry and released the lock between our lookup
                 # and this lock: look once more before paying for a second upstream call.
+                self._held[token] = key
                 entry = await self.lookup(key, again=True)
                 if entry is not None and entry.chunks is None:
                     await self.unlock(key, token)
@@ -359,25 +366,52 @@ class SingleFlight:
             pause = min(pause * 2, 0.25)
 
     async def unlock(self, key: CacheKey, token: str | None) -> None:
-        """Release the lock ``token`` holds on ``key`` (nothing when there is no token or no lock)."""
+        """Release the lock ``token`` holds on ``key`` (nothing when there is no token or no lock).
+
+        A release goes out even while the breaker is open (a lock left behind makes every other process
+        wait for it); if it fails, or the ``SET NX`` that took the lock timed out and may still land, it is
+        retried in the background (each attempt deletes only a lock still holding this token).
+        """
         locks = self._locks
-        if token is None or locks is None:
+        if token is None or locks is None or self._held.pop(token, None) is None:
             return
         if token in self._uncertain_locks:
-            # The SET NX timed out: it may land after this. Release in the background a few times over
-            # a few seconds (each attempt deletes only a lock holding this token), off the caller's path.
             self._uncertain_locks.discard(token)
-            releases = self._loops.get().releases
-            task = asyncio.create_task(self._release_later(locks, key, token))
-            releases.add(task)  # awaited by drain(); the lock's own TTL is the backstop
-            task.add_done_callback(releases.discard)
+            self._spawn_release(locks, key, token, _RETRY_PAUSES)
             return
-        await self._guard.run("unlock", lambda: locks.unlock(key.lock_key, token))
+        ok, _ = await self._guard.run("unlock", lambda: locks.unlock(key.lock_key, token), exempt=True)
+        if not ok:
+            self._spawn_release(locks, key, token, _RETRY_PAUSES[1:])
 
-    async def _release_later(self, locks: LockingStore, key: CacheKey, token: str) -> None:
-        for pause in (0.0, 0.2, 1.0):
+    def _release_soon(self, key: CacheKey, token: str | None) -> None:
+        """Release the lock in the background (the store is in trouble; the caller must not wait)."""
+        locks = self._locks
+        if token is None or locks is None or self._held.pop(token, None) is None:
+            return
+        self._uncertain_locks.discard(token)
+        self._spawn_release(locks, key, token, _RETRY_PAUSES)
+
+    async def release_held(self) -> None:
+        """Release every lock this cache holds now (closing: their calls will write nothing)."""
+        for token, key in list(self._held.items()):
+            await self.unlock(key, token)
+
+    def _spawn_release(
+        self, locks: LockingStore, key: CacheKey, token: str, pauses: tuple[float, ...]
+    ) -> None:
+        releases = self._loops.get().releases
+        task = asyncio.create_task(self._release_later(locks, key, token, pauses))
+        releases.add(task)  # awaited by drain(); the lock's own TTL is the backstop
+        task.add_done_callback(releases.discard)
+
+    async def _release_later(
+        self, locks: LockingStore, key: CacheKey, token: str, pauses: tuple[float, ...]
+    ) -> None:
+        for pause in pauses:
             await asyncio.sleep(pause)
-            ok, released = await self._guard.run("unlock", lambda: locks.unlock(key.lock_key, token))
+            ok, released = await self._guard.run(
+                "unlock", lambda: locks.unlock(key.lock_key, token), exempt=True
+            )
             if ok and released:
                 return
 
@@ -392,12 +426,6 @@ class SingleFlight:
         state = self._loops.current()
         while state is not None and state.releases:
             await asyncio.gather(*state.releases, return_exceptions=True)
-
-    async def settle(self) -> None:
-        """Wait for this loop's upstream calls in flight (closing lets them finish, and write nothing)."""
-        state = self._loops.current()
-        while state is not None and state.flights:
-            await asyncio.gather(*(f.task for f in state.flights.values()), return_exceptions=True)
 
     async def cancel_releases(self) -> None:
         """Stop this loop's background releases (closing must not wait out their retries; the TTL ends it)."""

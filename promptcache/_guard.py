@@ -87,7 +87,9 @@ class StoreGuard:
         """Count a store call not made because the breaker is open."""
         self._counters.store_skipped += 1
 
-    async def run(self, operation: str, call: Callable[[], Awaitable[Any]]) -> tuple[bool, Any]:
+    async def run(
+        self, operation: str, call: Callable[[], Awaitable[Any]], *, exempt: bool = False
+    ) -> tuple[bool, Any]:
         """``(True, result)``, or ``(False, error)`` when the store failed (already counted) or
         ``(False, None)`` when it was skipped.
 
@@ -98,9 +100,9 @@ class StoreGuard:
             self._counters.store_skipped += 1
             return False, None
         if self._events.hooks:
-            return await self._run_timed(operation, call)
+            return await self._run_timed(operation, call, exempt=exempt)
         try:
-            return True, await self._guard.run(operation, call)
+            return True, await self._guard.run(operation, call, exempt=exempt)
         except StoreSkipped:
             self._counters.store_skipped += 1
         except Exception as exc:
@@ -110,11 +112,13 @@ class StoreGuard:
             return False, exc
         return False, None
 
-    async def _run_timed(self, operation: str, call: Callable[[], Awaitable[Any]]) -> tuple[bool, Any]:
+    async def _run_timed(
+        self, operation: str, call: Callable[[], Awaitable[Any]], *, exempt: bool
+    ) -> tuple[bool, Any]:
         """:meth:`run`, timed, reporting one store event per call to the hooks."""
         started = self._mono()
         try:
-            found = await self._guard.run(operation, call)
+            found = await self._guard.run(operation, call, exempt=exempt)
         except StoreSkipped:
             self._counters.store_skipped += 1
             self._events.store(operation, "skipped")

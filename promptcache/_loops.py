@@ -104,9 +104,14 @@ class PerLoop(Generic[T]):
         try:
             yield
         finally:
-            value = self._take(loop)
-            if value is not None and self._close is not None:
-                await self._close(value)
+            # Closed while still registered, so a late use during the close (a last write's lock release)
+            # finds it instead of making a new value after the loop's finalisers ran.
+            value = self._values.get(loop)
+            try:
+                if value is not None and self._close is not None:
+                    await self._close(value)
+            finally:
+                self._take(loop)
 
 
 def _start(finaliser: AsyncGenerator[None, None]) -> None:

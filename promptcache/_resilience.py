@@ -162,15 +162,20 @@ class Guard:
         # redis-py's TimeoutError is not the builtin one; the store says which of its errors are timeouts.
         return isinstance(exc, TimeoutError) or (self._timed_out is not None and self._timed_out(exc))
 
-    async def run(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def run(self, operation: str, call: Callable[[], Awaitable[T]], *, exempt: bool = False) -> T:
         """Run ``call()``; raise StoreSkipped if the breaker refuses, or the store's error after counting it.
 
-        Cancellation of the caller propagates unchanged (and frees a half-open probe slot).
+        Cancellation of the caller propagates unchanged (and frees a half-open probe slot). An ``exempt``
+        call (releasing a lock this process holds) goes out whatever the breaker says and does not feed it:
+        a lock left behind would make other processes wait, which costs more than one short call.
         """
         breaker = self.breaker
-        if not breaker.allow():
+        if exempt:
+            epoch = -1  # a verdict in no epoch: success() and failure() ignore it
+        elif not breaker.allow():
             raise StoreSkipped(operation)
-        epoch = breaker.epoch
+        else:
+            epoch = breaker.epoch
         # Why not asyncio.timeout: it is implemented in Python on 3.11 and costs several microseconds per
         # call on the hit path. This is the same mechanism (a timer that cancels the task, and uncancel to
         # tell our cancellation from the caller's) in a few lines.
@@ -194,7 +199,8 @@ class Guard:
                 breaker.failure(epoch)
                 self._on_error(operation, timeout, True)  # noqa: FBT003 - positional callback flag
                 raise timeout from exc
-            breaker.release_probe()
+            if not exempt:
+                breaker.release_probe()
             raise
         except Exception as exc:
             if self._answered is not None and self._answered(exc):

@@ -35,6 +35,7 @@ __all__ = ["EntryWriter"]
 
 log = logging.getLogger("promptcache")
 
+
 @dataclass(slots=True)
 class _LoopWrites:
     """One event loop's background writes, and the store's promise to stay open until they are done."""

@@ -150,14 +150,6 @@ async def leftover_tasks(before: set[asyncio.Task[Any]], within: float = 3.0) ->
         await asyncio.sleep(0.01)
 
 
-async def until(predicate: Callable[[], bool], what: str, within: float = 30.0) -> None:
-    """Wait until ``predicate()`` is true; fail the test after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} did not happen within {within} s"
-        await asyncio.sleep(0.002)
-
-
 def _outcome(scenario: Callable[[], None]) -> str | None:
     try:
         scenario()

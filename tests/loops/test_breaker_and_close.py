@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Self
 import pytest
 import redis
 from fake_llm import openai_clients
+from helpers import until
 from loops_support import (
     AGENT,
     MODEL,
@@ -27,7 +28,6 @@ from loops_support import (
     leftover_tasks,
     other_tasks,
     raw_redis,
-    until,
 )
 
 from promptcache import CacheConfig, PromptCache, PromptCacheError
@@ -92,10 +92,6 @@ class ControlledStore:
 COOLDOWN = 10.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #13: a store call in flight that succeeds while the breaker is open closes the breaker",
-)
 @pytest.mark.anyio
 async def test_a_late_success_does_not_close_an_open_breaker() -> None:
     """A GET that started before the breaker opened and succeeds while it is open leaves the breaker open;
@@ -155,10 +151,6 @@ def _entries(raw: redis.Redis) -> list[bytes]:
 
 
 @pytest.mark.redis
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #13: calls in flight at aclose() write to the store afterwards, on a reopened connection",
-)
 def test_aclose_with_calls_in_flight_writes_nothing_afterwards(
     redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -242,10 +234,6 @@ def _fill(raw: redis.Redis) -> None:
 
 
 @pytest.mark.redis
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #13: a full Redis logs one WARNING per failed write, naming only the exception's type",
-)
 @pytest.mark.anyio
 async def test_a_full_redis_logs_few_warnings_that_name_the_error(
     private_redis: Callable[..., RedisServer], caplog: pytest.LogCaptureFixture

@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from helpers import until
 from loops_support import (
     AGENT,
     Upstream,
@@ -42,10 +43,6 @@ ENTRIES = 1000
 MAX_CONNECTIONS = 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #13: more than 100 store calls in flight exhaust redis-py's pool (MaxConnectionsError)",
-)
 async def test_a_thousand_concurrent_hits_are_all_hits(redis_url: str) -> None:
     """1000 concurrent requests for 1000 stored entries are 1000 hits, with no store error and a bounded
     number of connections to Redis."""
@@ -73,7 +70,8 @@ async def test_a_thousand_concurrent_hits_are_all_hits(redis_url: str) -> None:
         connections = client_connections(raw)
         assert connections <= MAX_CONNECTIONS, f"{connections} connections to Redis"
         await cache.aclose()
-        assert client_connections(raw) == 0, "aclose() left connections open"
+        # The server notices a closed socket on its next turn: poll rather than read it at once.
+        await until(lambda: client_connections(raw) == 0, "aclose() closing every connection")
         assert await leftover_tasks(before) == []
     finally:
         await cache.aclose()
@@ -139,10 +137,6 @@ async def _recover(cache: PromptCache, ask: Callable[[str], Awaitable[None]]) ->
 
 
 @pytest.mark.parametrize("how", ["sigstop", "proxy_delay"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #13: after a Redis stall, requests wait on single-flight locks orphaned during the stall",
-)
 async def test_no_orphaned_lock_after_a_redis_stall(
     how: str, private_redis: Callable[..., RedisServer]
 ) -> None:

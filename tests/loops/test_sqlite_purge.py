@@ -12,7 +12,6 @@ import sqlite3
 from contextlib import closing
 from typing import TYPE_CHECKING
 
-import pytest
 from loops_support import AGENT, answer_body, chat_request
 
 from promptcache import PromptCache
@@ -36,10 +35,6 @@ def _entry_table(conn: sqlite3.Connection) -> str:
     return str(found[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #13: the SQLite purge of expired entries scans the whole table (no index on expires_at)",
-)
 def test_sqlite_entries_have_an_index_on_expires_at(tmp_path: Path) -> None:
     """After the store is created and written to, the entries table has an index led by ``expires_at``,
     and SQLite's plan for deleting expired entries uses it instead of scanning the table."""
