@@ -189,3 +189,15 @@ def test_concrete_backends_only_through_protocols() -> None:
     assert not edges, (
         f"concrete backend imported outside backends/ (use promptcache.backends' Protocols): {edges}"
     )
+
+
+def test_every_module_is_in_the_architecture_doc() -> None:
+    """docs/ARCHITECTURE.md has a line for every module of the package."""
+    doc = Path(__file__).resolve().parents[2] / "docs" / "ARCHITECTURE.md"
+    if not doc.is_file():
+        pytest.skip("docs/ARCHITECTURE.md is not beside these tests (an installed-wheel run)")
+    text = doc.read_text(encoding="utf-8")
+    missing = sorted(
+        m for m, p in MODULES.items() if f"`{p.relative_to(PACKAGE_DIR).as_posix()}`" not in text
+    )
+    assert not missing, f"modules without a line in docs/ARCHITECTURE.md: {missing}"
