@@ -6,13 +6,13 @@ Everything public is re-exported here; the modules behind it are private.
 from __future__ import annotations
 
 from promptcache._cache import PromptCache as PromptCache
+from promptcache._canonical import canonical_json as canonical_json
 from promptcache._config import CacheConfig as CacheConfig
 from promptcache._entry import Entry as Entry
 from promptcache._events import Hook as Hook
 from promptcache._keys import CacheKey as CacheKey
 from promptcache._keys import Endpoint as Endpoint
 from promptcache._keys import KeyPolicy as KeyPolicy
-from promptcache._keys import canonical_json as canonical_json
 from promptcache._keys import generate_cache_key as generate_cache_key
 from promptcache._keys import make_key as make_key
 from promptcache._prices import ModelPrice as ModelPrice

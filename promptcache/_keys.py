@@ -8,8 +8,9 @@ exactly what production would look up. The rules (see DESIGN.md, "The key"):
 2. The scope (namespace, agent id, agent version, tenant) and the endpoint join the material and, escaped,
    the store key's prefix.
 3. Canonical JSON: sorted object keys, no whitespace, UTF-8, integral floats written as integers
-   (``0 == 0.0``), list order kept, omitted parameters left omitted.
-4. The :class:`KeyPolicy` is applied to message text only.
+   (``0 == 0.0``), list order kept, omitted parameters left omitted (:mod:`promptcache._canonical`).
+4. The :class:`KeyPolicy` is applied to message text only (the rules are in :mod:`promptcache._canonical`;
+   which fields hold text is decided here).
 5. sha256 over the schema tag plus the canonical bytes.
 
 Nothing here does I/O; it is pure and safe to call from any thread.
@@ -20,19 +21,25 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-import uuid
 from dataclasses import dataclass, field
-from enum import Enum, StrEnum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
-import orjson
-
+from promptcache._canonical import (
+    _canon_checked,
+    _dumps,
+    _exact_text,
+    _fast_canonical,
+    _with_text_policy,
+    collapse_text,
+    trim_text,
+)
 from promptcache._validate import parse_enum
 from promptcache.exceptions import InvalidScopeError, UncacheableRequestError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Mapping
 
 __all__ = [
     "DEFAULT_AGENT_VERSION",
@@ -43,7 +50,6 @@ __all__ = [
     "Endpoint",
     "KeyPolicy",
     "agent_prefix",
-    "canonical_json",
     "generate_cache_key",
     "make_key",
     "store_key_for",
@@ -74,8 +80,6 @@ DENY_LIST: Final = frozenset(
 )
 """Top-level request fields left out of the key. Everything not listed here is part of the key."""
 
-# 2**53: integral floats above this are not exactly representable as the same integer everywhere.
-_MAX_SAFE_INT: Final = 9_007_199_254_740_992
 _SAFE_ID: Final = re.compile(r"[A-Za-z0-9_.\-]+")
 _NO_TENANT: Final = "~"  # never produced by _escape, so "no tenant" cannot collide with any tenant id
 
@@ -146,156 +150,19 @@ class CacheKey:
         return f"{self.store_key.partition(':')[0]}:lock:{{{self.digest}}}"
 
 
-def trim_text(text: str) -> str:
-    """Apply :attr:`KeyPolicy.TRIM`: never touches indentation or characters inside a line."""
-    lines = [line.rstrip(" \t\r") for line in text.split("\n")]
-    start, end = 0, len(lines)
-    while start < end and not lines[start]:
-        start += 1
-    while end > start and not lines[end - 1]:
-        end -= 1
-    return "\n".join(lines[start:end])
-
-
-def collapse_text(text: str) -> str:
-    """Apply :attr:`KeyPolicy.COLLAPSE`: exactly the seed tutorial's whitespace rule."""
-    return " ".join(text.split())
-
-
-def _exact_text(text: str) -> str:
-    return text
-
-
 _TEXT_RULES: Final[dict[KeyPolicy, Callable[[str], str]]] = {
     KeyPolicy.EXACT: _exact_text,
     KeyPolicy.TRIM: trim_text,
     KeyPolicy.COLLAPSE: collapse_text,
 }
 
-
-class _BadValue(Exception):  # noqa: N818 - internal signal, re-raised as UncacheableRequestError
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.parts: list[str] = []
-
-
-def _canon_scalar(value: object) -> object:
-    """Canonicalise a non-container value, or raise _BadValue naming what it is."""
-    if value is None or value is True or value is False:
-        return value
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):  # noqa: PLR0124 - NaN test
-            raise _BadValue(f"float {value!r} has no JSON form")
-        # 0 == 0.0: an integral float is written as the integer (and -0.0 as 0).
-        if value.is_integer() and -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT:
-            return int(value)
-        return float(value)
-    if isinstance(value, int):  # bool handled above; IntEnum and friends become plain ints
-        return int(value)
-    if isinstance(value, str):  # StrEnum and other str subclasses become plain str
-        return "" + value
-    # dict/list subclasses (OrderedDict ...) are written as their base, as orjson does.
-    if isinstance(value, dict):
-        return _canon(dict(value))
-    if isinstance(value, list | tuple):
-        return _canon(list(value))
-    if isinstance(value, Enum):  # orjson writes an enum as its value; the slow path must agree
-        return _canon(value.value)
-    if isinstance(value, uuid.UUID):  # likewise written by orjson as its canonical string
-        return str(value)
-    raise _BadValue(f"{type(value).__qualname__} value has no JSON form")
-
-
-def _canon(value: object) -> object:
-    """Return a canonical deep copy: only dict/list/str/int/float/bool/None, floats normalised."""
-    kind = type(value)
-    if kind is dict:
-        out: dict[str, object] = {}
-        for k, v in value.items():  # type: ignore[attr-defined]
-            if type(k) is not str:
-                if not isinstance(k, str):
-                    raise _BadValue(f"dict key {k!r} is not a string")
-                k = "" + k  # noqa: PLW2901 - a str-subclass key is written as plain str, as orjson does
-            vk = type(v)
-            try:
-                out[k] = v if vk is str or vk is int or v is None else _canon(v)
-            except _BadValue as exc:
-                exc.parts.append(f".{k}")
-                raise
-        return out
-    if kind is list or kind is tuple:
-        items: list[object] = []
-        for i, v in enumerate(value):  # type: ignore[arg-type]
-            vk = type(v)
-            try:
-                items.append(v if vk is str or vk is int or v is None else _canon(v))
-            except _BadValue as exc:
-                exc.parts.append(f"[{i}]")
-                raise
-        return items
-    if kind is str or kind is int:
-        return value
-    return _canon_scalar(value)
-
-
-_TEXT_PART_TYPES: Final = frozenset({"text", "input_text", "output_text"})
-
-
-def _ruled(value: Any, rule: Callable[[str], str]) -> Any:  # noqa: ANN401 - JSON
-    """``value`` with the rule applied if it is text or a list of text parts; copies only what changes."""
-    if isinstance(value, str):
-        return rule(value)
-    if not isinstance(value, list):
-        return value
-    out: list[Any] | None = None
-    for i, part in enumerate(value):
-        if (
-            isinstance(part, dict)
-            and isinstance(part.get("type"), str)
-            and part["type"] in _TEXT_PART_TYPES
-            and isinstance(part.get("text"), str)
-        ):
-            text = rule(part["text"])
-            if text != part["text"]:
-                if out is None:
-                    out = list(value)
-                out[i] = {**part, "text": text}
-    return value if out is None else out
-
-
-def _with_text_policy(
-    request: dict[str, Any], endpoint: Endpoint, rule: Callable[[str], str]
-) -> dict[str, Any]:
-    """``request`` with message text normalised, copy-on-write: the caller's objects are never changed.
-
-    Only message text is touched: roles, tools, arguments and embedding input are not.
-    """
-    if endpoint is Endpoint.EMBEDDINGS:
-        return request  # embedding input is data, not a prompt: whitespace changes the vector
-    out = dict(request)
-    fields: tuple[str, ...]
-    if endpoint is Endpoint.RESPONSES:
-        fields, messages_field = ("instructions", "input"), "input"
-    elif endpoint is Endpoint.ANTHROPIC_MESSAGES:
-        fields, messages_field = ("system",), "messages"
-    else:
-        fields, messages_field = (), "messages"
-    for name in fields:
-        if name in out:
-            out[name] = _ruled(out[name], rule)
-    messages = out.get(messages_field)
-    if isinstance(messages, list):
-        copied: list[Any] | None = None
-        for i, message in enumerate(messages):
-            if isinstance(message, dict) and "content" in message:
-                content = _ruled(message["content"], rule)
-                if content is not message["content"] and content != message["content"]:
-                    if copied is None:
-                        copied = list(messages)
-                    copied[i] = {**message, "content": content}
-        if copied is not None:
-            out[messages_field] = copied
-    return out
+# Where each endpoint's message text lives: (top-level text fields, the field holding the messages).
+# Embeddings are absent on purpose: their input is data, not a prompt, and whitespace changes the vector.
+_TEXT_FIELDS: Final[dict[Endpoint, tuple[tuple[str, ...], str]]] = {
+    Endpoint.CHAT_COMPLETIONS: ((), "messages"),
+    Endpoint.RESPONSES: (("instructions", "input"), "input"),
+    Endpoint.ANTHROPIC_MESSAGES: (("system",), "messages"),
+}
 
 
 def _escape(value: object, what: str) -> str:
@@ -330,104 +197,10 @@ def agent_prefix(namespace: str, agent_id: str, agent_version: str | None = None
     return f"{head}{_escape(agent_version, 'agent_version')}:"
 
 
-def _canon_checked(value: object) -> object:
-    try:
-        return _canon(value)
-    except _BadValue as exc:
-        raise UncacheableRequestError(str(exc), "$" + "".join(reversed(exc.parts))) from None
-    except RecursionError:
-        raise UncacheableRequestError("value is nested too deeply") from None
-
-
-def _locate_unencodable(value: object, path: str = "$") -> tuple[str, str]:
-    """Where in a canonical value orjson failed: a lone surrogate or an integer beyond 64 bits."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return "string holds a lone surrogate (not valid UTF-8)", path
-    elif isinstance(value, int) and not isinstance(value, bool):
-        if not -(2**63) <= value < 2**64:
-            return "integer is beyond 64 bits", path
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            found = _locate_unencodable(k, f"{path}.{k!r}") if isinstance(k, str) else None
-            if found and found[0]:
-                return found
-            found = _locate_unencodable(v, f"{path}.{k}")
-            if found[0]:
-                return found
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            found = _locate_unencodable(v, f"{path}[{i}]")
-            if found[0]:
-                return found
-    return "", path
-
-
-def _dumps(value: object) -> bytes:
-    try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-    except orjson.JSONEncodeError as exc:  # lone surrogates, integers beyond 64 bits
-        what, where = _locate_unencodable(value)
-        raise UncacheableRequestError(what or f"no canonical JSON form ({exc})", where) from None
-
-
-_FAST_OPTIONS: Final = (
-    orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
-)
-
-
-def _floats_need_walk(value: dict[str, Any] | list[Any]) -> bool:
-    """True if any float is NaN/inf (orjson would write null) or integral (must be written as an int)."""
-    items: Iterable[Any] = value.values() if isinstance(value, dict) else value
-    for item in items:
-        kind = type(item)
-        if kind is str or kind is int or item is None or kind is bool:
-            continue
-        if kind is float:
-            if item != item or item.is_integer() or item in _INFINITIES:  # noqa: PLR0124 - NaN test
-                return True
-        elif kind is dict or kind is list:
-            if _floats_need_walk(item):
-                return True
-        else:
-            return True  # tuples, subclasses, enums ...: let the full walk decide
-    return False
-
-
-_INFINITIES: Final = (float("inf"), float("-inf"))
-
-
-def _fast_canonical(body: dict[str, Any]) -> bytes | None:
-    """The canonical bytes straight from orjson, or None when the full walk is needed.
-
-    orjson sorts keys and refuses non-string keys, bytes, sets, callables and out-of-range ints. What it
-    does differently from the rules is NaN/inf (written as null) and integral floats (``1.0``, not
-    ``1``); a read-only scan sends any request holding one of those, or any unusual type, down the
-    full walk, which decides exactly. Both paths give the same bytes for the same request.
-    """
-    try:
-        if _floats_need_walk(body):
-            return None
-        return orjson.dumps(body, option=_FAST_OPTIONS)
-    except (orjson.JSONEncodeError, TypeError, RecursionError):
-        return None
-
-
 @functools.cache
 def _material_head(endpoint: Endpoint, policy: KeyPolicy) -> bytes:
     """``{"endpoint":...,"policy":...`` without the closing brace (the rest of the material follows)."""
     return _dumps({"endpoint": endpoint.value, "policy": policy.value})[:-1]
-
-
-def canonical_json(value: object) -> bytes:
-    """Canonical JSON bytes of any JSON-like value (sorted keys, compact, UTF-8, ``0 == 0.0``).
-
-    Raises:
-        UncacheableRequestError: The value (or something inside it) has no canonical JSON form.
-    """
-    return _dumps(_canon_checked(value))
 
 
 def make_key(  # noqa: PLR0913 - the scope is four ids; bundling them would only move the arguments
@@ -470,8 +243,9 @@ def make_key(  # noqa: PLR0913 - the scope is four ids; bundling them would only
     prefix = agent_prefix(namespace, agent_id) + _escape(agent_version, "agent_version") + ":"
     tenant_part = _tenant_part(tenant)
     body = {k: v for k, v in request.items() if k not in DENY_LIST}
-    if pol is not KeyPolicy.EXACT:
-        body = _with_text_policy(body, ep, _TEXT_RULES[pol])
+    if pol is not KeyPolicy.EXACT and ep in _TEXT_FIELDS:
+        text_fields, messages_field = _TEXT_FIELDS[ep]
+        body = _with_text_policy(body, text_fields, messages_field, _TEXT_RULES[pol])
     canonical = _fast_canonical(body)
     if canonical is None:  # something needs normalising (or is invalid): the full walk decides
         canonical = _dumps(_canon_checked(body))

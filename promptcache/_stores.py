@@ -17,7 +17,20 @@ if TYPE_CHECKING:
 
     from promptcache.backends import Store
 
-__all__ = ["open_store"]
+__all__ = ["open_store", "redact_url"]
+
+
+def redact_url(url: str) -> str:
+    """``url`` with user name, password and password-like query values replaced by ``***``.
+
+    The CLI, the pytest plugin and the demo name store URLs in messages; they ask here rather than
+    import a concrete backend at module level (docs/ARCHITECTURE.md). Never raises.
+    """
+    # The rule lives with the Redis store, whose URLs carry the secrets; loading it only when a URL is
+    # reported keeps redis-py out of `import promptcache.cli` for memory and SQLite users.
+    from promptcache.backends.redis import redact_url as redact  # noqa: PLC0415
+
+    return redact(url)
 
 
 def _memory(url: str) -> Store:
@@ -42,7 +55,7 @@ def _sqlite(url: str) -> Store:
 
 
 def _redis(url: str) -> Store:
-    from promptcache.backends.redis import RedisStore, redact_url  # noqa: PLC0415
+    from promptcache.backends.redis import RedisStore  # noqa: PLC0415
 
     try:
         return RedisStore.from_url(url)
@@ -52,7 +65,6 @@ def _redis(url: str) -> Store:
 
 def _cluster(url: str) -> Store:
     from promptcache.backends.cluster import RedisClusterStore  # noqa: PLC0415
-    from promptcache.backends.redis import redact_url  # noqa: PLC0415
 
     try:
         return RedisClusterStore.from_url(url)

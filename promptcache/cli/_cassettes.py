@@ -20,8 +20,8 @@ from promptcache._cassette import CASSETTE_FORMAT, SCRUBBED, find_secret, parse_
 from promptcache._config import DEFAULT_COMPRESS_ABOVE
 from promptcache._entry import Entry, encode_entry
 from promptcache._keys import Endpoint, KeyPolicy, make_key, store_key_for
+from promptcache._stores import redact_url
 from promptcache._validate import parse_enum
-from promptcache.backends.redis import redact_url
 from promptcache.cli._store import CLIError, agent_keys, read_all, run_on_store, store_url
 from promptcache.cli._support import Progress, echo
 from promptcache.exceptions import CassetteFormatError, EntryError, PromptCacheError, SecretLeakError

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from promptcache._keys import make_key, namespace_prefix
-from promptcache.backends.redis import redact_url
+from promptcache._stores import redact_url
 from promptcache.cli import _support as support
 from promptcache.cli._stats import parse_prometheus, render_stats, stats_json, stored_rows
 from promptcache.cli._store import CLIError, agent_keys, read_all, run_on_store, store_url

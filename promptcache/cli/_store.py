@@ -17,7 +17,7 @@ import redis.exceptions
 from promptcache._cache import PromptCache
 from promptcache._config import url_from_env
 from promptcache._keys import agent_id_of, agent_prefix, namespace_prefix
-from promptcache.backends.redis import redact_url
+from promptcache._stores import redact_url
 from promptcache.cli import _support as support
 from promptcache.cli._support import Progress
 

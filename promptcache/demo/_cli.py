@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from promptcache._prices import PriceTable
-from promptcache.backends.redis import redact_url
+from promptcache._stores import redact_url
 from promptcache.cli._stats import render_stats
 from promptcache.cli._support import echo
 from promptcache.demo._report import render_results

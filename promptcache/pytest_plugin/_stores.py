@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from filelock import FileLock
 
 from promptcache._cassette import dump_cassette, find_secret, load_cassette, parse_cassette, save_cassette
-from promptcache.backends.redis import redact_url
+from promptcache._stores import redact_url
 from promptcache.exceptions import ConfigError, SecretLeakError
 
 if TYPE_CHECKING:

@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from promptcache._canonical import canonical_json, collapse_text, trim_text
 from promptcache._keys import (
     DEFAULT_AGENT_VERSION,
     DEFAULT_NAMESPACE,
@@ -32,12 +33,9 @@ from promptcache._keys import (
     Endpoint,
     KeyPolicy,
     agent_prefix,
-    canonical_json,
     chat_request,
-    collapse_text,
     generate_cache_key,
     make_key,
-    trim_text,
 )
 from promptcache.exceptions import ConfigError, InvalidScopeError, UncacheableRequestError
 

@@ -1,0 +1,261 @@
+"""Canonical JSON and the message-text rules: the bytes a request's key is hashed from.
+
+Rule 3 of the key (see :mod:`promptcache._keys` and DESIGN.md, "The key"): sorted object keys, no
+whitespace, UTF-8, integral floats written as integers (``0 == 0.0``), list order kept, omitted parameters
+left omitted. Rule 4's text normalisers (:func:`trim_text`, :func:`collapse_text`) live here too, applied
+copy-on-write by :func:`_with_text_policy`.
+
+Two paths give the same bytes: :func:`_fast_canonical` hands a plain request straight to orjson, and the
+full walk (:func:`_canon`) decides everything else exactly. Nothing here knows about scopes, endpoints or
+stores; it is pure and safe to call from any thread.
+"""
+
+from __future__ import annotations
+
+import uuid
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+
+from promptcache.exceptions import UncacheableRequestError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+__all__ = ["canonical_json", "collapse_text", "trim_text"]
+
+# 2**53: integral floats above this are not exactly representable as the same integer everywhere.
+_MAX_SAFE_INT: Final = 9_007_199_254_740_992
+
+
+def trim_text(text: str) -> str:
+    """Apply :attr:`KeyPolicy.TRIM`: never touches indentation or characters inside a line."""
+    lines = [line.rstrip(" \t\r") for line in text.split("\n")]
+    start, end = 0, len(lines)
+    while start < end and not lines[start]:
+        start += 1
+    while end > start and not lines[end - 1]:
+        end -= 1
+    return "\n".join(lines[start:end])
+
+
+def collapse_text(text: str) -> str:
+    """Apply :attr:`KeyPolicy.COLLAPSE`: exactly the seed tutorial's whitespace rule."""
+    return " ".join(text.split())
+
+
+def _exact_text(text: str) -> str:
+    return text
+
+
+class _BadValue(Exception):  # noqa: N818 - internal signal, re-raised as UncacheableRequestError
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.parts: list[str] = []
+
+
+def _canon_scalar(value: object) -> object:
+    """Canonicalise a non-container value, or raise _BadValue naming what it is."""
+    if value is None or value is True or value is False:
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):  # noqa: PLR0124 - NaN test
+            raise _BadValue(f"float {value!r} has no JSON form")
+        # 0 == 0.0: an integral float is written as the integer (and -0.0 as 0).
+        if value.is_integer() and -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT:
+            return int(value)
+        return float(value)
+    if isinstance(value, int):  # bool handled above; IntEnum and friends become plain ints
+        return int(value)
+    if isinstance(value, str):  # StrEnum and other str subclasses become plain str
+        return "" + value
+    # dict/list subclasses (OrderedDict ...) are written as their base, as orjson does.
+    if isinstance(value, dict):
+        return _canon(dict(value))
+    if isinstance(value, list | tuple):
+        return _canon(list(value))
+    if isinstance(value, Enum):  # orjson writes an enum as its value; the slow path must agree
+        return _canon(value.value)
+    if isinstance(value, uuid.UUID):  # likewise written by orjson as its canonical string
+        return str(value)
+    raise _BadValue(f"{type(value).__qualname__} value has no JSON form")
+
+
+def _canon(value: object) -> object:
+    """Return a canonical deep copy: only dict/list/str/int/float/bool/None, floats normalised."""
+    kind = type(value)
+    if kind is dict:
+        out: dict[str, object] = {}
+        for k, v in value.items():  # type: ignore[attr-defined]
+            if type(k) is not str:
+                if not isinstance(k, str):
+                    raise _BadValue(f"dict key {k!r} is not a string")
+                k = "" + k  # noqa: PLW2901 - a str-subclass key is written as plain str, as orjson does
+            vk = type(v)
+            try:
+                out[k] = v if vk is str or vk is int or v is None else _canon(v)
+            except _BadValue as exc:
+                exc.parts.append(f".{k}")
+                raise
+        return out
+    if kind is list or kind is tuple:
+        items: list[object] = []
+        for i, v in enumerate(value):  # type: ignore[arg-type]
+            vk = type(v)
+            try:
+                items.append(v if vk is str or vk is int or v is None else _canon(v))
+            except _BadValue as exc:
+                exc.parts.append(f"[{i}]")
+                raise
+        return items
+    if kind is str or kind is int:
+        return value
+    return _canon_scalar(value)
+
+
+_TEXT_PART_TYPES: Final = frozenset({"text", "input_text", "output_text"})
+
+
+def _ruled(value: Any, rule: Callable[[str], str]) -> Any:  # noqa: ANN401 - JSON
+    """``value`` with the rule applied if it is text or a list of text parts; copies only what changes."""
+    if isinstance(value, str):
+        return rule(value)
+    if not isinstance(value, list):
+        return value
+    out: list[Any] | None = None
+    for i, part in enumerate(value):
+        if (
+            isinstance(part, dict)
+            and isinstance(part.get("type"), str)
+            and part["type"] in _TEXT_PART_TYPES
+            and isinstance(part.get("text"), str)
+        ):
+            text = rule(part["text"])
+            if text != part["text"]:
+                if out is None:
+                    out = list(value)
+                out[i] = {**part, "text": text}
+    return value if out is None else out
+
+
+def _with_text_policy(
+    request: dict[str, Any], text_fields: tuple[str, ...], messages_field: str, rule: Callable[[str], str]
+) -> dict[str, Any]:
+    """``request`` with message text normalised, copy-on-write: the caller's objects are never changed.
+
+    Only message text is touched (``text_fields`` and the ``content`` of each message in
+    ``messages_field``): roles, tools and arguments are not. Which fields hold text is the endpoint's
+    business, decided by the caller (:mod:`promptcache._keys`).
+    """
+    out = dict(request)
+    for name in text_fields:
+        if name in out:
+            out[name] = _ruled(out[name], rule)
+    messages = out.get(messages_field)
+    if isinstance(messages, list):
+        copied: list[Any] | None = None
+        for i, message in enumerate(messages):
+            if isinstance(message, dict) and "content" in message:
+                content = _ruled(message["content"], rule)
+                if content is not message["content"] and content != message["content"]:
+                    if copied is None:
+                        copied = list(messages)
+                    copied[i] = {**message, "content": content}
+        if copied is not None:
+            out[messages_field] = copied
+    return out
+
+
+def _canon_checked(value: object) -> object:
+    try:
+        return _canon(value)
+    except _BadValue as exc:
+        raise UncacheableRequestError(str(exc), "$" + "".join(reversed(exc.parts))) from None
+    except RecursionError:
+        raise UncacheableRequestError("value is nested too deeply") from None
+
+
+def _locate_unencodable(value: object, path: str = "$") -> tuple[str, str]:
+    """Where in a canonical value orjson failed: a lone surrogate or an integer beyond 64 bits."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "string holds a lone surrogate (not valid UTF-8)", path
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if not -(2**63) <= value < 2**64:
+            return "integer is beyond 64 bits", path
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            found = _locate_unencodable(k, f"{path}.{k!r}") if isinstance(k, str) else None
+            if found and found[0]:
+                return found
+            found = _locate_unencodable(v, f"{path}.{k}")
+            if found[0]:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _locate_unencodable(v, f"{path}[{i}]")
+            if found[0]:
+                return found
+    return "", path
+
+
+def _dumps(value: object) -> bytes:
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as exc:  # lone surrogates, integers beyond 64 bits
+        what, where = _locate_unencodable(value)
+        raise UncacheableRequestError(what or f"no canonical JSON form ({exc})", where) from None
+
+
+_FAST_OPTIONS: Final = (
+    orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+)
+
+
+def _floats_need_walk(value: dict[str, Any] | list[Any]) -> bool:
+    """True if any float is NaN/inf (orjson would write null) or integral (must be written as an int)."""
+    items: Iterable[Any] = value.values() if isinstance(value, dict) else value
+    for item in items:
+        kind = type(item)
+        if kind is str or kind is int or item is None or kind is bool:
+            continue
+        if kind is float:
+            if item != item or item.is_integer() or item in _INFINITIES:  # noqa: PLR0124 - NaN test
+                return True
+        elif kind is dict or kind is list:
+            if _floats_need_walk(item):
+                return True
+        else:
+            return True  # tuples, subclasses, enums ...: let the full walk decide
+    return False
+
+
+_INFINITIES: Final = (float("inf"), float("-inf"))
+
+
+def _fast_canonical(body: dict[str, Any]) -> bytes | None:
+    """The canonical bytes straight from orjson, or None when the full walk is needed.
+
+    orjson sorts keys and refuses non-string keys, bytes, sets, callables and out-of-range ints. What it
+    does differently from the rules is NaN/inf (written as null) and integral floats (``1.0``, not
+    ``1``); a read-only scan sends any request holding one of those, or any unusual type, down the
+    full walk, which decides exactly. Both paths give the same bytes for the same request.
+    """
+    try:
+        if _floats_need_walk(body):
+            return None
+        return orjson.dumps(body, option=_FAST_OPTIONS)
+    except (orjson.JSONEncodeError, TypeError, RecursionError):
+        return None
+
+
+def canonical_json(value: object) -> bytes:
+    """Canonical JSON bytes of any JSON-like value (sorted keys, compact, UTF-8, ``0 == 0.0``).
+
+    Raises:
+        UncacheableRequestError: The value (or something inside it) has no canonical JSON form.
+    """
+    return _dumps(_canon_checked(value))
