@@ -38,6 +38,7 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from helpers import leftover_tasks, other_tasks
 from redis_server import RedisServer
 from reliability_support import (
     SECRET_API_KEY,
@@ -47,8 +48,6 @@ from reliability_support import (
     LogCapture,
     Rig,
     in_use_connections,
-    leftover_tasks,
-    other_tasks,
     secrets_in,
 )
 

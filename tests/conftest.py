@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
+from fake_llm import FakeLLM
 from redis_server import RedisServer, require_redis_binary
 
 if TYPE_CHECKING:
@@ -53,3 +54,11 @@ def private_redis() -> Iterator[Callable[..., RedisServer]]:
 def anyio_backend() -> str:
     """Async tests run on asyncio (the loop redis.asyncio and the SDKs are used with in production)."""
     return "asyncio"
+
+
+@pytest.fixture
+def server() -> Iterator[FakeLLM]:
+    """A fresh fake LLM server on loopback; the test fails if the fake itself hit an internal error."""
+    with FakeLLM() as fake:
+        yield fake
+    assert fake.errors == []

@@ -206,3 +206,19 @@ def outputs(pytester: pytest.Pytester) -> dict[str, Any]:
     lines = path.read_text(encoding="utf-8").splitlines()
     path.unlink()
     return dict(map(json.loads, lines))
+
+
+def other_tasks() -> set[asyncio.Task[Any]]:
+    """Tasks of the running loop other than the current one."""
+    current = asyncio.current_task()
+    return {t for t in asyncio.all_tasks() if t is not current}
+
+
+async def leftover_tasks(before: set[asyncio.Task[Any]], within: float = 3.0) -> list[str]:
+    """Tasks started since ``before`` that are still not done after up to ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        left = other_tasks() - before
+        if not left or time.monotonic() > deadline:
+            return sorted(repr(t.get_coro()) for t in left)
+        await asyncio.sleep(0.01)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
-import time
 from typing import TYPE_CHECKING, Any, Final
 
 import pytest
@@ -132,22 +131,6 @@ def client_connections(raw: redis.Redis) -> int:
 def lock_keys(raw: redis.Redis) -> list[bytes]:
     """Every single-flight lock key on the server (the public ``CacheKey.lock_key`` shape, ``*:lock:*``)."""
     return list(raw.scan_iter(match="*:lock:*", count=1000))
-
-
-def other_tasks() -> set[asyncio.Task[Any]]:
-    """Tasks of the running loop other than the current one."""
-    current = asyncio.current_task()
-    return {t for t in asyncio.all_tasks() if t is not current}
-
-
-async def leftover_tasks(before: set[asyncio.Task[Any]], within: float = 3.0) -> list[str]:
-    """Tasks started since ``before`` that are still not done after up to ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        left = other_tasks() - before
-        if not left or time.monotonic() > deadline:
-            return sorted(repr(t.get_coro()) for t in left)
-        await asyncio.sleep(0.01)
 
 
 def _outcome(scenario: Callable[[], None]) -> str | None:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Self
 
 import redis.asyncio as aioredis
+from helpers import leftover_tasks, other_tasks
 
 from promptcache import CacheConfig, PromptCache
 from promptcache.backends.redis import RedisStore
@@ -476,21 +477,6 @@ def in_use_connections(cache: PromptCache) -> int:
     if not isinstance(store, RedisStore):
         return 0
     return len(store.client.connection_pool._in_use_connections)
-
-
-def other_tasks() -> set[asyncio.Task[Any]]:
-    current = asyncio.current_task()
-    return {t for t in asyncio.all_tasks() if t is not current}
-
-
-async def leftover_tasks(before: set[asyncio.Task[Any]], within: float = 3.0) -> list[str]:
-    """Tasks started since ``before`` that are still not done after up to ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        left = other_tasks() - before
-        if not left or time.monotonic() > deadline:
-            return sorted(repr(t.get_coro()) for t in left)
-        await asyncio.sleep(0.01)
 
 
 async def lock_keys(raw: aioredis.Redis) -> list[bytes]:

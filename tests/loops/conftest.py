@@ -5,20 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
-from fake_llm import FakeLLM
 from loops_support import store_url
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
-
-
-@pytest.fixture
-def server() -> Iterator[FakeLLM]:
-    """A fresh fake LLM server on loopback; the test fails if the fake itself hit an internal error."""
-    with FakeLLM() as fake:
-        yield fake
-    assert fake.errors == []
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from fake_llm import openai_clients
+from helpers import leftover_tasks, other_tasks
 from loops_support import (
     AGENT,
     MODEL,
@@ -22,8 +23,6 @@ from loops_support import (
     answer_is_for,
     chat_request,
     fail_cleanly,
-    leftover_tasks,
-    other_tasks,
 )
 
 from promptcache import PromptCache

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Self
 import pytest
 import redis
 from fake_llm import openai_clients
-from helpers import until
+from helpers import leftover_tasks, other_tasks, until
 from loops_support import (
     AGENT,
     MODEL,
@@ -25,8 +25,6 @@ from loops_support import (
     chat_request,
     client_connections,
     fail_cleanly,
-    leftover_tasks,
-    other_tasks,
     raw_redis,
 )
 

@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from helpers import until
+from helpers import leftover_tasks, other_tasks, until
 from loops_support import (
     AGENT,
     Upstream,
@@ -23,9 +23,7 @@ from loops_support import (
     answer_is_for,
     chat_request,
     client_connections,
-    leftover_tasks,
     lock_keys,
-    other_tasks,
     raw_redis,
 )
 from reliability_support import FaultProxy

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import openai
 import pytest
-from helpers import until
+from helpers import leftover_tasks, other_tasks, until
 from helpers import waiters as waiting
 from redis.exceptions import ConnectionError as RedisConnectionError
 from reliability_support import (
@@ -26,9 +26,7 @@ from reliability_support import (
     chat_request,
     finish_sdk,
     in_use_connections,
-    leftover_tasks,
     lock_keys,
-    other_tasks,
     run_traffic,
     sdk_answer_is_for,
     sdk_messages,

@@ -15,10 +15,10 @@ import anthropic
 import openai
 import pytest
 from fake_llm import ANTHROPIC_TEST_KEY, FakeLLM
+from helpers import other_tasks
 from reliability_support import (
     AGENT,
     finish_sdk,
-    other_tasks,
     sdk_answer_is_for,
     sdk_messages,
     wrapped_openai,

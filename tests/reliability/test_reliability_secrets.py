@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import openai
 import pytest
 import redis.asyncio as aioredis
+from helpers import leftover_tasks, other_tasks
 from reliability_support import (
     SECRET_API_KEY,
     SECRET_COOKIE,
@@ -25,8 +26,6 @@ from reliability_support import (
     SECRET_REDIS_PASSWORD,
     SECRETS,
     in_use_connections,
-    leftover_tasks,
-    other_tasks,
     sdk_messages,
     secrets_in,
     wrapped_openai,

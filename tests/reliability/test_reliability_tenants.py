@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from helpers import other_tasks
 from reliability_support import (
     AGENT,
     Rig,
     finish_sdk,
-    other_tasks,
     run_traffic,
     sdk_answer_is_for,
     sdk_messages,
