@@ -121,7 +121,7 @@ class PromptCache:
                 f"unknown option(s) {', '.join(unknown)}; CacheConfig has: {', '.join(sorted(known))}"
             )
         cfg = replace(config, **options) if config is not None else CacheConfig(**options)
-        return cls(open_store(url), cfg, hooks=hooks)
+        return cls(open_store(url, max_connections=cfg.max_connections), cfg, hooks=hooks)
 
     def __repr__(self) -> str:
         return f"PromptCache({self.store!r}, namespace={self.config.namespace!r})"

@@ -24,6 +24,8 @@ DEFAULT_COMPRESS_ABOVE = 32 * 1024
 DEFAULT_MAX_PENDING_WRITES = 1000
 DEFAULT_LOCK_TTL = 60.0
 DEFAULT_LOCK_WAIT = 10.0
+DEFAULT_WRITE_TIMEOUT = 1.0
+DEFAULT_MAX_CONNECTIONS = 64
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -34,8 +36,13 @@ class CacheConfig:
         namespace: Separates applications sharing one store; part of every key.
         default_ttl: Seconds an entry lives unless a call says otherwise.
         policy: The text policy for message text (see :class:`~promptcache.KeyPolicy`).
-        store_timeout: Deadline in seconds for each store call; None picks the store's default
-            (50 ms for Redis and memory, 250 ms for SQLite).
+        store_timeout: Deadline in seconds for each store read (and lock) on the response path; None
+            picks the store's default (50 ms for Redis and memory, 250 ms for SQLite).
+        write_timeout: Deadline in seconds for each background write; writes are off the response path,
+            so they may take longer than a read before they count as a store fault.
+        max_connections: Connections a Redis store keeps per event loop (per node on a cluster) when
+            opened by ``from_url``; callers beyond it wait for a free one (within their deadline)
+            instead of failing or opening more.
         breaker_threshold: Consecutive store failures that open the circuit breaker.
         breaker_cooldown: Seconds the breaker stays open before one probe call.
         max_entry_bytes: Encoded entries larger than this are returned but not stored (counted).
@@ -56,6 +63,8 @@ class CacheConfig:
     default_ttl: float = DEFAULT_TTL
     policy: KeyPolicy | str = "trim"
     store_timeout: float | None = None
+    write_timeout: float = DEFAULT_WRITE_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     breaker_threshold: int = 5
     breaker_cooldown: float = 5.0
     max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES
@@ -75,6 +84,10 @@ class CacheConfig:
         positive(self.default_ttl, "default_ttl")
         if self.store_timeout is not None:
             positive(self.store_timeout, "store_timeout")
+        positive(self.write_timeout, "write_timeout")
+        if isinstance(self.max_connections, bool) or not isinstance(self.max_connections, int):
+            raise ConfigError(f"max_connections must be an int, got {self.max_connections!r}")
+        positive(self.max_connections, "max_connections")
         positive(self.breaker_threshold, "breaker_threshold")
         positive(self.breaker_cooldown, "breaker_cooldown", allow_zero=True)
         positive(self.max_entry_bytes, "max_entry_bytes")

@@ -72,8 +72,13 @@ class StoreGuard:
 
     @property
     def timeout(self) -> float:
-        """Seconds each store call may take."""
+        """Seconds each store read (or lock) may take."""
         return self._guard.timeout
+
+    @property
+    def write_timeout(self) -> float:
+        """Seconds each background write may take: ``write_timeout``, never less than a read's."""
+        return max(self._config.write_timeout, self._guard.timeout)
 
     def is_timeout(self, exc: BaseException) -> bool:
         """True when a failed call's error was a timeout (the deadline's or the store client's own)."""
@@ -88,7 +93,12 @@ class StoreGuard:
         self._counters.store_skipped += 1
 
     async def run(
-        self, operation: str, call: Callable[[], Awaitable[Any]], *, exempt: bool = False
+        self,
+        operation: str,
+        call: Callable[[], Awaitable[Any]],
+        *,
+        exempt: bool = False,
+        deadline: float | None = None,
     ) -> tuple[bool, Any]:
         """``(True, result)``, or ``(False, error)`` when the store failed (already counted) or
         ``(False, None)`` when it was skipped.
@@ -100,9 +110,9 @@ class StoreGuard:
             self._counters.store_skipped += 1
             return False, None
         if self._events.hooks:
-            return await self._run_timed(operation, call, exempt=exempt)
+            return await self._run_timed(operation, call, exempt=exempt, deadline=deadline)
         try:
-            return True, await self._guard.run(operation, call, exempt=exempt)
+            return True, await self._guard.run(operation, call, exempt=exempt, deadline=deadline)
         except StoreSkipped:
             self._counters.store_skipped += 1
         except Exception as exc:
@@ -113,12 +123,12 @@ class StoreGuard:
         return False, None
 
     async def _run_timed(
-        self, operation: str, call: Callable[[], Awaitable[Any]], *, exempt: bool
+        self, operation: str, call: Callable[[], Awaitable[Any]], *, exempt: bool, deadline: float | None
     ) -> tuple[bool, Any]:
         """:meth:`run`, timed, reporting one store event per call to the hooks."""
         started = self._mono()
         try:
-            found = await self._guard.run(operation, call, exempt=exempt)
+            found = await self._guard.run(operation, call, exempt=exempt, deadline=deadline)
         except StoreSkipped:
             self._counters.store_skipped += 1
             self._events.store(operation, "skipped")

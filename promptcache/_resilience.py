@@ -33,6 +33,9 @@ T = TypeVar("T")
 
 DEFAULT_FAILURE_THRESHOLD: Final = 5
 DEFAULT_COOLDOWN: Final = 5.0
+# A deadline timer running later than this share of the deadline means the event loop was busy: the call
+# gets one more deadline before it counts as a store fault (see Guard.run).
+LAG_SHARE: Final = 0.5
 
 
 class BreakerState(StrEnum):
@@ -162,12 +165,20 @@ class Guard:
         # redis-py's TimeoutError is not the builtin one; the store says which of its errors are timeouts.
         return isinstance(exc, TimeoutError) or (self._timed_out is not None and self._timed_out(exc))
 
-    async def run(self, operation: str, call: Callable[[], Awaitable[T]], *, exempt: bool = False) -> T:
+    async def run(
+        self,
+        operation: str,
+        call: Callable[[], Awaitable[T]],
+        *,
+        exempt: bool = False,
+        deadline: float | None = None,
+    ) -> T:
         """Run ``call()``; raise StoreSkipped if the breaker refuses, or the store's error after counting it.
 
         Cancellation of the caller propagates unchanged (and frees a half-open probe slot). An ``exempt``
         call (releasing a lock this process holds) goes out whatever the breaker says and does not feed it:
         a lock left behind would make other processes wait, which costs more than one short call.
+        ``deadline`` overrides the guard's deadline for this call (background writes get a longer one).
         """
         breaker = self.breaker
         if exempt:
@@ -184,21 +195,33 @@ class Guard:
             raise RuntimeError("store calls must run inside an asyncio task")
         cancelling = task.cancelling()
         expired = False
+        loop = asyncio.get_running_loop()
+        limit = self.timeout if deadline is None else deadline
+        due = loop.time() + limit
 
         def expire() -> None:
-            nonlocal expired
+            # A timer that fires well after it was due says the event loop was busy (a CPU-bound
+            # neighbour, an import, a big parse), not that the store was slow: the reply may have been
+            # sitting in the socket all along. Give the call once more the time it could not use.
+            nonlocal expired, due
+            late = loop.time() - due
+            if late > limit * LAG_SHARE and due == start_due:
+                due = loop.time() + limit
+                timers.append(loop.call_at(due, expire))
+                return
             expired = True
             task.cancel()
 
-        timer = asyncio.get_running_loop().call_later(self.timeout, expire)
+        start_due = due
+        timers = [loop.call_at(due, expire)]
         try:
             result = await call()
         except asyncio.CancelledError as exc:
             if expired and task.uncancel() <= cancelling:
-                timeout = TimeoutError(f"store {operation} exceeded {self.timeout * 1000:.0f} ms")
+                overrun = TimeoutError(f"store {operation} exceeded {limit * 1000:.0f} ms")
                 breaker.failure(epoch)
-                self._on_error(operation, timeout, True)  # noqa: FBT003 - positional callback flag
-                raise timeout from exc
+                self._on_error(operation, overrun, True)  # noqa: FBT003 - positional callback flag
+                raise overrun from exc
             if not exempt:
                 breaker.release_probe()
             raise
@@ -211,6 +234,6 @@ class Guard:
             self._on_error(operation, exc, self.is_timeout(exc))
             raise
         finally:
-            timer.cancel()
+            timers[-1].cancel()
         breaker.success(epoch)
         return result

@@ -33,7 +33,7 @@ def redact_url(url: str) -> str:
     return redact(url)
 
 
-def _memory(url: str) -> Store:
+def _memory(url: str, max_connections: int | None = None) -> Store:  # noqa: ARG001 - no connections
     parts = urlsplit(url)
     if parts.netloc or parts.path not in {"", "/"} or parts.query:
         raise ConfigError(f"memory:// takes no host, path or options, got {url!r}")
@@ -42,7 +42,7 @@ def _memory(url: str) -> Store:
     return MemoryStore()
 
 
-def _sqlite(url: str) -> Store:
+def _sqlite(url: str, max_connections: int | None = None) -> Store:  # noqa: ARG001 - one file, one thread
     # sqlite:///relative/cache.db -> "relative/cache.db"; sqlite:////abs/cache.db -> "/abs/cache.db"
     if not url.startswith("sqlite:///"):
         raise ConfigError(f"a SQLite URL looks like sqlite:///path/cache.db, got {url!r}")
@@ -54,25 +54,25 @@ def _sqlite(url: str) -> Store:
     return SQLiteStore(path)
 
 
-def _redis(url: str) -> Store:
+def _redis(url: str, max_connections: int | None = None) -> Store:
     from promptcache.backends.redis import RedisStore  # noqa: PLC0415
 
     try:
-        return RedisStore.from_url(url)
+        return RedisStore.from_url(url, max_connections=max_connections)
     except ValueError as exc:
         raise ConfigError(f"bad Redis URL {redact_url(url)!r}: {exc}") from None
 
 
-def _cluster(url: str) -> Store:
+def _cluster(url: str, max_connections: int | None = None) -> Store:
     from promptcache.backends.cluster import RedisClusterStore  # noqa: PLC0415
 
     try:
-        return RedisClusterStore.from_url(url)
+        return RedisClusterStore.from_url(url, max_connections=max_connections)
     except ValueError as exc:
         raise ConfigError(f"bad Redis Cluster URL {redact_url(url)!r}: {exc}") from None
 
 
-_OPENERS: Final[dict[str, Callable[[str], Store]]] = {
+_OPENERS: Final[dict[str, Callable[[str, int | None], Store]]] = {
     "memory": _memory,
     "sqlite": _sqlite,
     "redis": _redis,
@@ -83,8 +83,11 @@ _OPENERS: Final[dict[str, Callable[[str], Store]]] = {
 }
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, max_connections: int | None = None) -> Store:
     """Open the store a URL names.
+
+    ``max_connections`` bounds a Redis store's connections per event loop (per node on a cluster);
+    None keeps the store's default.
 
     Raises:
         ConfigError: The URL is not a string, has an unknown scheme, or is malformed.
@@ -96,4 +99,4 @@ def open_store(url: str) -> Store:
     if opener is None:
         known = ", ".join(f"{s}://" for s in _OPENERS)
         raise ConfigError(f"unknown store URL scheme {scheme + '://'!r}; known: {known}")
-    return opener(url)
+    return opener(url, max_connections)

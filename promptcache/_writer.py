@@ -141,7 +141,8 @@ class EntryWriter:
     async def write(self, store_key: str, data: bytes, ttl: float) -> bool:
         """Write now; True when the store took it (a failure is already counted and logged)."""
         store = self._store
-        ok, _ = await self._guard.run("set", lambda: store.set(store_key, data, ttl))
+        guard = self._guard
+        ok, _ = await guard.run("set", lambda: store.set(store_key, data, ttl), deadline=guard.write_timeout)
         if ok:
             self._counters.writes += 1
         return ok

@@ -21,7 +21,6 @@ redis-py drop that connection, never return it to the pool half-read.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Final, Self
 from urllib.parse import urlsplit, urlunsplit
@@ -32,6 +31,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException
 
 from promptcache._validate import positive
+from promptcache.backends._loopclient import LoopClients
 from promptcache.backends.redis import (
     DEFAULT_SOCKET_TIMEOUT,
     SCAN_COUNT,
@@ -42,7 +42,7 @@ from promptcache.backends.redis import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Callable, Sequence
 
 __all__ = ["RedisClusterStore", "cluster_url_to_redis"]
 
@@ -87,6 +87,10 @@ def cluster_url_to_redis(url: str) -> tuple[str, list[tuple[str, int]]]:
     return urlunsplit((target, netloc, "", parts.query, "")), seeds[1:]
 
 
+async def _close(client: RedisCluster) -> None:
+    await client.aclose()
+
+
 def _consume(task: asyncio.Task[Any]) -> None:
     # Mark the outcome retrieved: when every waiting caller has timed out, nobody else will.
     if not task.cancelled():
@@ -112,19 +116,45 @@ class RedisClusterStore:
     """
 
     def __init__(
-        self, client: RedisCluster, *, owns_client: bool = True, label: str = "redis+cluster"
+        self,
+        client: RedisCluster,
+        *,
+        owns_client: bool = True,
+        label: str = "redis+cluster",
+        factory: Callable[[], RedisCluster] | None = None,
     ) -> None:
-        self.client = client
-        self._owns_client = owns_client
         self._label = label
-        self._refresh: asyncio.Task[None] | None = None
         self._closed = False
         # Every use of redis-py internals sits in one module, loaded here and not when promptcache is
         # imported: if a redis-py release moves them, only opening a cluster store fails, and says why.
         from promptcache.backends import _redis_private  # noqa: PLC0415
 
+        self._private = _redis_private
         self._stale_flag = _redis_private.TOPOLOGY_STALE_FLAG
         _redis_private.install_lazy_command_table(client)
+        # One client per event loop (connections cannot cross loops): ``client`` in the first loop, a
+        # new one from ``factory`` in each other. Without a factory (a client you passed in), every loop
+        # shares ``client``, which then belongs to the loop that first uses it.
+        self._clients: LoopClients[RedisCluster] = LoopClients(
+            client,
+            owns=owns_client,
+            clone=None if factory is None else (lambda _first: self._made(factory)),
+            close=_close,
+        )
+
+    def _made(self, factory: Callable[[], RedisCluster]) -> RedisCluster:
+        client = factory()
+        self._private.install_lazy_command_table(client)
+        return client
+
+    @property
+    def client(self) -> RedisCluster:
+        """The cluster client of the running event loop (outside a loop: the one given)."""
+        return self._clients.client()
+
+    def hold_loop(self) -> Callable[[], None]:
+        """Keep this loop's client open at loop shutdown until the returned function is called."""
+        return self._clients.hold()
 
     @classmethod
     def from_url(
@@ -159,7 +189,7 @@ class RedisClusterStore:
             client = RedisCluster.from_url(redis_url, **kwargs)
         except (RedisClusterException, TypeError) as exc:  # db != 0, an option RedisCluster does not take
             raise ValueError(str(exc)) from None
-        return cls(client, label=redact_url(url))
+        return cls(client, label=redact_url(url), factory=lambda: RedisCluster.from_url(redis_url, **kwargs))
 
     def __repr__(self) -> str:
         return f"RedisClusterStore({self._label!r})"
@@ -242,13 +272,7 @@ class RedisClusterStore:
 
     async def aclose(self) -> None:
         self._closed = True
-        refresh, self._refresh = self._refresh, None
-        if refresh is not None and not refresh.done():
-            refresh.cancel()
-            with contextlib.suppress(BaseException):  # cleanup: its outcome no longer matters to anyone
-                await refresh
-        if self._owns_client:
-            await self.client.aclose()
+        await self._clients.aclose()
 
     async def __aenter__(self) -> Self:
         return self
@@ -268,17 +292,19 @@ class RedisClusterStore:
         """
         if self._closed:
             return  # after aclose: start no task that would outlive the store (redis-py reconnects inline)
-        task = self._refresh
+        slot = self._clients.get()
+        task: asyncio.Task[None] | None = slot.extras.get("refresh")
         if task is None or task.done():
-            task = self._refresh = asyncio.create_task(self._initialize())
+            task = asyncio.create_task(self._initialize(slot.client))
+            slot.extras["refresh"] = task
             task.add_done_callback(_consume)
         await asyncio.shield(task)
 
-    async def _initialize(self) -> None:
+    async def _initialize(self, client: RedisCluster) -> None:
         # Bounded on its own: with no socket timeout, a node that accepts and never answers (paused, or
         # behind a partition) would otherwise hold the refresh, and so the store, for ever.
         async with asyncio.timeout(REFRESH_TIMEOUT):
-            await self.client.initialize()
+            await client.initialize()
 
     async def _primaries(self) -> list[ClusterNode]:
         if getattr(self.client, self._stale_flag, False):

@@ -82,6 +82,10 @@ async def test_redis_killed_mid_traffic_and_restarted(private_redis: Callable[..
             await asyncio.to_thread(server.start)  # same port, empty (no persistence)
 
     try:
+        # Every prompt stored first, so the traffic before the kill is answered from Redis whatever order
+        # its requests come in and however busy the machine is.
+        await run_traffic(rig, traffic(8, 10, 1), concurrency=8)
+        await rig.settle()
         # The guard only keeps a broken run from hanging; the deadlines show in the counts below.
         await asyncio.wait_for(run_traffic(rig, asks, concurrency=8, between=faults), 60)
         clock.advance(0.3)  # past the cool-down

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Self
 
 import fakeredis
@@ -687,3 +688,41 @@ def test_a_failure_from_before_the_opening_does_not_count_again() -> None:
     breaker.success(breaker.epoch)  # the probe's own verdict
     assert _state(breaker) is BreakerState.CLOSED
     assert changes == ["closed->open", "open->half_open", "half_open->closed"]
+
+
+async def test_loop_lag_alone_is_not_a_store_timeout() -> None:
+    """A store that answered in time while the event loop was blocked is a success, not a timeout."""
+    breaker, _, _ = _breaker(threshold=1)
+    guard, errors = _guard(breaker, timeout=0.05)
+    answered = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    async def store_call() -> str:
+        await answered.wait()
+        return "value"
+
+    loop.call_later(0.01, answered.set)  # the store answers after 10 ms ...
+    call = asyncio.create_task(guard.run("get", store_call))
+    await asyncio.sleep(0)  # the call is in flight, its 50 ms deadline armed
+    time.sleep(0.2)  # ... but a CPU-bound neighbour holds the loop for 200 ms  # noqa: ASYNC251
+    assert await call == "value"
+    assert errors == []
+    assert _state(breaker) is BreakerState.CLOSED
+
+
+async def test_a_store_slow_after_the_lag_still_times_out() -> None:
+    """The grace given for loop lag is one more deadline, not forever: a hung store still times out."""
+    breaker, _, _ = _breaker(threshold=5)
+    guard, errors = _guard(breaker, timeout=0.05)
+    hung = asyncio.Event()
+
+    async def store_call() -> str:
+        await hung.wait()
+        return "never"
+
+    call = asyncio.create_task(guard.run("get", store_call))
+    await asyncio.sleep(0)
+    time.sleep(0.2)  # the loop is blocked past the deadline  # noqa: ASYNC251
+    with pytest.raises(TimeoutError):
+        await call
+    assert errors == [("get", "TimeoutError", True)]
