@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from enum import StrEnum
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from promptcache._validate import positive
 
@@ -36,6 +36,7 @@ DEFAULT_COOLDOWN: Final = 5.0
 # A deadline timer running later than this share of the deadline means the event loop was busy: the call
 # gets one more deadline before it counts as a store fault (see Guard.run).
 LAG_SHARE: Final = 0.5
+GRACE_TURNS: Final = 3  # loop turns a reply needs to reach its task (see Guard.run)
 
 
 class BreakerState(StrEnum):
@@ -132,6 +133,49 @@ class CircuitBreaker:
             self._on_change(old, new)
 
 
+class _Deadline:
+    """A timer that cancels ``task`` once ``limit`` seconds have run out, making allowance for a busy loop.
+
+    Why not asyncio.timeout: it is implemented in Python on 3.11 and costs several microseconds per call
+    on the hit path. This is the same mechanism (a timer that cancels the task; the caller uses uncancel to
+    tell this cancellation from another) in a few lines, plus two allowances for event-loop lag:
+
+    * a timer that fires well after it was due (by more than :data:`LAG_SHARE` of the deadline) says the
+      loop was busy (a CPU-bound neighbour, an import, a big parse), not that the store was slow: the call
+      gets the deadline once more;
+    * a reply that has arrived needs a few loop turns to reach the task (the selector poll, the protocol
+      callback, the task's wake-up); on a busy loop those turns come late, so the timer looks again after
+      :data:`GRACE_TURNS` turns before it cancels. Turns, not time: a hung store still times out.
+    """
+
+    __slots__ = ("_first_due", "_grace", "_handle", "_limit", "_loop", "_task", "expired")
+
+    def __init__(self, task: asyncio.Task[Any], limit: float) -> None:
+        self._task = task
+        self._limit = limit
+        self._loop = loop = task.get_loop()
+        self._first_due = loop.time() + limit
+        self._grace = GRACE_TURNS
+        self._handle: asyncio.Handle = loop.call_at(self._first_due, self._expire, self._first_due)
+        self.expired = False
+
+    def _expire(self, due: float) -> None:
+        loop = self._loop
+        if due == self._first_due and loop.time() - due > self._limit * LAG_SHARE:
+            again = loop.time() + self._limit
+            self._handle = loop.call_at(again, self._expire, again)
+            return
+        if self._grace:
+            self._grace -= 1
+            self._handle = loop.call_soon(self._expire, due)
+            return
+        self.expired = True
+        self._task.cancel()
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
 class Guard:
     """Runs store calls under a deadline and the breaker; classifies every outcome.
 
@@ -187,37 +231,17 @@ class Guard:
             raise StoreSkipped(operation)
         else:
             epoch = breaker.epoch
-        # Why not asyncio.timeout: it is implemented in Python on 3.11 and costs several microseconds per
-        # call on the hit path. This is the same mechanism (a timer that cancels the task, and uncancel to
-        # tell our cancellation from the caller's) in a few lines.
+        # The deadline: see _Deadline (why not asyncio.timeout, and the allowances for a busy loop).
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - store calls always run inside a task
             raise RuntimeError("store calls must run inside an asyncio task")
         cancelling = task.cancelling()
-        expired = False
-        loop = asyncio.get_running_loop()
         limit = self.timeout if deadline is None else deadline
-        due = loop.time() + limit
-
-        def expire() -> None:
-            # A timer that fires well after it was due says the event loop was busy (a CPU-bound
-            # neighbour, an import, a big parse), not that the store was slow: the reply may have been
-            # sitting in the socket all along. Give the call once more the time it could not use.
-            nonlocal expired, due
-            late = loop.time() - due
-            if late > limit * LAG_SHARE and due == start_due:
-                due = loop.time() + limit
-                timers.append(loop.call_at(due, expire))
-                return
-            expired = True
-            task.cancel()
-
-        start_due = due
-        timers = [loop.call_at(due, expire)]
+        timer = _Deadline(task, limit)
         try:
             result = await call()
         except asyncio.CancelledError as exc:
-            if expired and task.uncancel() <= cancelling:
+            if timer.expired and task.uncancel() <= cancelling:
                 overrun = TimeoutError(f"store {operation} exceeded {limit * 1000:.0f} ms")
                 breaker.failure(epoch)
                 self._on_error(operation, overrun, True)  # noqa: FBT003 - positional callback flag
@@ -234,6 +258,6 @@ class Guard:
             self._on_error(operation, exc, self.is_timeout(exc))
             raise
         finally:
-            timers[-1].cancel()
+            timer.cancel()
         breaker.success(epoch)
         return result

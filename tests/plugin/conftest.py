@@ -222,8 +222,9 @@ def project(
     """A pytester project with ``llm.py`` and the guard conftest, talking to ``llm_server``."""
     for name in ("PC_BLOCK_NETWORK", "PC_ALLOW_PORTS", "PC_LOG_SLEEPS", "PYTEST_XDIST_AUTO_NUM_WORKERS"):
         monkeypatch.delenv(name, raising=False)
-    # Hypothesis' terminal summary costs ~1 s per in-process run; the cache folder is noise.
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:cacheprovider")
+    # Hypothesis' terminal summary costs ~1 s per in-process run; the cache folder is noise; the inner
+    # projects' tests are sync (pytest-asyncio, there for tests/loops, would only warn about its ini).
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:cacheprovider -p no:asyncio")
     # Edits between runs must never be hidden by a stale .pyc of the same size and second.
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
     monkeypatch.setattr(sys, "dont_write_bytecode", True)
