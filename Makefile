@@ -48,7 +48,7 @@ lock: | $(UV)
 MATRIX_TESTS := tests/unit/test_sdk_common.py tests/unit/test_sdk_openai.py tests/unit/test_sdk_anthropic.py \
 	tests/unit/test_cached_agent.py \
 	tests/unit/test_fake_llm.py tests/unit/test_store_contract.py tests/unit/test_metrics.py \
-	tests/plugin tests/examples tests/redis tests/cluster
+	tests/plugin tests/examples tests/redis tests/cluster tests/loops
 
 matrix: matrix-newest matrix-oldest
 

@@ -33,10 +33,12 @@ T = TypeVar("T")
 
 DEFAULT_FAILURE_THRESHOLD: Final = 5
 DEFAULT_COOLDOWN: Final = 5.0
-# A deadline timer running later than this share of the deadline means the event loop was busy: the call
-# gets one more deadline before it counts as a store fault (see Guard.run).
-LAG_SHARE: Final = 0.5
-GRACE_TURNS: Final = 3  # loop turns a reply needs to reach its task (see Guard.run)
+# Deadlines and event-loop lag (see _Deadline): a loop turn longer than this share of the deadline is
+# the loop's lag; a store call gets this many free-running turns past its deadline before it is cancelled,
+# and never more than MAX_STRETCH times its deadline in all.
+LAG_SHARE: Final = 0.04
+GRACE_TURNS: Final = 10
+MAX_STRETCH: Final = 10
 
 
 class BreakerState(StrEnum):
@@ -134,41 +136,43 @@ class CircuitBreaker:
 
 
 class _Deadline:
-    """A timer that cancels ``task`` once ``limit`` seconds have run out, making allowance for a busy loop.
+    """A timer that cancels ``task`` once ``limit`` seconds have run out on a loop that was free to run it.
 
     Why not asyncio.timeout: it is implemented in Python on 3.11 and costs several microseconds per call
     on the hit path. This is the same mechanism (a timer that cancels the task; the caller uses uncancel to
-    tell this cancellation from another) in a few lines, plus two allowances for event-loop lag:
-
-    * a timer that fires well after it was due (by more than :data:`LAG_SHARE` of the deadline) says the
-      loop was busy (a CPU-bound neighbour, an import, a big parse), not that the store was slow: the call
-      gets the deadline once more;
-    * a reply that has arrived needs a few loop turns to reach the task (the selector poll, the protocol
-      callback, the task's wake-up); on a busy loop those turns come late, so the timer looks again after
-      :data:`GRACE_TURNS` turns before it cancels. Turns, not time: a hung store still times out.
+    tell this cancellation from another) in a few lines, plus an allowance for event-loop lag, which alone
+    must not count as a store fault: a reply that has arrived needs a few loop turns to reach its task
+    (the selector poll, the protocol callback, the task's wake-up), and a new connection a few round trips.
+    So when ``limit`` runs out the timer looks again after each of :data:`GRACE_TURNS` loop turns, and
+    while those turns are sluggish (each longer than :data:`LAG_SHARE` of the limit: a CPU-bound
+    neighbour, a burst of requests, an import) it keeps waiting, up to :data:`MAX_STRETCH` times the
+    limit in all. On a loop that turns freely, a hung store is cancelled a few microseconds after its
+    deadline.
     """
 
-    __slots__ = ("_first_due", "_grace", "_handle", "_limit", "_loop", "_task", "expired")
+    __slots__ = ("_grace", "_handle", "_last", "_limit", "_loop", "_stop", "_task", "expired")
 
     def __init__(self, task: asyncio.Task[Any], limit: float) -> None:
         self._task = task
         self._limit = limit
         self._loop = loop = task.get_loop()
-        self._first_due = loop.time() + limit
+        due = loop.time() + limit
+        self._stop = due + limit * (MAX_STRETCH - 1)
+        self._last = due  # when the loop was last seen turning (a late first check is a sluggish turn)
         self._grace = GRACE_TURNS
-        self._handle: asyncio.Handle = loop.call_at(self._first_due, self._expire, self._first_due)
+        self._handle: asyncio.Handle = loop.call_at(due, self._expire)
         self.expired = False
 
-    def _expire(self, due: float) -> None:
-        loop = self._loop
-        if due == self._first_due and loop.time() - due > self._limit * LAG_SHARE:
-            again = loop.time() + self._limit
-            self._handle = loop.call_at(again, self._expire, again)
-            return
-        if self._grace:
-            self._grace -= 1
-            self._handle = loop.call_soon(self._expire, due)
-            return
+    def _expire(self) -> None:
+        now = self._loop.time()
+        if now < self._stop:
+            if now - self._last > self._limit * LAG_SHARE:
+                self._grace = GRACE_TURNS  # that turn was the loop's lag, not the store's: start over
+            self._last = now
+            if self._grace:
+                self._grace -= 1
+                self._handle = self._loop.call_soon(self._expire)
+                return
         self.expired = True
         self._task.cancel()
 
