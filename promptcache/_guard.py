@@ -7,13 +7,19 @@ the ``fail_open`` flag decides whether a store fault reaches the caller (as a :c
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 from promptcache._logs import ThrottledLog, describe
 from promptcache._resilience import BreakerState, CircuitBreaker, Guard, StoreSkipped
-from promptcache.backends._base import ReplyErrorClassifier, TimeoutClassifier, default_timeout_of
+from promptcache.backends._base import (
+    AdmittingStore,
+    ReplyErrorClassifier,
+    TimeoutClassifier,
+    default_timeout_of,
+)
 from promptcache.exceptions import StoreError
 
 if TYPE_CHECKING:
@@ -53,6 +59,7 @@ class StoreGuard:
         self._events = events
         self._mono = monotonic
         self.closed = False
+        self._admission = store.admission if isinstance(store, AdmittingStore) else None
         # One line per (operation, cause) per interval: a store that fails every call must not turn every
         # request into a log line. The count of held-back lines goes out with the next one.
         self.log = ThrottledLog(log, clock=monotonic)
@@ -109,6 +116,35 @@ class StoreGuard:
         if self.closed:
             self._counters.store_skipped += 1
             return False, None
+        gate = None if self._admission is None else self._admission()
+        if gate is None:
+            return await self._run(operation, call, exempt=exempt, deadline=deadline)
+        if gate.locked():  # every pooled connection is busy: queue here, outside the call's deadline
+            try:
+                async with asyncio.timeout(self.write_timeout):
+                    await gate.acquire()
+            except TimeoutError as exc:
+                # Overload, not a store fault: counted and logged, but the breaker does not hear of it.
+                overload = TimeoutError(f"no free connection for {operation}")
+                self._on_store_error(operation, overload, True)  # noqa: FBT003 - positional callback flag
+                if not self._config.fail_open:
+                    raise StoreError(f"store {operation} failed: no free connection") from exc
+                return False, exc
+        else:
+            await gate.acquire()  # free: returns at once
+        try:
+            return await self._run(operation, call, exempt=exempt, deadline=deadline)
+        finally:
+            gate.release()
+
+    async def _run(
+        self,
+        operation: str,
+        call: Callable[[], Awaitable[Any]],
+        *,
+        exempt: bool,
+        deadline: float | None,
+    ) -> tuple[bool, Any]:
         if self._events.hooks:
             return await self._run_timed(operation, call, exempt=exempt, deadline=deadline)
         try:

@@ -15,10 +15,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final, Protocol, Self, runtime_checkable
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import Callable, Sequence
 
 __all__ = [
     "DEFAULT_STORE_TIMEOUT",
+    "AdmittingStore",
     "BatchReadStore",
     "ListingStore",
     "LockingStore",
@@ -143,4 +145,18 @@ class LoopHoldingStore(Protocol):
 
     def hold_loop(self) -> Callable[[], None]:
         """Keep the running loop's client open at loop shutdown until the returned function is called."""
+        ...
+
+
+@runtime_checkable
+class AdmittingStore(Protocol):
+    """A store with a bounded connection pool per event loop (the Redis stores).
+
+    Its calls are admitted a pool's worth at a time, and the wait for admission is not part of a call's
+    deadline: a thousand concurrent callers queue for the connections instead of timing out in the
+    pool's own queue, which says nothing about the store's health.
+    """
+
+    def admission(self) -> asyncio.Semaphore | None:
+        """The running loop's admission semaphore (None: no bound, admit at once)."""
         ...

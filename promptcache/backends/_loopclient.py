@@ -22,7 +22,7 @@ from promptcache._loops import PerLoop
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-__all__ = ["HOLD_TIMEOUT", "LoopClient", "LoopClients"]
+__all__ = ["HOLD_TIMEOUT", "LoopClient", "LoopClients", "admission_of"]
 
 C = TypeVar("C")
 HOLD_TIMEOUT = 10.0  # seconds a loop's shutdown waits for the last writes before closing its client
@@ -37,6 +37,21 @@ class LoopClient(Generic[C]):
     holds: int = 0
     released: asyncio.Event = field(default_factory=asyncio.Event)
     extras: dict[str, Any] = field(default_factory=dict)  # per-loop state a store keeps beside its client
+
+
+# Pools wider than this are treated as unbounded (redis-py's plain pool allows 2**31 connections).
+_MAX_ADMISSION = 10_000
+
+
+def admission_of(slot: LoopClient[Any]) -> asyncio.Semaphore | None:
+    """A semaphore as wide as ``slot``'s connection pool, made once per loop (None when unbounded)."""
+    if "admission" not in slot.extras:
+        pool = getattr(slot.client, "connection_pool", None)
+        width = getattr(pool, "max_connections", None)
+        bounded = isinstance(width, int) and 0 < width <= _MAX_ADMISSION
+        slot.extras["admission"] = asyncio.Semaphore(int(width)) if bounded and width else None
+    found: asyncio.Semaphore | None = slot.extras["admission"]
+    return found
 
 
 class LoopClients(Generic[C]):

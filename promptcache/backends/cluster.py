@@ -156,6 +156,10 @@ class RedisClusterStore:
         """Keep this loop's client open at loop shutdown until the returned function is called."""
         return self._clients.hold()
 
+    def admission(self) -> asyncio.Semaphore | None:
+        """None: the cluster client pools per node, so there is no one bound to admit against."""
+        return None
+
     @classmethod
     def from_url(
         cls,

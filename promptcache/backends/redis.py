@@ -16,9 +16,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from promptcache._validate import positive
-from promptcache.backends._loopclient import LoopClients
+from promptcache.backends._loopclient import LoopClients, admission_of
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import Callable, Sequence
 
     from redis.commands.core import AsyncScript
@@ -122,6 +123,10 @@ class RedisStore:
     def hold_loop(self) -> Callable[[], None]:
         """Keep this loop's client open at loop shutdown until the returned function is called."""
         return self._clients.hold()
+
+    def admission(self) -> asyncio.Semaphore | None:
+        """A semaphore as wide as this loop's pool: calls past it wait outside their deadline."""
+        return admission_of(self._clients.get())
 
     @classmethod
     def from_url(

@@ -452,3 +452,37 @@ def test_a_moved_private_redis_module_fails_only_the_cluster_store_and_names_the
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True True"
+
+
+class OneConnectionStore:
+    """A store with one pooled connection: each GET holds it for 30 ms (under a 50 ms deadline)."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Semaphore(1)
+        self.in_use = 0
+        self.most_in_use = 0
+
+    def admission(self) -> asyncio.Semaphore | None:
+        return self.gate
+
+    async def get(self, key: str) -> bytes | None:
+        self.in_use += 1
+        self.most_in_use = max(self.most_in_use, self.in_use)
+        try:
+            await asyncio.sleep(0.03)
+        finally:
+            self.in_use -= 1
+        return key.encode()
+
+
+async def test_waiting_for_a_pooled_connection_is_not_part_of_the_deadline() -> None:
+    """Six callers on one connection queue for it; each GET then has its whole deadline, so none times
+    out although the last one waits five GETs' time for the connection."""
+    store = OneConnectionStore()
+    guard, counters = make_guard(store, CacheConfig(store_timeout=0.05))
+    results = await asyncio.gather(
+        *(guard.run("get", functools.partial(store.get, f"k{i}")) for i in range(6))
+    )
+    assert results == [(True, f"k{i}".encode()) for i in range(6)]
+    assert (counters.store_timeouts, counters.store_errors) == (0, 0)
+    assert store.most_in_use == 1  # the admission kept it to the pool's width
