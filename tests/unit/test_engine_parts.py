@@ -13,6 +13,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Self
 
 import pytest
+from helpers import FakeClock, until
 
 from promptcache import CacheConfig, ConfigError, KeyPolicy, PromptCache, Scope, StoreError, make_key
 from promptcache._entry import encode_entry, is_compressed
@@ -27,8 +28,6 @@ from promptcache.backends._base import DEFAULT_STORE_TIMEOUT
 from promptcache.backends.memory import MemoryStore
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from promptcache._events import CacheEvent
 
 pytestmark = pytest.mark.anyio
@@ -46,25 +45,6 @@ def chat_body(content: str, finish_reason: str = "stop") -> dict[str, Any]:
         ],
         "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
     }
-
-
-class FakeClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, start: float = 100.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-
-async def until(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll ``predicate`` on the event loop until it holds; fail the test after ``within`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.002)
 
 
 class ScriptedStore:
