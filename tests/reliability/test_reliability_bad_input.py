@@ -218,7 +218,7 @@ def test_the_plugin_names_a_hostile_cassette_and_runs_nothing(
     cassette.parent.mkdir(parents=True)
     cassette.write_text(_header(f"!!python/object/apply:os.system ['touch {marker}']"))
     result = pytester.runpytest(
-        "--promptcache=replay", "--promptcache-store=cassettes", "-p", "no:cacheprovider"
+        "--promptcache=replay", "--promptcache-store=cassettes", "-p", "no:cacheprovider", "-p", "no:asyncio"
     )
     result.assert_outcomes(errors=1)
     assert str(cassette) in result.stdout.str()

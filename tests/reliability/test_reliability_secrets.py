@@ -284,7 +284,13 @@ class PluginRuns:
         if echo_401:
             self.server.fail_next(401, body=ECHOED_ERROR)
         result = self.pytester.runpytest(
-            f"--promptcache={mode}", f"--promptcache-store={self.store}", "-p", "no:cacheprovider", *extra
+            f"--promptcache={mode}",
+            f"--promptcache-store={self.store}",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:asyncio",
+            *extra,
         )
         self.outputs.append(result.stdout.str() + result.stderr.str())
         return result
