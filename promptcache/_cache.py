@@ -422,6 +422,11 @@ class PromptCache:
 
     # -- internals ---------------------------------------------------------------------------------
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` (or :meth:`close`) has run; later calls raise PromptCacheError."""
+        return self._closed
+
     def _check_open(self) -> None:
         if self._closed:
             raise PromptCacheError(f"{self!r} is closed")

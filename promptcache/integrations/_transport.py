@@ -72,6 +72,11 @@ class CachingCore:
             plan = plan_request(request, self.scope)
             if plan is None:
                 return await send(request)
+            if self.cache.closed:
+                # The cache was closed while the client lives on: answer uncached (an error raised here
+                # would reach the caller only as the SDK's "Connection error"), counted as a bypass.
+                self.cache.count_bypass(scope=plan.scope, request=plan.body)
+                return await send(request)
             if plan.stream:
                 return await self._stream(plan, request, send)
             return await self._json(plan, request, send)
