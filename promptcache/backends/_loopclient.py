@@ -81,11 +81,6 @@ class LoopClients(Generic[C]):
         self._lock = threading.Lock()
         self._per_loop: PerLoop[LoopClient[C]] = PerLoop(self._make, self._close)
 
-    @property
-    def first(self) -> C:
-        """The client the store was built with (outside any loop, the only one there is)."""
-        return self._first
-
     def get(self) -> LoopClient[C]:
         """This loop's client (made on first use here)."""
         return self._per_loop.get()
@@ -96,9 +91,6 @@ class LoopClients(Generic[C]):
             return self._per_loop.get().client
         except RuntimeError:
             return self._first
-
-    def values(self) -> list[LoopClient[C]]:
-        return self._per_loop.values()
 
     def hold(self) -> Callable[[], None]:
         """Keep this loop's client open at the loop's shutdown until the returned function is called."""
