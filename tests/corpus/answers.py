@@ -68,7 +68,7 @@ def strip_markers(value: Any) -> Any:
 
 def meaning(body: JSON) -> JSON:
     """The part of a body that selects the answer."""
-    return {k: strip_markers(v) for k, v in body.items() if k not in IGNORED_FIELDS}
+    return {k: strip_markers(v) for k, v in body.items() if k not in IGNORED_FIELDS and k != "cache_control"}
 
 
 def fingerprint(*parts: Any) -> str:
