@@ -78,6 +78,7 @@ FIELD_RULES: Final[tuple[FieldRule, ...]] = (
     FieldRule("safety_identifier", ALL_ENDPOINTS, Rule.OUT, _BOOKKEEPING),
     FieldRule("prompt_cache_key", ALL_ENDPOINTS, Rule.OUT, _CACHING_HINT),
     FieldRule("prompt_cache_retention", ALL_ENDPOINTS, Rule.OUT, _CACHING_HINT),
+    FieldRule("prompt_cache_options", ALL_ENDPOINTS, Rule.OUT, _CACHING_HINT),
     FieldRule("service_tier", ALL_ENDPOINTS, Rule.OUT, _TIER),
     FieldRule(
         "store",
