@@ -148,7 +148,7 @@ FIELD_RULES: Final[tuple[FieldRule, ...]] = (
 )
 """Every field with a rule other than "in the key", plus the normalised ones, by endpoint."""
 
-_OUT: Final[dict[Endpoint, frozenset[str]]] = {
+OUT_OF_KEY: Final[dict[Endpoint, frozenset[str]]] = {
     ep: frozenset(r.name for r in FIELD_RULES if r.rule is Rule.OUT and ep in r.endpoints) for ep in Endpoint
 }
 
@@ -173,7 +173,7 @@ def key_body(endpoint: Endpoint, request: dict[str, Any]) -> dict[str, Any]:
 
     Copy-on-write: the caller's objects are never changed.
     """
-    out = _OUT[endpoint]
+    out = OUT_OF_KEY[endpoint]
     body = {k: v for k, v in request.items() if k not in out}
     if endpoint is Endpoint.RESPONSES and body.get("store", True) is True:
         body.pop("store", None)  # true is the default: omitted and true are one request

@@ -34,7 +34,7 @@ import redis.exceptions
 from promptcache._keys import DEFAULT_AGENT_VERSION
 from promptcache.cli._cassettes import cmd_export, cmd_import, cmd_verify
 from promptcache.cli._entries import cmd_explain, cmd_inspect, cmd_invalidate, cmd_stats
-from promptcache.cli._migrate import add_migrate_parser
+from promptcache.cli._migrate import add_migrate_parser, add_route_options
 from promptcache.cli._store import DEFAULT_TIMEOUT, DEFAULT_URL, CLIError, one_line
 from promptcache.exceptions import ConfigError, PromptCacheError
 
@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--policy", default="trim", help="text policy: exact, trim or collapse (default: %(default)s)"
     )
+    add_route_options(p)
     p.set_defaults(handler=cmd_explain)
 
     p = sub.add_parser("invalidate", parents=[store], help="delete one agent's entries")

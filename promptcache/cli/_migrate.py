@@ -21,7 +21,7 @@ import yaml
 
 from promptcache._cassette import SCRUBBED, key_schema_of, parse_cassette
 from promptcache._keys import SCHEMA_VERSION, Endpoint, KeyPolicy, make_key
-from promptcache._route import Route, route_record
+from promptcache._route import Route, route_of, route_record
 from promptcache._validate import parse_enum
 from promptcache.cli._store import CLIError
 from promptcache.cli._support import echo
@@ -30,7 +30,14 @@ from promptcache.exceptions import PromptCacheError
 if TYPE_CHECKING:
     import argparse
 
-__all__ = ["add_migrate_parser", "cmd_migrate", "default_route", "migrate_text"]
+__all__ = [
+    "add_migrate_parser",
+    "add_route_options",
+    "cli_route",
+    "cmd_migrate",
+    "default_route",
+    "migrate_text",
+]
 
 DEFAULT_UPSTREAMS: Final = {
     Endpoint.CHAT_COMPLETIONS: "openai",
@@ -53,6 +60,32 @@ def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
             raise CLIError(f"{option} takes NAME=VALUE, got {item!r}")
         out[name.strip().lower() if option == "--header" else name.strip()] = value.strip()
     return out
+
+
+def cli_route(upstream: str | None, headers: list[str] | None, query: list[str] | None) -> Route | None:
+    """The route ``--upstream``/``--header``/``--query`` describe (``explain``), or None when none is given.
+
+    Raises:
+        CLIError: A NAME=VALUE option is malformed, or headers/query come without an upstream.
+    """
+    if upstream is None:
+        if headers or query:
+            raise CLIError("--header and --query describe a route: give its --upstream too")
+        return None
+    header_pairs = _pairs(headers, "--header")
+    scheme, sep, rest = upstream.partition("://")
+    host, _, prefix = rest.partition("/")
+    return route_of(
+        method="POST",
+        scheme=scheme if sep else "",
+        host=host if sep else "",
+        port=None,
+        prefix="/" + prefix if prefix else "",
+        query=_pairs(query, "--query").items(),
+        headers=header_pairs.items(),
+        alias=None if sep else upstream,
+        extra_headers=header_pairs,
+    )
 
 
 def default_route(endpoint: Endpoint, args: argparse.Namespace) -> Route:
@@ -209,3 +242,16 @@ def add_migrate_parser(sub: Any) -> None:  # noqa: ANN401 - argparse's private _
     p.add_argument("--policy", default="trim", help="the text policy the tests use (default: %(default)s)")
     p.add_argument("--check", action="store_true", help="only report; exit 1 if anything needs re-keying")
     p.set_defaults(handler=cmd_migrate)
+
+
+def add_route_options(p: argparse.ArgumentParser) -> None:
+    """``explain``'s route options: the route of the request, and of the ``--against`` request file."""
+    p.add_argument(
+        "--upstream", metavar="ALIAS|URL", help="key with a route: the client's upstream (or alias)"
+    )
+    p.add_argument("--header", action="append", metavar="NAME=VALUE", help="a header the request sends")
+    p.add_argument("--query", action="append", metavar="NAME=VALUE", help="a query parameter it sends")
+    p.add_argument("--server-state", action="store_true", help="the agent caches server-state requests")
+    p.add_argument("--against-upstream", metavar="ALIAS|URL", help="the --against file's upstream")
+    p.add_argument("--against-header", action="append", metavar="NAME=VALUE", help="its headers")
+    p.add_argument("--against-query", action="append", metavar="NAME=VALUE", help="its query parameters")
