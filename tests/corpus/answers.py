@@ -54,7 +54,19 @@ IGNORED_FIELDS: Final = frozenset(
     }
 )
 # Headers that select the answer (or the organisation whose state is read).
-ANSWER_HEADERS: Final = ("anthropic-version", "anthropic-beta", "openai-organization", "openai-project")
+# (``x-route`` stands for a header only a particular gateway answers by: wrap(..., key_headers=[...])).
+ANSWER_HEADERS: Final = (
+    "anthropic-version",
+    "anthropic-beta",
+    "anthropic-workspace-id",  # the SDK sends messages.create(workspace_id=...) as this header
+    "openai-organization",
+    "openai-project",
+    "x-route",
+)
+# Query parameters that carry credentials: who pays, not which answer.
+CREDENTIAL_PARAMS: Final = frozenset(
+    {"api-key", "api_key", "key", "access_token", "token", "sig", "signature"}
+)
 
 
 def strip_markers(value: Any) -> Any:
@@ -66,9 +78,25 @@ def strip_markers(value: Any) -> Any:
     return value
 
 
-def meaning(body: JSON) -> JSON:
+def _plain(message: Any) -> Any:
+    """An Anthropic message whose content is one plain text block, as the string it stands for."""
+    if (
+        isinstance(message, dict)
+        and isinstance(message.get("content"), list)
+        and len(message["content"]) == 1
+    ):
+        block = message["content"][0]
+        if isinstance(block, dict) and set(block) == {"type", "text"} and block["type"] == "text":
+            return {**message, "content": block["text"]}
+    return message
+
+
+def meaning(body: JSON, endpoint: str) -> JSON:
     """The part of a body that selects the answer."""
-    return {k: strip_markers(v) for k, v in body.items() if k not in IGNORED_FIELDS and k != "cache_control"}
+    found = {k: strip_markers(v) for k, v in body.items() if k not in IGNORED_FIELDS and k != "cache_control"}
+    if endpoint == "messages" and isinstance(found.get("messages"), list):
+        found["messages"] = [_plain(m) for m in found["messages"]]
+    return found
 
 
 def fingerprint(*parts: Any) -> str:

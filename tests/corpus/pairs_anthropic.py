@@ -108,6 +108,9 @@ _MISS_FIELDS: Final[list[tuple[str, dict[str, Any], dict[str, Any]]]] = [
         {"messages": anthropic_messages("a\tb\nc\td\nSum it.")},
     ),
     ("container-id", {"container": SEED_CONTAINER}, {"container": "container_other"}),
+    ("speed", {}, {"speed": "fast"}),
+    ("workspace-id", {"workspace_id": "ws-a"}, {"workspace_id": "ws-b"}),
+    ("inference-geo", {}, {"inference_geo": "eu"}),
 ]
 
 _HIT_FIELDS: Final[list[tuple[str, dict[str, Any], dict[str, Any]]]] = [
@@ -129,6 +132,7 @@ _HIT_FIELDS: Final[list[tuple[str, dict[str, Any], dict[str, Any]]]] = [
         {"tools": [{**ANTHROPIC_TOOL, "cache_control": EPHEMERAL}]},
     ),
     ("metadata-user-id", {"metadata": {"user_id": "u1"}}, {"metadata": {"user_id": "u2"}}),
+    ("one-text-block-vs-string", {}, {"messages": _blocks()}),
     ("service-tier", {"service_tier": "auto"}, {"service_tier": "standard_only"}),
     (
         "x-request-id-header",

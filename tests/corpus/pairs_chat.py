@@ -184,6 +184,8 @@ _HIT_FIELDS: Final[list[tuple[str, dict[str, Any], dict[str, Any]]]] = [
     ("prompt-cache-retention", {"prompt_cache_retention": "in_memory"}, {"prompt_cache_retention": "24h"}),
     ("service-tier", {"service_tier": "auto"}, {"service_tier": "flex"}),
     ("service-tier-omitted", {}, {"service_tier": "default"}),
+    ("prompt-cache-options", {}, {"prompt_cache_options": {"mode": "auto"}}),
+    ("store", {"store": False}, {"store": True}),
     (
         "x-request-id-header",
         {"extra_headers": {"x-request-id": "r1"}},
@@ -193,7 +195,7 @@ _HIT_FIELDS: Final[list[tuple[str, dict[str, Any], dict[str, Any]]]] = [
     ("timeout", {"timeout": 30}, {"timeout": 90}),
     (
         "trailing-spaces-at-line-ends",
-        {"messages": messages("Line one   \nLine two\t\nWhat now?")},
+        {"messages": messages("Line one   \nLine two \nWhat now?")},
         {"messages": messages("Line one\nLine two\nWhat now?")},
     ),
     (

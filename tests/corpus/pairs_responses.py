@@ -86,8 +86,8 @@ _HIT_FIELDS: Final[list[tuple[str, dict[str, Any], dict[str, Any]]]] = [
     ("safety-identifier", {"safety_identifier": "s1"}, {"safety_identifier": "s2"}),
     ("prompt-cache-key", {"prompt_cache_key": "a"}, {"prompt_cache_key": "b"}),
     ("prompt-cache-retention", {}, {"prompt_cache_retention": "24h"}),
+    ("prompt-cache-options", {"prompt_cache_options": {"mode": "auto"}}, {}),
     ("service-tier", {"service_tier": "default"}, {"service_tier": "priority"}),
-    ("store-true-then-false", {"store": True}, {"store": False}),
     ("store-default-then-explicit", {}, {"store": True}),
     (
         "trailing-spaces-at-line-ends",
@@ -124,6 +124,7 @@ def pairs() -> list[Pair]:
     out += [differ(f"responses/{name}", HIT, resp(**a), resp(**b)) for name, a, b in _HIT_FIELDS]
     out += [
         differ("responses/store-false-then-true", MISS, resp(store=False), resp(store=True)),
+        differ("responses/store-true-then-false", MISS, resp(store=True), resp(store=False)),
         twice("responses/identical", HIT, resp(), oa()),
         across("responses/sync-then-async", HIT, resp(), oa(), oa("async")),
         # stored responses belong to an organisation/project

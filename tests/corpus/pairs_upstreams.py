@@ -100,6 +100,26 @@ def _queries() -> list[Pair]:
         differ(
             "query/embeddings-extra-query", MISS, emb(extra_query={"v": "1"}), emb(extra_query={"v": "2"})
         ),
+        differ(
+            "query/credential-param",
+            HIT,
+            chat(extra_query={"api-key": "one"}),
+            chat(extra_query={"api-key": "two"}),
+        ),
+        across(
+            "route/key-headers",
+            MISS,
+            chat(),
+            oa(default_headers={"x-route": "eu"}).but(wrap={"key_headers": ["x-route"]}),
+            oa(default_headers={"x-route": "us"}).but(wrap={"key_headers": ["x-route"]}),
+        ),
+        across(
+            "route/unlisted-header",
+            HIT,
+            chat(),
+            oa(default_headers={"x-route": "eu"}),
+            oa(default_headers={"x-route": "us"}),
+        ),
         across(
             "azure/api-version",
             MISS,

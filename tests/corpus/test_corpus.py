@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 # every other must-hit pair the same answer.
 _ALIKE_BUT_MISS: Final = {
     "responses/store-false-then-true": "B asks for a stored response a hit cannot create",
+    "responses/store-true-then-false": "store=false is its own key (docs/KEY_FIELDS.md)",
     "responses/prompt-latest": "the latest prompt version may change at any time (bypass)",
     "responses/background": "a background job's state moves on (bypass)",
     "upstream/other-alias-same-host": "the agent says these are two upstreams",
@@ -52,6 +53,7 @@ _DIFFERENT_BUT_HIT: Final = {
     "upstream/same-alias-other-scheme": "the agent named both upstreams alike",
     "upstream/same-alias-gateway-prefixes": "the agent named both upstreams alike",
     "upstream/same-alias-anthropic-hosts": "the agent named both upstreams alike",
+    "route/unlisted-header": "the agent did not name x-route in key_headers",
 }
 
 

@@ -21,6 +21,8 @@ from typing import Any, Final
 
 # Fields whose values echo request fields that may differ between two requests answered alike.
 _OPAQUE: Final = frozenset({"metadata"})
+# Events no SDK accumulator needs (progress notes, keep-alives): a replay may leave them out.
+_OPTIONAL_EVENTS: Final = frozenset({"response.in_progress", "ping"})
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,12 @@ def dump(obj: Any) -> Any:
 
 
 def skeleton(value: Any) -> Any:
-    """``value`` with every scalar replaced by its kind: strings, numbers and booleans stop mattering."""
+    """``value`` with every scalar replaced by its kind: strings, numbers and booleans stop mattering.
+
+    Absent, None and empty (``[]``, ``{}``) are one thing: an assembled body need not invent empty fields.
+    """
     if isinstance(value, dict):
-        return {k: "*" if k in _OPAQUE else skeleton(v) for k, v in value.items() if v is not None}
+        return {k: "*" if k in _OPAQUE else skeleton(v) for k, v in value.items() if v not in (None, [], {})}
     if isinstance(value, list):
         return [skeleton(v) for v in value]
     if isinstance(value, bool):
@@ -200,12 +205,12 @@ def _chat_stream_shape(events: list[dict[str, Any]]) -> Any:
 
 
 def _event_kinds_shape(events: list[Any], objects: list[Any]) -> dict[str, Any]:
-    kinds = [e.get("type") for e in events]
+    kinds = [e.get("type") for e in events if e.get("type") not in _OPTIONAL_EVENTS]
     return {
         "first event": kinds[:1],
         "last event": kinds[-1:],
         "event kinds": sorted(set(kinds)),
-        "event classes": sorted({type(o).__name__ for o in objects}),
+        "event classes": sorted({type(o).__name__ for o in objects if o.type not in _OPTIONAL_EVENTS}),
     }
 
 

@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from corpus.answers import (
     ANSWER_HEADERS,
+    CREDENTIAL_PARAMS,
     JSON,
     Events,
     chat_body,
@@ -151,9 +152,9 @@ class World:
             call.upstream,
             call.prefix,
             call.endpoint,
-            sorted(call.query),
+            sorted((k, v) for k, v in call.query if k not in CREDENTIAL_PARAMS),
             {h: call.headers.get(h) for h in ANSWER_HEADERS},
-            meaning(body),
+            meaning(body, call.endpoint),
             state,
         )
         if call.endpoint == "embeddings":
