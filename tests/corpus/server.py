@@ -16,6 +16,7 @@ identity, like a gateway that routes by path: the same model name answers differ
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import ssl
 import subprocess
@@ -203,13 +204,22 @@ class CorpusServer:
 
     def start(self) -> Self:
         with tempfile.TemporaryDirectory() as folder:
-            tls = _tls_context(Path(folder))
+            try:
+                tls = _tls_context(Path(folder))
+            except (OSError, subprocess.CalledProcessError) as exc:
+                raise RuntimeError(
+                    f"the corpus's https upstream needs a working `openssl` command: {exc}"
+                ) from exc
         for _ in range(20):  # alt-host needs main's port to be free on 127.0.0.2 too
             main = _Listener(self, "main", "127.0.0.1", 0, None)
             try:
                 alt = _Listener(self, "alt-host", "127.0.0.2", main.server_port, None)
-            except OSError:
+            except OSError as exc:
                 main.server_close()
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    raise RuntimeError(
+                        "the corpus's second host needs 127.0.0.2 (loopback, as on Linux)"
+                    ) from exc
                 continue
             break
         else:
