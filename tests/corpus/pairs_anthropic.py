@@ -114,6 +114,7 @@ _MISS_FIELDS: Final[list[tuple[str, dict[str, Any], dict[str, Any]]]] = [
 ]
 
 _HIT_FIELDS: Final[list[tuple[str, dict[str, Any], dict[str, Any]]]] = [
+    ("system-crlf-vs-lf", {"system": "Be brief.\r\nUse English."}, {"system": "Be brief.\nUse English."}),
     ("cache-control-on-block", {"messages": _blocks()}, {"messages": _blocks(cache_control=EPHEMERAL)}),
     (
         "cache-control-ttl",

@@ -250,7 +250,20 @@ def pairs() -> list[Pair]:
         differ(f"chat/trim/{name}", MISS, chat(messages=messages(a)), chat(messages=messages(b)))
         for name, a, b in _POLICY_MISS
     ]
+    final_turn = [*messages(), {"role": "assistant", "content": "The capital is "}]
     out += [
+        differ(
+            "chat/trim/final-assistant-prefill-trailing-space",
+            MISS,
+            chat(messages=final_turn),
+            chat(messages=[*final_turn[:2], {"role": "assistant", "content": "The capital is"}]),
+        ),
+        differ(
+            "chat/trim/blank-lines-at-both-ends",
+            HIT,
+            chat(messages=messages("\n\nWhat is the capital of France?\n\n")),
+            chat(),
+        ),
         differ(
             "chat/trim/prefix-continuation-trailing-space",
             MISS,

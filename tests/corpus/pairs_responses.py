@@ -36,6 +36,10 @@ def _publish(world: World) -> None:
     world.publish_prompt(SEED_PROMPT, "You are terse, polite and answer in French.")
 
 
+def _parts(*texts: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": [{"type": "input_text", "text": t} for t in texts]}]
+
+
 def _user_items(text: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": [{"type": "input_text", "text": text}]}]
 
@@ -44,6 +48,12 @@ _MISS_FIELDS: Final[list[tuple[str, dict[str, Any], dict[str, Any]]]] = [
     ("model", {"model": "gpt-corpus-a"}, {"model": "gpt-corpus-b"}),
     ("input", {}, {"input": "What is the capital of Spain?"}),
     ("input-items", {"input": _user_items(QUESTION)}, {"input": _user_items("And of Italy?")}),
+    (
+        "trim/parts-hello-space-world",
+        {"input": _parts("Hello ", "world")},
+        {"input": _parts("Hello", "world")},
+    ),
+    ("trim/tsv-trailing-tab", {"input": "a\tb\t\nc\td\nSum it."}, {"input": "a\tb\nc\td\nSum it."}),
     ("instructions", {"instructions": "Answer in English."}, {"instructions": "Answer in French."}),
     ("temperature", {"temperature": 0.1}, {"temperature": 1.2}),
     ("top-p", {}, {"top_p": 0.3}),
@@ -81,6 +91,11 @@ _MISS_FIELDS: Final[list[tuple[str, dict[str, Any], dict[str, Any]]]] = [
 ]
 
 _HIT_FIELDS: Final[list[tuple[str, dict[str, Any], dict[str, Any]]]] = [
+    (
+        "instructions-trailing-spaces",
+        {"instructions": "Be brief.  \nUse English. "},
+        {"instructions": "Be brief.\nUse English."},
+    ),
     ("metadata", {"metadata": {"run": "1"}}, {"metadata": {"run": "2"}}),
     ("user", {"user": "u1"}, {"user": "u2"}),
     ("safety-identifier", {"safety_identifier": "s1"}, {"safety_identifier": "s2"}),
