@@ -8,8 +8,9 @@ Key schema v2 keys a request sent through a wrapped SDK client by its :class:`Ro
   user who wants two upstreams to share entries gives both one alias (``wrap(..., upstream="openai")``);
 * the **query string** (``extra_query``, Azure's ``api-version``), minus parameters shaped like credentials;
 * the **headers that change the answer or the tenant**: :data:`KEY_HEADERS`, plus any the agent names
-  (``wrap(..., key_headers=[...])``). Credentials (``authorization``, ``x-api-key``, ``api-key``) are never
-  part of a key: an answer does not depend on which of a team's keys paid for it.
+  (``wrap(..., key_headers=[...])``); organisation and project ids as fingerprints. Credentials
+  (``authorization``, ``x-api-key``, ``api-key``) are never part of a key: an answer does not depend on
+  which of a team's keys paid for it.
 
 Nothing here does I/O or imports an HTTP library; :mod:`promptcache.integrations._http` reads the parts
 off the SDK's request.
@@ -17,6 +18,7 @@ off the SDK's request.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -42,6 +44,8 @@ KEY_HEADERS: Final = ("anthropic-beta", "anthropic-version", "openai-organizatio
 """Headers that select the answer (API version, beta features) or the tenant (organisation, project)."""
 
 _LIST_HEADERS: Final = frozenset({"anthropic-beta"})  # comma lists: order and repeats do not matter
+_FINGERPRINTED: Final = frozenset({"openai-organization", "openai-project"})
+"""Headers whose values are account ids: keyed, stored and shown only as a fingerprint."""
 
 CREDENTIAL_QUERY: Final = frozenset(
     {"api-key", "api_key", "key", "token", "access_token", "sig", "signature"}
@@ -165,7 +169,12 @@ def _header_value(name: str, values: list[str]) -> str:
     if name in _LIST_HEADERS:
         items = {item.strip() for value in values for item in value.split(",")}
         return ",".join(sorted(item for item in items if item))
-    return ",".join(value.strip() for value in values)
+    joined = ",".join(value.strip() for value in values)
+    if name in _FINGERPRINTED:
+        # An organisation or project id is not a secret, but an entry, a cassette or `explain` has no need
+        # to show it: the key needs only to tell two apart.
+        return "sha256:" + hashlib.sha256(joined.encode("utf-8")).hexdigest()[:24]
+    return joined
 
 
 def route_of(  # noqa: PLR0913 - the parts of a URL and its headers, read off whatever HTTP library sent it

@@ -89,16 +89,16 @@ def cli_route(upstream: str | None, headers: list[str] | None, query: list[str] 
 
 
 def default_route(endpoint: Endpoint, args: argparse.Namespace) -> Route:
-    """The route a v1 recording of ``endpoint`` is re-keyed with: the options, else the SDK defaults."""
-    headers = _pairs(args.header, "--header")
-    if endpoint is Endpoint.ANTHROPIC_MESSAGES:
-        headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
-    query = _pairs(args.query, "--query")
-    return Route(
-        upstream=args.upstream or DEFAULT_UPSTREAMS[endpoint],
-        query=tuple(sorted(query.items())),
-        headers=tuple(sorted(headers.items())),
-    )
+    """The route a v1 recording of ``endpoint`` is re-keyed with: the options, else the SDK defaults.
+
+    Built by the same normalisation a live request gets, so a re-keyed recording has the live key.
+    """
+    headers = list(args.header or [])
+    if endpoint is Endpoint.ANTHROPIC_MESSAGES and "anthropic-version" not in _pairs(headers, "--header"):
+        headers.append(f"anthropic-version={ANTHROPIC_VERSION}")
+    route = cli_route(args.upstream or DEFAULT_UPSTREAMS[endpoint], headers, args.query)
+    assert route is not None  # an upstream was given  # noqa: S101 - for the type checker
+    return route
 
 
 def _new_key(

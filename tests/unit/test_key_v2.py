@@ -105,6 +105,15 @@ def test_official_upstreams_have_names_and_an_alias_replaces_any_url() -> None:
     assert route(host="a.example", alias="shared") == route(host="b.example", alias="shared")
 
 
+def test_account_ids_are_keyed_as_fingerprints() -> None:
+    """Organisation and project ids tell keys apart without being stored or shown."""
+    a = route(headers=[("OpenAI-Organization", "org-secretive"), ("OpenAI-Project", "proj-x")])
+    values = dict(a.headers)
+    assert all(v.startswith("sha256:") for v in values.values())
+    assert "org-secretive" not in repr(route_record(a)) and "proj-x" not in repr(a)
+    assert a != route(headers=[("OpenAI-Organization", "org-other"), ("OpenAI-Project", "proj-x")])
+
+
 def test_extra_key_headers_join_the_key() -> None:
     """Headers an agent names (wrap(key_headers=...)) join the key; other headers never do."""
     a = route(headers=[("X-Route", "eu")], extra_headers=("x-route",))

@@ -11,7 +11,7 @@ import pytest
 
 from promptcache._cassette import key_schema_of, parse_cassette
 from promptcache._keys import SCHEMA_VERSION, make_key
-from promptcache._route import route_from_record
+from promptcache._route import route_from_record, route_of
 from promptcache.cli import main
 
 if TYPE_CHECKING:
@@ -99,11 +99,20 @@ def test_defaults_are_what_the_sdks_send(v1: Path, run: Callable[..., tuple[int,
     anthropic.write_text(text.replace("endpoint: chat.completions", "endpoint: anthropic.messages"))
     assert run("migrate", str(v1.parent), "--header", "OpenAI-Project=p1")[0] == 0
     routes = {p.name: parse_cassette(p.read_text())["recordings"][0]["route"] for p in (v1, anthropic)}
+    project = route_of(
+        method="POST",
+        scheme="https",
+        host="x",
+        port=None,
+        prefix="",
+        query=(),
+        headers=[("OpenAI-Project", "p1")],
+    ).headers[0][1]  # what a live request with this header is keyed with
     assert routes == {
-        "v1.yaml": {"upstream": "openai", "headers": {"openai-project": "p1"}},
+        "v1.yaml": {"upstream": "openai", "headers": {"openai-project": project}},
         "claude.yaml": {
             "upstream": "anthropic",
-            "headers": {"anthropic-version": "2023-06-01", "openai-project": "p1"},
+            "headers": {"anthropic-version": "2023-06-01", "openai-project": project},
         },
     }
 
