@@ -171,6 +171,8 @@ class Driver:
             for spec, client in opened:
                 self.close_client(spec, client)
             _close_cache(self, cache, opened)
+        if hit and got_b.kind == "error":  # answered by the wrapper itself, never by the server
+            return Outcome(pair, hit, f"B never reached the server and failed: {got_b.describe()}")
         judged = hit and pair.expect is not Expect.MISS
         return Outcome(pair, hit, self._judge_hit(pair, got_a, got_b) if judged else None)
 
