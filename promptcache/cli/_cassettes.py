@@ -236,7 +236,7 @@ def verify_cassette(text: bytes, where: str) -> tuple[int, list[str]]:
     if node is not None:
         _duplicate_keys(node, "$", dupes)
     problems.extend(f"{where}: {d}" for d in dupes)
-    if key_schema_of(doc) != SCHEMA_VERSION:
+    if doc["recordings"] and key_schema_of(doc) != SCHEMA_VERSION:
         problems.append(f"{where}: {old_schema_message(doc)}")
         return len(doc["recordings"]), problems
     seen: set[tuple[object, ...]] = set()
@@ -284,7 +284,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     path = Path(args.file)
     doc = parse_cassette(path.read_bytes(), str(path))
-    if key_schema_of(doc) != SCHEMA_VERSION:  # its keys would never be found: say so instead
+    if doc["recordings"] and key_schema_of(doc) != SCHEMA_VERSION:  # keys never found: say so instead
         raise CLIError(f"{path}: {old_schema_message(doc)}")
     now = time.time()
     # Every recording is checked before the first write: a bad file writes nothing.
