@@ -59,6 +59,8 @@ ANSWER_HEADERS: Final = (
     "anthropic-version",
     "anthropic-beta",
     "anthropic-workspace-id",  # the SDK sends messages.create(workspace_id=...) as this header
+    "anthropic-user-profile-id",  # ... and user_profile_id=... as this one
+    "openai-beta",
     "openai-organization",
     "openai-project",
     "x-route",

@@ -110,6 +110,7 @@ _MISS_FIELDS: Final[list[tuple[str, dict[str, Any], dict[str, Any]]]] = [
     ("container-id", {"container": SEED_CONTAINER}, {"container": "container_other"}),
     ("speed", {}, {"speed": "fast"}),
     ("workspace-id", {"workspace_id": "ws-a"}, {"workspace_id": "ws-b"}),
+    ("user-profile-id", {"user_profile_id": "profile-a"}, {"user_profile_id": "profile-b"}),
     ("inference-geo", {}, {"inference_geo": "eu"}),
 ]
 

@@ -101,6 +101,12 @@ def _queries() -> list[Pair]:
             "query/embeddings-extra-query", MISS, emb(extra_query={"v": "1"}), emb(extra_query={"v": "2"})
         ),
         differ(
+            "route/openai-beta-header",
+            MISS,
+            resp(extra_headers={"OpenAI-Beta": "responses=v1"}),
+            resp(extra_headers={"OpenAI-Beta": "responses=v2"}),
+        ),
+        differ(
             "query/credential-param",
             HIT,
             chat(extra_query={"api-key": "one"}),
