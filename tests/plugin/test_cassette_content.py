@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import pytest
@@ -151,7 +152,7 @@ def test_re_recording_identical_answers_leaves_the_cassette_byte_identical(
     assert b"1700000000" in first
 
     for mode, created in (("record", 1_800_000_000.0), ("rewrite", 1_900_000_000.0)):
-        llm_server.clock = lambda created=created: created
+        llm_server.clock = functools.partial(float, created)
         project.runpytest(f"--promptcache={mode}").assert_outcomes(passed=1)
         assert path.read_bytes() == first, mode
     assert llm_server.calls == 15  # each run really called upstream, with new ids and times
