@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import pytest
-
 from promptcache.cli._cassettes import verify_cassette
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    import pytest
 
 ONE_CALL = """
 import llm
