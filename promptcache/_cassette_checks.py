@@ -76,7 +76,7 @@ def scope_of(rec: dict[str, Any], where: str) -> tuple[str, str, str, str | None
 
 
 def _key_matches_request(
-    rec: dict[str, Any], scope: tuple[str, str, str, str | None], memo: dict[bytes, set[str]]
+    rec: dict[str, Any], scope: tuple[str, str, str, str | None], memo: dict[bytes, bool]
 ) -> bool:
     request = rec.get("request")
     if not isinstance(request, dict):
@@ -84,12 +84,12 @@ def _key_matches_request(
     raw = orjson.dumps(request)
     if SCRUBBED.encode() in raw:
         return True  # scrubbed text cannot reproduce the key
-    namespace, agent_id, agent_version, tenant = scope
-    memo_key = orjson.dumps([raw.decode(), rec["endpoint"], *scope])
-    digests = memo.get(memo_key)
-    if digests is None:
-        # The canonical request is a fixed point of the policy that made it: try each.
-        digests = {
+    memo_key = orjson.dumps([raw.decode(), rec["endpoint"], rec["key"], *scope])
+    found = memo.get(memo_key)
+    if found is None:
+        namespace, agent_id, agent_version, tenant = scope
+        # The canonical request is a fixed point of the policy that made it: try each, default first.
+        found = any(
             make_key(
                 request,
                 namespace=namespace,
@@ -99,10 +99,11 @@ def _key_matches_request(
                 endpoint=rec["endpoint"],
                 policy=policy,
             ).digest
-            for policy in KeyPolicy
-        }
-        memo[memo_key] = digests
-    return rec["key"] in digests
+            == rec["key"]
+            for policy in (KeyPolicy.TRIM, KeyPolicy.EXACT, KeyPolicy.COLLAPSE)
+        )
+        memo[memo_key] = found
+    return found
 
 
 def cassette_problems(doc: dict[str, Any], text: str, where: str, duplicates: list[str]) -> list[str]:
@@ -116,7 +117,7 @@ def cassette_problems(doc: dict[str, Any], text: str, where: str, duplicates: li
     if leaked is not None:
         problems.append(f"{where}: holds a credential ({leaked})")
     seen: set[tuple[object, ...]] = set()
-    memo: dict[bytes, set[str]] = {}
+    memo: dict[bytes, bool] = {}
     for i, rec in enumerate(doc["recordings"]):
         here = f"{where}: recordings[{i}]"
         try:

@@ -37,24 +37,34 @@ SCRUBBED: Final = "<scrubbed>"
 
 _KEYCHAR: Final = r"[A-Za-z0-9_\-]"
 _HAS_DIGIT: Final = rf"(?={_KEYCHAR}*[0-9])"
-_START: Final = r"(?<![A-Za-z0-9_\-])"  # a key starts a word: "risk-..." holds no "sk-" key
 _END: Final = rf"(?!{_KEYCHAR})"
 _BEARER_CHAR: Final = r"[A-Za-z0-9._~+/\-]"
+
+
+def _starts_word(width: int) -> str:
+    """After a ``width``-character literal prefix: the prefix starts a word ("risk-..." holds no "sk-").
+
+    Placed after the literal, not before it, so the regex engine still scans for the literal quickly.
+    """
+    return rf"(?<!{_KEYCHAR}.{{{width}}})"
+
 
 # Credential shapes that must never reach a file. Each is anchored at a word start and needs a token that
 # looks generated (long, with a digit; a JWT; a fixed-length id), so ordinary words never match.
 SECRET_PATTERNS: Final = (
-    re.compile(rf"{_START}sk-ant-{_HAS_DIGIT}{_KEYCHAR}{{8,}}"),  # Anthropic
-    re.compile(rf"{_START}sk-(?:proj-|svcacct-|admin-)?{_HAS_DIGIT}{_KEYCHAR}{{16,}}"),  # OpenAI
+    re.compile(rf"sk-ant-{_starts_word(7)}{_HAS_DIGIT}{_KEYCHAR}{{8,}}"),  # Anthropic
+    re.compile(rf"sk-{_starts_word(3)}(?:proj-|svcacct-|admin-)?{_HAS_DIGIT}{_KEYCHAR}{{16,}}"),  # OpenAI
     re.compile(
-        r"(?<![A-Za-z0-9])(?i:bearer)\s+(?:"
+        r"(?i:bearer)(?<![A-Za-z0-9].{6})\s+(?:"
         r"eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"  # a JWT
         rf"|(?={_BEARER_CHAR}*[0-9])"  # or an opaque token: a digit, and mixed case or no hyphen
         rf"(?:(?={_BEARER_CHAR}*[A-Z])|(?![A-Za-z0-9._~+/]*-)){_BEARER_CHAR}{{16,}}=*)"
     ),
-    re.compile(rf"{_START}(?:AKIA|ASIA)[0-9A-Z]{{16}}{_END}"),  # AWS access key id
-    re.compile(rf"{_START}AIza[0-9A-Za-z_\-]{{35}}{_END}"),  # Google API key
-    re.compile(rf"{_START}(?:gh[pousr]_[A-Za-z0-9]{{30,}}|github_pat_[A-Za-z0-9_]{{22,}})"),  # GitHub
+    re.compile(rf"(?:AKIA|ASIA){_starts_word(4)}[0-9A-Z]{{16}}{_END}"),  # AWS access key id
+    re.compile(rf"AIza{_starts_word(4)}[0-9A-Za-z_\-]{{35}}{_END}"),  # Google API key
+    re.compile(  # GitHub
+        rf"(?:gh[pousr]_{_starts_word(4)}[A-Za-z0-9]{{30,}}|github_pat_{_starts_word(11)}[A-Za-z0-9_]{{22,}})"
+    ),
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
 )
 SECRET_KINDS: Final = (
