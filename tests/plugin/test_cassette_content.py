@@ -207,3 +207,14 @@ def test_an_answer_whose_id_a_later_request_sends_back_is_not_swapped_for_the_ol
     monkeypatch.setenv("PC_BLOCK_NETWORK", "1")
     project.runpytest("--promptcache=replay").assert_outcomes(passed=1)
     assert outputs(project)["final"] == live["final"]
+
+
+def test_what_was_not_recorded_is_summarised_under_xdist(
+    project: pytest.Pytester, llm_server: FakeLLM
+) -> None:
+    """With ``pytest -n 2`` the controller's summary lists what the workers left out."""
+    project.makepyfile(test_flaky=FLAKY_TESTS)
+    llm_server.fail_next(503)
+    result = project.runpytest_subprocess("-n", "2", "--promptcache=auto")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["not recorded: 1 upstream error (HTTP 503) in test_flaky.py::test_it"])
