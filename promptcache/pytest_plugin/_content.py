@@ -105,6 +105,6 @@ def summary_lines(notes: list[Note]) -> list[str]:
             lines.append(f"scrubbed (replay differs from the live call): {', '.join(parts)} in {test_id}")
     if any(n.kind == "skipped" for n in notes):
         lines.append(
-            "  (an error a test expects is recorded with @pytest.mark.promptcache(record_errors=True))"
+            "  (a test that expects such answers records them: @pytest.mark.promptcache(record_errors=True))"
         )
     return lines
