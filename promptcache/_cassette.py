@@ -4,15 +4,17 @@ A cassette file::
 
     # promptcache cassette - recorded LLM responses, replayed by `pytest --promptcache=replay`.
     version: 1
+    key_schema: 2             # the key schema of the recordings' keys (absent: 1, re-key with migrate)
     test: tests/test_agent.py::test_classifies
     recordings:
-    - key: 3f2a...            # the production cache key's digest (schema v1)
+    - key: 3f2a...            # the production cache key's digest (schema v2)
       endpoint: chat.completions
       scope: {namespace: promptcache, agent_id: default, agent_version: '0', tenant: null}
       recorded_at: '2026-11-26T06:00:00Z'
       model: gpt-4o
       usage: {prompt_tokens: 12, completion_tokens: 5}
       request: {...}          # the canonical request, secrets scrubbed (for miss diffs)
+      route: {upstream: openai, headers: {...}}   # what else selected the answer (key schema v2)
       response: {...}         # the full body; or `chunks:` for a stream
     end: 1                    # written last: the number of recordings, so a cut-off file is refused
 
@@ -34,7 +36,13 @@ from typing import Any, Final
 
 import yaml
 
-from promptcache._cassette_checks import allowed_secrets, cassette_problems, duplicate_keys
+from promptcache._cassette_checks import (
+    allowed_secrets,
+    cassette_problems,
+    duplicate_keys,
+    key_schema_of,
+    old_schema_message,
+)
 from promptcache._secrets import (
     DEFAULT_SCRUB_FIELDS,
     SCRUBBED,
@@ -58,7 +66,9 @@ __all__ = [
     "dump_cassette",
     "find_secret",
     "inspect_cassette",
+    "key_schema_of",
     "load_cassette",
+    "old_schema_message",
     "parse_cassette",
     "refusal",
     "request_secrets",

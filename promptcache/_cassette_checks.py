@@ -13,17 +13,40 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from promptcache._keys import KeyPolicy, make_key
+from promptcache._keys import SCHEMA_VERSION, KeyPolicy, make_key
+from promptcache._route import route_from_record
 from promptcache._secrets import SCRUBBED, find_secret
-from promptcache.exceptions import CassetteFormatError, PromptCacheError
+from promptcache.exceptions import CassetteFormatError, ConfigError, PromptCacheError
 
 if TYPE_CHECKING:
     import yaml
 
-__all__ = ["ALLOWED_FIELD", "allowed_secrets", "cassette_problems", "duplicate_keys", "scope_of"]
+__all__ = [
+    "ALLOWED_FIELD",
+    "allowed_secrets",
+    "cassette_problems",
+    "duplicate_keys",
+    "key_schema_of",
+    "old_schema_message",
+    "scope_of",
+]
 
 ALLOWED_FIELD: Final = "allowed_secrets"
 """A recording's list of values kept on purpose (a test's ``allow_secrets``): not credentials."""
+
+
+def key_schema_of(doc: dict[str, Any]) -> int:
+    """The key schema a cassette's recordings were keyed with (files written before v2 say nothing: 1)."""
+    schema = doc.get("key_schema", 1)
+    return schema if type(schema) is int else 0
+
+
+def old_schema_message(doc: dict[str, Any]) -> str:
+    """What to say about a cassette keyed under an older key schema: how to re-key it."""
+    return (
+        f"recorded under key schema v{key_schema_of(doc)}, not v{SCHEMA_VERSION}: re-key it offline with "
+        "`promptcache migrate PATH --upstream <alias or URL>` (responses are kept byte for byte)"
+    )
 
 
 def allowed_secrets(doc: dict[str, Any]) -> frozenset[str]:
@@ -84,10 +107,14 @@ def _key_matches_request(
     raw = orjson.dumps(request)
     if SCRUBBED.encode() in raw:
         return True  # scrubbed text cannot reproduce the key
-    memo_key = orjson.dumps([raw.decode(), rec["endpoint"], rec["key"], *scope])
+    memo_key = orjson.dumps([raw.decode(), rec["endpoint"], rec["key"], rec.get("route"), *scope])
     found = memo.get(memo_key)
     if found is None:
         namespace, agent_id, agent_version, tenant = scope
+        try:
+            route = None if rec.get("route") is None else route_from_record(rec["route"])
+        except ConfigError:
+            return False
         # The canonical request is a fixed point of the policy that made it: try each, default first.
         found = any(
             make_key(
@@ -98,6 +125,8 @@ def _key_matches_request(
                 tenant=tenant,
                 endpoint=rec["endpoint"],
                 policy=policy,
+                route=route,
+                server_state=True,
             ).digest
             == rec["key"]
             for policy in (KeyPolicy.TRIM, KeyPolicy.EXACT, KeyPolicy.COLLAPSE)
@@ -110,12 +139,16 @@ def cassette_problems(doc: dict[str, Any], text: str, where: str, duplicates: li
     """Every problem of a parsed cassette document, one sentence each, starting with ``where``.
 
     A repeated recording key is a problem in an exported cassette; in a test cassette it is the n-th
-    answer to the n-th identical request, which is how the pytest plugin records.
+    answer to the n-th identical request, which is how the pytest plugin records. Keys of a cassette
+    written under an older key schema are not checked (they cannot match today's keys): ``verify``
+    reports the schema, the plugin says how to re-key it, and ``promptcache migrate`` loads it.
     """
     problems = [f"{where}: {d}" for d in duplicates]
     leaked = find_secret(text, allowed_secrets(doc))
     if leaked is not None:
         problems.append(f"{where}: holds a credential ({leaked})")
+    if key_schema_of(doc) != SCHEMA_VERSION:
+        return problems
     seen: set[tuple[object, ...]] = set()
     memo: dict[bytes, bool] = {}
     for i, rec in enumerate(doc["recordings"]):

@@ -13,16 +13,29 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from promptcache._cassette import CASSETTE_FORMAT, inspect_cassette, parse_cassette, save_cassette, scrub
+from promptcache._cassette import (
+    CASSETTE_FORMAT,
+    inspect_cassette,
+    key_schema_of,
+    old_schema_message,
+    parse_cassette,
+    save_cassette,
+    scrub,
+)
 from promptcache._cassette_checks import scope_of
 from promptcache._config import DEFAULT_COMPRESS_ABOVE
 from promptcache._entry import Entry, encode_entry
-from promptcache._keys import Endpoint, store_key_for
+from promptcache._keys import SCHEMA_VERSION, Endpoint, store_key_for
 from promptcache._stores import redact_url
 from promptcache._validate import parse_enum
 from promptcache.cli._store import CLIError, agent_keys, read_all, run_on_store, store_url
 from promptcache.cli._support import Progress, echo
-from promptcache.exceptions import CassetteFormatError, EntryError, PromptCacheError, SecretLeakError
+from promptcache.exceptions import (
+    CassetteFormatError,
+    EntryError,
+    PromptCacheError,
+    SecretLeakError,
+)
 
 if TYPE_CHECKING:
     import argparse
@@ -65,6 +78,8 @@ def to_recording(stored: StoredEntry) -> dict[str, Any]:
     }  # fmt: skip
     if entry.request is not None:
         rec["request"] = entry.request
+    if entry.route is not None:
+        rec["route"] = entry.route
     if entry.chunks is not None:
         rec["chunks"] = entry.chunks
     else:
@@ -78,6 +93,7 @@ def export_doc(
     """A cassette document of exported entries (``parse_cassette`` reads it like any other)."""
     return {
         "version": CASSETTE_FORMAT,
+        "key_schema": SCHEMA_VERSION,
         "exported": {"namespace": namespace, "agent_id": agent_id, "agent_version": version},
         "recordings": recordings,
     }
@@ -134,6 +150,7 @@ def from_recording(
         usage=usage if isinstance(usage, dict) else None,
         latency=float(latency) if isinstance(latency, int | float) and not isinstance(latency, bool) else 0.0,
         request=rec.get("request"),
+        route=rec.get("route") if isinstance(rec.get("route"), dict) else None,
     )
     compressed = rec.get("compressed")
     threshold = DEFAULT_COMPRESS_ABOVE if compressed is None else (0 if compressed else None)
@@ -150,6 +167,8 @@ def verify_cassette(text: bytes, where: str) -> tuple[int, list[str]]:
         doc, problems = inspect_cassette(text, where)
     except CassetteFormatError as exc:
         return 0, [str(exc)]
+    if doc["recordings"] and key_schema_of(doc) != SCHEMA_VERSION:
+        problems.append(f"{where}: {old_schema_message(doc)}")
     return len(doc["recordings"]), problems
 
 
@@ -179,6 +198,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     path = Path(args.file)
     doc = parse_cassette(path.read_bytes(), str(path))
+    if doc["recordings"] and key_schema_of(doc) != SCHEMA_VERSION:  # keys never found: say so instead
+        raise CLIError(f"{path}: {old_schema_message(doc)}")
     now = time.time()
     # Every recording is checked before the first write: a bad file writes nothing.
     built = [

@@ -18,6 +18,7 @@ import orjson
 
 from promptcache._gate import is_terminal
 from promptcache._keys import Endpoint
+from promptcache._route import Route, route_of
 from promptcache.exceptions import ConfigError
 from promptcache.integrations._sse import SSEParser, encode_events
 
@@ -36,6 +37,7 @@ __all__ = [
     "is_event_stream",
     "json_response",
     "plan_request",
+    "request_route",
     "response",
     "take_controls",
     "tee",
@@ -67,6 +69,7 @@ class Plan:
     scope: Scope
     bypass: bool
     refresh: bool
+    route: Route
 
 
 def _flag(value: str | None) -> bool:
@@ -93,12 +96,33 @@ def take_controls(headers: Any) -> dict[str, str]:  # noqa: ANN401 - httpx or ht
 
 def endpoint_for(method: str, path: str) -> Endpoint | None:
     """The cached endpoint a request goes to, or None for everything that passes through."""
+    found = _endpoint_and_prefix(method, path)
+    return None if found is None else found[0]
+
+
+def _endpoint_and_prefix(method: str, path: str) -> tuple[Endpoint, str] | None:
     if method != "POST":
         return None
     for suffix, endpoint in _ENDPOINT_SUFFIXES:
         if path.endswith(suffix):
-            return endpoint
+            return endpoint, path[: -len(suffix)]
     return None
+
+
+def request_route(request: Any, prefix: str, scope: Scope) -> Route:  # noqa: ANN401 - httpx or httpx2
+    """The route (upstream, query, keyed headers) of an SDK request whose path starts with ``prefix``."""
+    url = request.url
+    return route_of(
+        method=request.method,
+        scheme=url.scheme,
+        host=url.host,
+        port=url.port,
+        prefix=prefix,
+        query=url.params.multi_items(),
+        headers=request.headers.multi_items(),
+        alias=scope.upstream,
+        extra_headers=scope.key_headers,
+    )
 
 
 def plan_request(request: Any, scope: Scope) -> Plan | None:  # noqa: ANN401
@@ -110,9 +134,10 @@ def plan_request(request: Any, scope: Scope) -> Plan | None:  # noqa: ANN401
         ConfigError: A control header has a bad value.
     """
     controls = take_controls(request.headers)
-    endpoint = endpoint_for(request.method, request.url.path)
-    if endpoint is None:
+    found = _endpoint_and_prefix(request.method, request.url.path)
+    if found is None:
         return None
+    endpoint, prefix = found
     try:
         body = orjson.loads(request.content)
     except (orjson.JSONDecodeError, AttributeError, RuntimeError):
@@ -137,6 +162,7 @@ def plan_request(request: Any, scope: Scope) -> Plan | None:  # noqa: ANN401
         scope=scope.replace(**overrides) if overrides else scope,
         bypass=_flag(controls.get(HEADER_PREFIX + "bypass")),
         refresh=_flag(controls.get(HEADER_PREFIX + "refresh")),
+        route=request_route(request, prefix, scope),
     )
 
 

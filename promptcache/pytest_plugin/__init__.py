@@ -22,6 +22,7 @@ from promptcache._cassette import DEFAULT_SCRUB_FIELDS
 from promptcache._gate import usage_of
 from promptcache._keys import DEFAULT_AGENT_VERSION, KeyPolicy
 from promptcache._prices import PriceTable
+from promptcache._route import check_alias
 from promptcache._validate import parse_enum
 from promptcache.exceptions import ConfigError
 from promptcache.integrations._sync import handle_sync
@@ -74,15 +75,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("promptcache_scrub_fields", "JSON fields scrubbed from cassettes", type="linelist")
     parser.addini("promptcache_agent_id", "agent id recordings are keyed under", default="default")
     parser.addini("promptcache_policy", "text policy of the key: exact, trim, collapse", default="trim")
+    parser.addini(
+        "promptcache_cache_server_state",
+        "record/replay requests that refer to mutable server-side state (conversation, container, ...)",
+        type="bool",
+        default=False,
+    )
+    parser.addini(
+        "promptcache_upstream",
+        "an alias keying every upstream instead of its URL, so recordings replay against another host",
+        default=None,
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "promptcache(mode=None, cassette=None, agent_id=None, agent_version=None, record_errors=False, "
-        "allow_secrets=()): record/replay this test's LLM calls; `cassette` names a shared cassette; "
-        "`record_errors` records errors the production cache would not store; `allow_secrets` lists "
-        "values never scrubbed",
+        "promptcache(mode=None, cassette=None, agent_id=None, agent_version=None, upstream=None, "
+        "record_errors=False, allow_secrets=()): record/replay this test's LLM calls; `cassette` names a "
+        "shared cassette; `upstream` an alias for the upstream URL in keys; `record_errors` records "
+        "answers the production cache would not store (errors); `allow_secrets` lists values never scrubbed",
     )
     session = _Session(config)
     config.stash[_SESSION] = session
@@ -136,8 +148,8 @@ def _mode(value: object, where: str) -> Mode:
 @pytest.fixture
 def promptcache_config() -> dict[str, Any]:
     """Override in a conftest to configure record/replay: keys ``mode``, ``agent_id``, ``agent_version``,
-    ``scrub_fields``, ``policy``, ``record_errors``, ``allow_secrets``. Precedence: command line > marker >
-    this fixture > ini."""
+    ``scrub_fields``, ``policy``, ``upstream``, ``record_errors``, ``allow_secrets``. Precedence: command
+    line > marker > this fixture > ini."""
     return {}
 
 
@@ -172,12 +184,22 @@ def _settings(request: pytest.FixtureRequest, session: _Session) -> dict[str, An
         "agent_id": str(pick("agent_id", config.getini("promptcache_agent_id"))),
         "agent_version": str(pick("agent_version", DEFAULT_AGENT_VERSION)),
         "policy": parse_enum(KeyPolicy, str(pick("policy", config.getini("promptcache_policy"))), "policy"),
+        "upstream": check_alias(pick("upstream", config.getini("promptcache_upstream") or None)),
+        "cache_server_state": _truthy(
+            pick("cache_server_state", config.getini("promptcache_cache_server_state"))
+        ),
         "scrub_fields": frozenset(scrub),
         "record_errors": bool(pick("record_errors", False)),  # noqa: FBT003 - the ini-level default
         "allow_secrets": frozenset(
             str(v) for source in (fixture, marked) for v in source.get("allow_secrets") or ()
         ),
     }
+
+
+def _truthy(value: object) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)
 
 
 def _cassette(named: object, nodeid: str) -> str:
