@@ -109,6 +109,9 @@ def _cut_patterns(text: str, allowed: frozenset[str], found: set[str] | None) ->
             return value
         if found is not None:
             found.add(value)
+            parts = value.split(None, 1)
+            if len(parts) == 2 and parts[0].lower() == "bearer":  # an answer may echo the bare token
+                found.add(parts[1])
         return SCRUBBED
 
     for pattern in SECRET_PATTERNS:

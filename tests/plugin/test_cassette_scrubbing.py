@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from helpers import outputs
 
-from promptcache._cassette import find_secret, scrub
+from promptcache._cassette import find_secret, scrub, scrub_request
 from promptcache.cli._cassettes import verify_cassette
 
 if TYPE_CHECKING:
     from fake_llm import FakeLLM
 
+OPENAI_LIKE = "sk-proj-" + "Q7r8" * 6
 SCRUB_WARNING = "promptcache.pytest_plugin._content.CassetteScrubWarning"
 PROSE = [
     "Explain our risk-management-framework",
@@ -164,3 +165,16 @@ def test_an_answer_changed_by_scrubbing_is_warned_about_and_summarised(
     text = (project.path / "fixtures/cassettes/test_echo/test_echo.yaml").read_text(encoding="utf-8")
     assert "sk-test-0000" not in text
     assert llm_server.calls == 1
+
+
+def test_values_cut_from_a_request_are_the_ones_cut_from_its_answer() -> None:
+    """What pattern and field scrubbing cut from a request (a key in a prompt, a bearer token with and
+    without its scheme, a named field) is what the answer is scrubbed of; prose is not among them."""
+    token = "tok9Xy" * 4
+    request = {
+        "messages": [{"content": f"use {OPENAI_LIKE} with Bearer {token} for our risk-management plan"}],
+        "api_key": "plain-looking-value-1",
+    }
+    scrubbed, cut = scrub_request(request)
+    assert cut == {OPENAI_LIKE, f"Bearer {token}", token, "plain-looking-value-1"}
+    assert scrubbed["messages"][0]["content"] == "use <scrubbed> with <scrubbed> for our risk-management plan"
