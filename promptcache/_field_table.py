@@ -50,8 +50,17 @@ _TEXT_FIELDS: Final = {"messages", "input", "system", "instructions"}
 _DEFAULT = "may change the answer: every field not named by a rule joins the key"
 
 
+_AS_HEADERS: Final = {
+    "workspace_id": "anthropic-workspace-id",
+    "user_profile_id": "anthropic-user-profile-id",
+}  # SDK parameters sent as headers, not in the body
+
+
 def rule_for(endpoint: Endpoint, name: str) -> FieldRule:
     """The rule that decides ``name`` on ``endpoint`` (the default: in the key)."""
+    if endpoint is Endpoint.ANTHROPIC_MESSAGES and name in _AS_HEADERS:
+        why = f"the SDK sends it as the header `{_AS_HEADERS[name]}`, which the route keys (a fingerprint)"
+        return FieldRule(name, (endpoint,), Rule.IN, why)
     for rule in FIELD_RULES:
         if endpoint in rule.endpoints and rule.name == name:
             return rule
@@ -104,7 +113,8 @@ def render() -> str:
         ),
     ]
     out += [
-        f"| header `{h}` | in the key | selects the API version or beta features, or the tenant |"
+        f"| header `{h}` | in the key | selects the API version or beta features, or the tenant"
+        " (account ids as fingerprints) |"
         for h in KEY_HEADERS
     ]
     out += [

@@ -40,11 +40,24 @@ __all__ = [
     "route_record",
 ]
 
-KEY_HEADERS: Final = ("anthropic-beta", "anthropic-version", "openai-organization", "openai-project")
-"""Headers that select the answer (API version, beta features) or the tenant (organisation, project)."""
+KEY_HEADERS: Final = (
+    "anthropic-beta",
+    "anthropic-user-profile-id",
+    "anthropic-version",
+    "anthropic-workspace-id",
+    "openai-beta",
+    "openai-organization",
+    "openai-project",
+)
+"""Headers that select the answer (API version, beta features) or the tenant (organisation, project,
+workspace, user profile). The SDKs send ``workspace_id=`` and ``user_profile_id=`` as headers."""
 
-_LIST_HEADERS: Final = frozenset({"anthropic-beta"})  # comma lists: order and repeats do not matter
-_FINGERPRINTED: Final = frozenset({"openai-organization", "openai-project"})
+_LIST_HEADERS: Final = frozenset(
+    {"anthropic-beta", "openai-beta"}
+)  # comma lists: order and repeats do not matter
+_FINGERPRINTED: Final = frozenset(
+    {"openai-organization", "openai-project", "anthropic-workspace-id", "anthropic-user-profile-id"}
+)
 """Headers whose values are account ids: keyed, stored and shown only as a fingerprint."""
 
 CREDENTIAL_QUERY: Final = frozenset(

@@ -124,6 +124,9 @@ def test_extra_key_headers_join_the_key() -> None:
     assert set(KEY_HEADERS) == {
         "anthropic-version",
         "anthropic-beta",
+        "anthropic-workspace-id",  # the SDK's workspace_id=
+        "anthropic-user-profile-id",  # the SDK's user_profile_id=
+        "openai-beta",
         "openai-organization",
         "openai-project",
     }
