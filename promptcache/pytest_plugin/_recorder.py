@@ -27,8 +27,10 @@ from promptcache._cassette import (
     request_secrets,
     scrub,
     scrub_joined,
+    scrub_request,
     scrub_values,
 )
+from promptcache._cassette_checks import ALLOWED_FIELD
 from promptcache._gate import stream_summary, usage_of
 from promptcache._keys import (
     DEFAULT_AGENT_VERSION,
@@ -40,7 +42,7 @@ from promptcache._keys import (
 )
 from promptcache._route import route_record
 from promptcache._scope import Scope
-from promptcache.exceptions import ServerStateError, UncacheableRequestError
+from promptcache.exceptions import CassetteFormatError, ServerStateError, UncacheableRequestError
 from promptcache.integrations._http import (
     event_stream_response,
     is_event_stream,
@@ -49,7 +51,9 @@ from promptcache.integrations._http import (
     response,
     tee,
 )
+from promptcache.pytest_plugin._content import Note, not_recorded
 from promptcache.pytest_plugin._report import miss_message
+from promptcache.pytest_plugin._stable import Stabiliser
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -81,6 +85,8 @@ class Recorder:
         server_state: Requests that refer to mutable server-side state, sent upstream unrecorded (a
             failure in replay mode) because the test did not opt in with ``cache_server_state``.
         usage: Tokens of the replayed answers (what the test did not pay for).
+        notes: Answers not recorded (the production write gate refused them) and recorded answers that
+            scrubbing changed; reported in the terminal summary.
     """
 
     test_id: str
@@ -94,6 +100,8 @@ class Recorder:
     upstream: str | None = None
     cache_server_state: bool = False
     scrub_fields: frozenset[str] = DEFAULT_SCRUB_FIELDS
+    record_errors: bool = False  # record every answer as it came, errors included
+    allow_secrets: frozenset[str] = frozenset()  # values kept on purpose: never scrubbed, never refused
     calls: int = 0
     replayed: int = 0
     recorded: int = 0
@@ -104,6 +112,8 @@ class Recorder:
     _existing: list[dict[str, Any]] = field(default_factory=list)
     _new: list[dict[str, Any]] = field(default_factory=list)
     _positions: Counter[str] = field(default_factory=Counter)
+    notes: list[Note] = field(default_factory=list)
+    _stable: Stabiliser | None = None
 
     def __post_init__(self) -> None:
         self._old_schema: int | None = None
@@ -206,7 +216,17 @@ class Recorder:
         *,
         secrets: frozenset[str] = frozenset(),
     ) -> None:
+        canonical = orjson.loads(key.canonical)
+        refused = None if self.record_errors else not_recorded(key.endpoint, status, body, chunks, canonical)
+        if refused is not None:  # what production would not cache is not recorded either
+            self.notes.append(Note(self.test_id, "skipped", refused[0], error=refused[1]))
+            return
         source = body if chunks is None else stream_summary(key.endpoint, chunks)
+        request, cut = scrub_request(canonical, self.scrub_fields, allowed=self.allow_secrets)
+        # Answers are scrubbed only of the credentials this request carried (headers, cookies, query,
+        # and what was cut from its body): a provider echoing one gets it cut; other text stays as
+        # answered, so the replay returns what the live call did.
+        secrets = (secrets | cut) - self.allow_secrets
         recording: dict[str, Any] = {
             "key": key.digest,
             "endpoint": key.endpoint.value,
@@ -220,18 +240,43 @@ class Recorder:
             "model": source.get("model") if isinstance(source, dict) else None,
             "usage": source.get("usage") if isinstance(source, dict) else None,
             "status": status,
-            "request": scrub(orjson.loads(key.canonical), self.scrub_fields),
+            "request": request,
         }
         if key.route is not None:  # what besides the request selected the answer (key schema v2)
             recording["route"] = route_record(key.route)
+        answer = chunks if chunks is not None else body
+        scrubbed = scrub_values(answer, secrets)
         if chunks is not None:
-            recording["chunks"] = scrub_joined(scrub(chunks, self.scrub_fields))
-        else:
-            recording["response"] = scrub(body, self.scrub_fields)
+            scrubbed = scrub_joined(scrubbed, secrets)
+        recording["chunks" if chunks is not None else "response"] = scrubbed
+        if scrubbed != answer:
+            self.notes.append(Note(self.test_id, "scrubbed", "a credential the request carried"))
         # Providers echo what they were sent (an org or project id in a 401, a cookie, a query token):
         # the exact values of this request's credentials are cut from everything recorded.
-        self._new.append(scrub_values(recording, secrets) if secrets else recording)
+        recording = scrub_values(recording, secrets) if secrets else recording
+        if self.allow_secrets:
+            text = orjson.dumps(recording).decode()
+            kept = sorted(v for v in self.allow_secrets if v in text)
+            if kept:
+                recording[ALLOWED_FIELD] = kept
+        self._stabiliser().add(recording, _slot(key.digest, stream=chunks is not None), self._new)
         self.recorded += 1
+
+    def _stabiliser(self) -> Stabiliser:
+        """Re-recording identical content keeps the previous recording byte for byte (``_stable``)."""
+        if self._stable is None:
+            previous = self._existing
+            if self.mode is Mode.REWRITE:
+                try:
+                    doc = self.store.load(self.cassette)
+                except CassetteFormatError:
+                    doc = None  # a broken cassette has nothing worth keeping
+                previous = list(doc["recordings"]) if doc else []
+            by_slot: dict[str, list[dict[str, Any]]] = {}
+            for rec in previous:
+                by_slot.setdefault(_slot(str(rec.get("key")), stream="chunks" in rec), []).append(rec)
+            self._stable = Stabiliser(by_slot)
+        return self._stable
 
     def unused(self) -> list[dict[str, Any]]:
         """Existing recordings this test did not replay (meaningful after a passing replay run)."""
