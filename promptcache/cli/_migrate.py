@@ -142,6 +142,8 @@ def migrate_text(text: str, where: str, args: argparse.Namespace) -> tuple[str, 
     policy = parse_enum(KeyPolicy, args.policy, "--policy")
     mapping: dict[str, tuple[str, dict[str, Any]]] = {}
     for index, rec in enumerate(doc["recordings"]):
+        if "route" in rec:  # only v2 writes routes: a hand-edited file, not one to guess about
+            raise CLIError(f"{where}: recordings[{index}] has a route but no key_schema; re-record it")
         try:
             digest, route = _new_key(rec, index, args, policy)
         except CLIError as exc:
