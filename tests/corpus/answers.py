@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 import struct
 from typing import Any, Final
 
@@ -190,6 +191,7 @@ def make_turn(n: int, body: JSON, endpoint: str, fp: str) -> _Turn:
         tool=tool if use_tool else None,
         arguments=json.dumps({"query": prompt, "fp": fp}) if use_tool else "",
         finish="tool_calls" if use_tool else "stop",
+        created=int(time.time()),
     )
 
 
