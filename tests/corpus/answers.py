@@ -17,8 +17,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import time
 import struct
+import time
 from typing import Any, Final
 
 from fake_llm import (
