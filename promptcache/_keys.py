@@ -62,6 +62,7 @@ __all__ = [
     "agent_prefix",
     "generate_cache_key",
     "make_key",
+    "parse_store_key",
     "store_key_for",
 ]
 
@@ -357,3 +358,20 @@ def agent_id_of(store_key: str) -> str:
 def digest_of(store_key: str) -> str:
     """The digest an entry's store key ends with (inside its ``{...}`` hash tag)."""
     return store_key.rpartition(":")[2].removeprefix("{").removesuffix("}")
+
+
+_STORE_KEY: Final = re.compile(
+    r"(?P<ns>[^:]+):v(?P<schema>\d+):[^:]+:[^:]+:[^:]+:\{(?P<digest>[0-9a-f]{64})\}"
+)
+
+
+def parse_store_key(text: str) -> tuple[str, int, str] | None:
+    """``(namespace, schema, digest)`` of an entry's store key of any schema, or None when it is not one.
+
+    The namespace is unescaped (the inverse of the prefix rule); a key of an older schema parses too, so
+    a tool can say which schema it is instead of "not a key".
+    """
+    found = _STORE_KEY.fullmatch(text)
+    if found is None:
+        return None
+    return unquote(found["ns"]), int(found["schema"]), found["digest"]

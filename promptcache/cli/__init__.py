@@ -3,7 +3,7 @@
 ::
 
     promptcache demo                              the agent workload, without and with the cache
-    promptcache stats      [--metrics URL|FILE]   hits, misses, savings and entries by agent and model
+    promptcache stats      [--metrics URL|FILE]...  hits, misses, savings and entries by agent and model
     promptcache inspect    KEY | --agent A        stored entries: canonical request, response, TTL left
     promptcache explain    REQUEST.json [--against KEY]
     promptcache invalidate --agent A [--version V]
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Final
 
 import redis.exceptions
 
-from promptcache._keys import DEFAULT_AGENT_VERSION
+from promptcache._keys import DEFAULT_AGENT_VERSION, DEFAULT_NAMESPACE
 from promptcache.cli._cassettes import cmd_export, cmd_import, cmd_verify
 from promptcache.cli._entries import cmd_explain, cmd_inspect, cmd_invalidate, cmd_stats
 from promptcache.cli._migrate import add_migrate_parser, add_route_options
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_URL", "build_parser", "main"]
 
+DESCRIPTION: Final = "The promptcache command: a thin layer over the public API."
+
 
 # -- the parser -----------------------------------------------------------------------------------
 
@@ -52,12 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     store = argparse.ArgumentParser(add_help=False)
     store.add_argument("--url", help=f"store URL (default: $PROMPTCACHE_URL, else {DEFAULT_URL})")
     store.add_argument(
-        "--namespace", default="promptcache", help="the cache's namespace (default: %(default)s)"
+        "--namespace",
+        help=f"the cache's namespace (default: the one a KEY or cassette names, else {DEFAULT_NAMESPACE})",
     )
     store.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                        help="deadline for the command's store work (default: %(default)s)")  # fmt: skip
     store.add_argument("--debug", action="store_true", help="log debug output and show tracebacks")
-    parser = argparse.ArgumentParser(prog="promptcache", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="promptcache", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # The demo is built on the CLI (it prints the stats table and reads stores as ``stats`` does), so the
     # CLI imports it only here: a module-level import each way would make the two packages a cycle.
@@ -66,14 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(sub)
 
     p = sub.add_parser("stats", parents=[store], help="hits, misses, savings and entries by agent and model")
-    p.add_argument("--metrics", metavar="URL|FILE", help="Prometheus text from the serving process")
+    p.add_argument(
+        "--metrics",
+        metavar="URL|FILE",
+        action="append",
+        help="Prometheus text from a serving process; repeat it for each worker: the counters are summed",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_stats)
 
     p = sub.add_parser(
         "inspect", parents=[store], help="stored entries: canonical request, response, TTL left"
     )
-    p.add_argument("key", nargs="?", help="a 64-hex digest or a store key")
+    p.add_argument("key", nargs="?", help="a store key, a 64-hex digest, or its first 6+ characters")
     p.add_argument("--agent", help="every entry of this agent instead")
     p.add_argument("--version", help="only this agent version")
     p.add_argument("--limit", type=int, default=20, help="entries to show at most (default: %(default)s)")
@@ -99,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("invalidate", parents=[store], help="delete one agent's entries")
     p.add_argument("--agent", required=True)
     p.add_argument("--version", help="only this agent version")
+    p.add_argument("--strict", action="store_true", help="exit 1 when nothing was deleted")
     p.set_defaults(handler=cmd_invalidate)
 
     p = sub.add_parser("export", parents=[store], help="one agent's entries to a YAML cassette")
@@ -148,6 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     .. versionadded:: 0.1.0
     """
     args = build_parser().parse_args(argv)
+    if "namespace" in vars(args):  # the store commands: remember whether --namespace was given
+        args.namespace_given = args.namespace is not None
+        if args.namespace is None:
+            args.namespace = DEFAULT_NAMESPACE
     if getattr(args, "debug", False):
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(levelname)s: %(message)s")
     handler: Callable[[argparse.Namespace], int] = args.handler

@@ -8,14 +8,22 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from promptcache._keys import make_key, namespace_prefix
+from promptcache._keys import agent_prefix, make_key, namespace_prefix, parse_store_key
 from promptcache._route import route_record
 from promptcache._stores import redact_url
 from promptcache.cli import _support as support
 from promptcache.cli._migrate import cli_route
-from promptcache.cli._stats import parse_prometheus, render_stats, stats_json, stored_rows
-from promptcache.cli._store import CLIError, agent_keys, read_all, run_on_store, store_url
-from promptcache.cli._support import echo
+from promptcache.cli._stats import parse_prometheus, render_stats, stats_json, stored_rows, sum_counters
+from promptcache.cli._store import (
+    CLIError,
+    agent_keys,
+    known_agents,
+    namespace_from_key,
+    read_all,
+    run_on_store,
+    store_url,
+)
+from promptcache.cli._support import echo, warn
 from promptcache.exceptions import ServerStateError
 
 if TYPE_CHECKING:
@@ -26,13 +34,32 @@ if TYPE_CHECKING:
 __all__ = ["cmd_explain", "cmd_inspect", "cmd_invalidate", "cmd_stats"]
 
 
-def cmd_stats(args: argparse.Namespace) -> int:
-    async def work(cache: PromptCache) -> list[support.StoredEntry]:
-        keys = await support.list_keys(cache.store, namespace_prefix(args.namespace))
-        return await read_all(cache, keys, "reading")
+def find_stored(args: argparse.Namespace, key: str) -> support.StoredEntry:
+    """The entry a KEY names, in any form; its namespace becomes ``args.namespace``.
 
-    entries = run_on_store(args, work)
-    counted = None if args.metrics is None else parse_prometheus(support.read_metrics(args.metrics))
+    A store key names its namespace. A digest or prefix is looked for in ``--namespace`` when given, else
+    in every namespace of the store; either way the command then works in the entry's namespace.
+    """
+    namespace_from_key(args, key)
+    where = args.namespace if args.namespace_given or parse_store_key(key) else None
+    stored = run_on_store(args, lambda cache: support.find_entry(cache.store, where, key))
+    if stored.entry is not None:
+        args.namespace = stored.entry.scope[0]
+    return stored
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    async def work(cache: PromptCache) -> tuple[list[support.StoredEntry], list[str]]:
+        keys = await support.list_keys(cache.store, namespace_prefix(args.namespace))
+        others = [] if keys else await support.namespaces_with_entries(cache.store)
+        return await read_all(cache, keys, "reading"), others
+
+    entries, others = run_on_store(args, work)
+    sources: list[str] = args.metrics or []
+    counted = sum_counters(parse_prometheus(support.read_metrics(s)) for s in sources) if sources else None
+    if not entries:
+        where = f"namespaces with entries: {', '.join(others)}" if others else "the store holds no entries"
+        warn(f"namespace {args.namespace!r} has no entries; {where}")
     rows = stored_rows(entries)
     if args.json:
         echo(stats_json(rows, counted))
@@ -45,13 +72,18 @@ def cmd_stats(args: argparse.Namespace) -> int:
         f"entries, tokens stored: read now from {redact_url(store_url(args))}, namespace {args.namespace!r}"
         + skipped,
     )
-    if counted is None:
+    if len(sources) == 1:
+        echo(f"hits, misses, saved:   that process's counters since it started, from {sources[0]}")
+    elif sources:
         echo(
-            "hits, misses, saved:   not shown: they are counted inside the process that serves requests;",
-            "                       pass --metrics URL|FILE (see promptcache.metrics.start_exporter)",
+            f"hits, misses, saved:   the sum of {len(sources)} processes' counters since each started, from:"
         )
+        echo(*(f"                       {source}" for source in sources))
     else:
-        echo(f"hits, misses, saved:   that process's counters since it started, from {args.metrics}")
+        echo(
+            "hits, misses, saved:   not shown: they are counted inside the processes that serve requests;",
+            "                       pass --metrics URL|FILE once per worker (see promptcache.metrics)",
+        )
     return 0
 
 
@@ -59,13 +91,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if (args.key is None) == (args.agent is None):
         raise CLIError("inspect takes a KEY or --agent AGENT (one of them)")
 
-    async def work(cache: PromptCache) -> tuple[list[support.StoredEntry], int]:
-        if args.key is not None:
-            return [await support.find_entry(cache.store, args.namespace, args.key)], 0
-        keys = await agent_keys(cache, args.agent, args.version)
-        return await support.read_entries(cache.store, keys[: args.limit]), max(0, len(keys) - args.limit)
+    if args.key is not None:
+        found = [find_stored(args, args.key)]
+        more = 0
+    else:
 
-    found, more = run_on_store(args, work)
+        async def work(cache: PromptCache) -> tuple[list[support.StoredEntry], int]:
+            keys = await agent_keys(cache, args.agent, args.version)
+            entries = await support.read_entries(cache.store, keys[: args.limit])
+            return entries, max(0, len(keys) - args.limit)
+
+        found, more = run_on_store(args, work)
     now = time.time()
     if args.json:
         echo(orjson.dumps([support.entry_json(s, now) for s in found], option=orjson.OPT_INDENT_2).decode())
@@ -78,6 +114,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     request = support.load_request(args.request)
+    stored = None
+    if args.against is not None and not Path(args.against).is_file():
+        stored = find_stored(args, args.against)  # first: a stored key names the namespace to explain in
     scope = {"agent_id": args.agent, "agent_version": args.agent_version, "tenant": args.tenant}
     options = {"namespace": args.namespace, "endpoint": args.endpoint, "policy": args.policy, **scope}
     route = cli_route(args.upstream, args.header, args.query)
@@ -106,9 +145,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             None if their_route is None else route_record(their_route),
         )
     else:
-        stored = run_on_store(
-            args, lambda cache: support.find_entry(cache.store, args.namespace, args.against)
-        )
+        assert stored is not None  # noqa: S101 - read above, before the key was made
         entry = stored.entry
         if entry is None:
             raise CLIError(f"the value under {args.against!r} is not a readable entry: {stored.error}")
@@ -123,11 +160,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_invalidate(args: argparse.Namespace) -> int:
-    async def work(cache: PromptCache) -> int:
-        await agent_keys(cache, args.agent, args.version)
-        return await cache.invalidate(args.agent, args.version)
+    async def work(cache: PromptCache) -> tuple[int, str | None]:
+        keys = await support.list_keys(cache.store, agent_prefix(args.namespace, args.agent, args.version))
+        hint = None if keys else await known_agents(cache)
+        return await cache.invalidate(args.agent, args.version), hint
 
-    deleted = run_on_store(args, work)
+    deleted, hint = run_on_store(args, work)
     which = f"agent {args.agent!r}" + (f" version {args.version!r}" if args.version is not None else "")
+    if hint is not None:
+        warn(f"no entries for {which} in namespace {args.namespace!r}; {hint}")
     echo(f"invalidated {deleted} entries of {which} in namespace {args.namespace!r}")
-    return 0
+    return 1 if args.strict and deleted == 0 else 0

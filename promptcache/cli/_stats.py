@@ -27,6 +27,7 @@ __all__ = [
     "render_stats",
     "stats_json",
     "stored_rows",
+    "sum_counters",
 ]
 
 
@@ -125,6 +126,15 @@ def parse_prometheus(text: str) -> dict[tuple[str, str], UsageRow]:
                 cast = float if name != "unpriced_hits" else int
                 setattr(row, name, getattr(row, name) + cast(sample.value))
     return rows
+
+
+def sum_counters(sources: Iterable[dict[tuple[str, str], UsageRow]]) -> dict[tuple[str, str], UsageRow]:
+    """Several processes' counters added up by (agent, model): one deployment's true totals."""
+    total: dict[tuple[str, str], UsageRow] = {}
+    for rows in sources:
+        for key, row in rows.items():
+            total.setdefault(key, UsageRow()).add(row)
+    return total
 
 
 def render_stats(

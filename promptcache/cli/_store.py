@@ -16,7 +16,7 @@ import redis.exceptions
 
 from promptcache._cache import PromptCache
 from promptcache._config import url_from_env
-from promptcache._keys import agent_id_of, agent_prefix, namespace_prefix
+from promptcache._keys import SCHEMA_VERSION, agent_id_of, agent_prefix, namespace_prefix, parse_store_key
 from promptcache._stores import redact_url
 from promptcache.cli import _support as support
 from promptcache.cli._support import Progress
@@ -31,6 +31,8 @@ __all__ = [
     "PROBE_TIMEOUT",
     "CLIError",
     "agent_keys",
+    "known_agents",
+    "namespace_from_key",
     "one_line",
     "open_cache",
     "read_all",
@@ -100,17 +102,42 @@ def run_on_store(
     return asyncio.run(go())
 
 
+def namespace_from_key(args: argparse.Namespace, key: str) -> None:
+    """Take ``args.namespace`` from a store key (a digest carries none); a contradicting ``--namespace``
+    or a key of another schema is an error.
+    """
+    parsed = parse_store_key(key)
+    if parsed is None:
+        return
+    namespace, schema, _ = parsed
+    if schema != SCHEMA_VERSION:
+        raise CLIError(
+            f"{key!r} is a key of schema v{schema}; this version stores v{SCHEMA_VERSION} keys"
+            " (give its digest to find the entry re-keyed, or re-record it)"
+        )
+    if getattr(args, "namespace_given", False) and args.namespace != namespace:
+        raise CLIError(
+            f"--namespace {args.namespace!r} contradicts the key {key!r}, which is in namespace"
+            f" {namespace!r} (leave --namespace out: a store key names its namespace)"
+        )
+    args.namespace = namespace
+
+
+async def known_agents(cache: PromptCache) -> str:
+    """A hint naming the agents that have entries in the cache's namespace (or saying it is empty)."""
+    every = await support.list_keys(cache.store, namespace_prefix(cache.config.namespace))
+    known = sorted({agent_id_of(k) for k in every})
+    return f"agents with entries: {', '.join(known)}" if known else "the namespace is empty"
+
+
 async def agent_keys(cache: PromptCache, agent: str, version: str | None) -> list[str]:
     """The agent's live keys; an unknown agent is an error that names the agents that do have entries."""
     namespace = cache.config.namespace
     keys = await support.list_keys(cache.store, agent_prefix(namespace, agent, version))
     if keys:
         return keys
-    every = await support.list_keys(cache.store, namespace_prefix(namespace))
-    known = sorted({agent_id_of(k) for k in every})
     which = f"agent {agent!r}" + (f" version {version!r}" if version is not None else "")
-    hint = f"; agents with entries: {', '.join(known)}" if known else "; the namespace is empty"
-    raise CLIError(f"no entries for {which} in namespace {namespace!r}{hint}")
+    raise CLIError(f"no entries for {which} in namespace {namespace!r}; {await known_agents(cache)}")
 
 
 async def read_all(cache: PromptCache, keys: list[str], label: str) -> list[support.StoredEntry]:

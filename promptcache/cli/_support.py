@@ -19,7 +19,7 @@ import orjson
 
 from promptcache._entry import Entry, is_compressed, parse_entry
 from promptcache._fields import OUT_OF_KEY
-from promptcache._keys import digest_of, namespace_prefix
+from promptcache._keys import SCHEMA_VERSION, digest_of, namespace_prefix, parse_store_key
 from promptcache._route import route_record
 from promptcache.backends import BatchReadStore, ListingStore
 from promptcache.exceptions import ConfigError, EntryError
@@ -42,8 +42,10 @@ __all__ = [
     "json_diff",
     "list_keys",
     "load_request",
+    "namespaces_with_entries",
     "read_entries",
     "read_metrics",
+    "warn",
     "why_text",
 ]
 
@@ -52,6 +54,12 @@ def echo(*lines: str) -> None:
     """Write lines to standard output: what the command prints (the library itself prints nothing)."""
     sys.stdout.write("".join(line + "\n" for line in lines))
     sys.stdout.flush()
+
+
+def warn(*lines: str) -> None:
+    """Write ``promptcache: warning:`` lines to standard error (the command goes on)."""
+    sys.stderr.write("".join(f"promptcache: warning: {line}\n" for line in lines))
+    sys.stderr.flush()
 
 
 PROGRESS_MIN: Final = 200  # a bar for runs at least this long, and only on a terminal
@@ -98,6 +106,16 @@ async def list_keys(store: Store, prefix: str) -> list[str]:
     return sorted(await store.keys(prefix))
 
 
+async def namespaces_with_entries(store: Store) -> list[str]:
+    """The namespaces that hold entries of this key schema, sorted (a hint when one is empty)."""
+    found = {
+        parsed[0]
+        for k in await list_keys(store, "")
+        if (parsed := parse_store_key(k)) is not None and parsed[1] == SCHEMA_VERSION
+    }
+    return sorted(found)
+
+
 @dataclass(frozen=True, slots=True)
 class StoredEntry:
     """One stored value: its key, its bytes, and the entry they hold (or why they hold none)."""
@@ -136,22 +154,57 @@ async def read_entries(
     return out
 
 
-async def find_entry(store: Store, namespace: str, key: str) -> StoredEntry:
-    """The entry under a store key, or under a bare 64-hex digest anywhere in ``namespace``.
+def _is_entry_key(key: str) -> bool:
+    parsed = parse_store_key(key)
+    return parsed is not None and parsed[1] == SCHEMA_VERSION
+
+
+MIN_DIGEST_PREFIX: Final = 6  # hex characters a digest prefix needs (the miss message prints 12)
+
+
+def _digest_part(key: str) -> str | None:
+    """``key`` as a digest or digest prefix (``...`` as printed is allowed), or None when it is not one."""
+    text = key.strip().removesuffix("...").removesuffix("\u2026")
+    ok = MIN_DIGEST_PREFIX <= len(text) <= 64 and all(c in "0123456789abcdef" for c in text)
+    return text if ok else None
+
+
+async def find_entry(store: Store, namespace: str | None, key: str) -> StoredEntry:
+    """The entry under a store key, a 64-hex digest, or an unambiguous digest prefix in ``namespace``
+    (None: in every namespace of the store).
+
+    A store key is looked up as it is (the caller has taken its namespace from it, see
+    ``cli._store.namespace_from_key``).
 
     Raises:
-        ConfigError: ``key`` is neither, or nothing live is stored under it.
+        ConfigError: ``key`` is none of these, the prefix matches several entries, or nothing live is
+            stored under it.
     """
-    prefix = namespace_prefix(namespace)
-    if key.startswith(prefix):
+    prefix = "" if namespace is None else namespace_prefix(namespace)
+    where = "the store" if namespace is None else f"namespace {namespace!r}"
+    parsed = parse_store_key(key)
+    digest = _digest_part(key)
+    if parsed is not None:
         candidates = [key]
-    elif len(key) == 64 and all(c in "0123456789abcdef" for c in key):
-        candidates = [k for k in await list_keys(store, prefix) if digest_of(k) == key]
+    elif digest is not None:
+        candidates = [
+            k for k in await list_keys(store, prefix) if digest_of(k).startswith(digest) and _is_entry_key(k)
+        ]
+        if len(candidates) > 1:
+            shown = ", ".join(digest_of(k)[:16] for k in candidates[:5])
+            raise ConfigError(
+                f"digest prefix {digest!r} matches {len(candidates)} entries in {where}"
+                f" ({shown}{', ...' if len(candidates) > 5 else ''}): give more characters"
+            )
     else:
-        raise ConfigError(f"{key!r} is not a key: give a 64-hex digest or a store key starting {prefix!r}")
+        raise ConfigError(
+            f"{key!r} is not a key: give a store key (<namespace>:v{SCHEMA_VERSION}:...), a 64-hex digest,"
+            " or at least"
+            f" {MIN_DIGEST_PREFIX} of its first hex characters"
+        )
     found = await read_entries(store, candidates)
     if not found:
-        raise ConfigError(f"no live entry under {key!r} in namespace {namespace!r}")
+        raise ConfigError(f"no live entry under {key!r} in {where}")
     return found[0]
 
 

@@ -135,9 +135,104 @@ def test_inspect_explain_and_invalidate_on_redis(cli: Run, redis_url: str, tmp_p
     code, out, _ = cli("invalidate", "--agent", "triage", "--url", redis_url, "--namespace", NS)
     assert (code, out.strip()) == (0, "invalidated 3 entries of agent 'triage' in namespace 'svc'")
     assert all(b":billing:" in k for k in raw(redis_url))
-    code, _, err = cli("invalidate", "--agent", "triage", "--url", redis_url, "--namespace", NS)
-    assert code == 1
+    code, out, err = cli("invalidate", "--agent", "triage", "--url", redis_url, "--namespace", NS)
+    assert (code, out.strip()) == (0, "invalidated 0 entries of agent 'triage' in namespace 'svc'")
+    assert "warning: no entries for agent 'triage'" in err
     assert "agents with entries: billing" in err
+    code, out, _ = cli("invalidate", "--agent", "triage", "--url", redis_url, "--namespace", NS, "--strict")
+    assert code == 1
+    assert "invalidated 0 entries" in out
+
+
+def test_every_key_form_finds_its_entry_with_the_keys_namespace(
+    cli: Run, redis_url: str, tmp_path: Path
+) -> None:
+    """A full store key (namespace taken from it), a digest and a 12-character prefix (as printed) all
+    work with no --namespace; a --namespace that contradicts the key is an error, not ignored."""
+    populate(url=redis_url)
+    store_key = next(k.decode() for k in raw(redis_url) if b":billing:1:~:" in k)
+    digest = store_key.rpartition("{")[2].rstrip("}")
+    for given in (store_key, digest, digest[:12], digest[:12] + "..."):
+        code, out, err = cli("inspect", given, "--url", redis_url)
+        assert (code, err) == (0, "")
+        assert f"key:       {store_key}" in out
+    code, _, err = cli("inspect", store_key, "--url", redis_url, "--namespace", "other")
+    assert code == 1
+    assert "--namespace 'other' contradicts the key" in err
+    assert "namespace 'svc'" in err
+    code, _, _ = cli("inspect", store_key, "--url", redis_url, "--namespace", NS)
+    assert code == 0
+    request = tmp_path / "req.json"
+    request.write_bytes(orjson.dumps(request_for("d")))
+    args = ["--url", redis_url, "--agent", "billing", "--agent-version", "1"]
+    code, out, _ = cli("explain", str(request), *args, "--against", store_key)
+    assert code == 0
+    assert f"store key:  {NS}:v{SCHEMA_VERSION}:billing:1:~:" in out  # the key's namespace, not the default
+    assert "~ $.messages[0].content: 'c' -> 'd'" in out
+    code, _, err = cli("explain", str(request), *args, "--against", store_key, "--namespace", "x")
+    assert (code, "contradicts the key" in err) == (1, True)
+    old = store_key.replace(f":v{SCHEMA_VERSION}:", ":v1:")
+    code, _, err = cli("inspect", old, "--url", redis_url)
+    assert code == 1
+    assert "schema v1" in err
+
+
+def test_an_ambiguous_digest_prefix_is_refused(cli: Run, redis_url: str) -> None:
+    """A prefix matching two entries names them and asks for more characters."""
+
+    async def go() -> list[str]:
+        cache = PromptCache.from_url(redis_url, namespace=NS)
+        digests: dict[str, str] = {}
+        i = 0
+        while True:  # two keys whose digests share a first hex character (found within ~17 tries)
+            key = cache.key(request_for(f"p{i}"), agent_id="amb")
+            if key.digest[:1] in digests:
+                break
+            digests[key.digest[:1]] = f"p{i}"
+            i += 1
+        first = digests[key.digest[:1]]
+        for prompt in (first, f"p{i}"):
+            assert await cache.set(request_for(prompt), answer(prompt), agent_id="amb")
+        await cache.aclose()
+        return [cache.key(request_for(p), agent_id="amb").digest for p in (first, f"p{i}")]
+
+    a, b = asyncio.run(go())
+    common = 0
+    while a[common] == b[common]:
+        common += 1
+    if common >= 6:
+        code, _, err = cli("inspect", a[:common], "--url", redis_url, "--namespace", NS)
+        assert code == 1
+        assert "matches 2 entries" in err
+    code, _, err = cli("inspect", a[:5], "--url", redis_url, "--namespace", NS)
+    assert (code, "at least 6" in err) == (1, True)
+    code, out, _ = cli("inspect", a[: max(common + 1, 6)], "--url", redis_url, "--namespace", NS)
+    assert (code, a in out) == (0, True)
+
+
+def test_stats_on_an_empty_namespace_names_the_ones_with_entries(cli: Run, redis_url: str) -> None:
+    populate(url=redis_url)
+    code, _, err = cli("stats", "--url", redis_url, "--namespace", "nothing-here")
+    assert code == 0
+    assert "namespace 'nothing-here' has no entries" in err
+    assert f"namespaces with entries: {NS}" in err
+
+
+def test_import_with_a_contradicting_namespace_is_refused(cli: Run, redis_url: str, tmp_path: Path) -> None:
+    """``import --namespace other`` of a cassette recorded in ``svc`` writes nothing and says why."""
+    populate(url=redis_url)
+    cassette = tmp_path / "billing.yaml"
+    code, _, _ = cli(
+        "export", "--agent", "billing", "-o", str(cassette), "--url", redis_url, "--namespace", NS
+    )
+    assert code == 0
+    before = raw(redis_url, "*")
+    code, _, err = cli("import", str(cassette), "--url", redis_url, "--namespace", "other")
+    assert code == 1
+    assert "--namespace 'other' contradicts the cassette" in err
+    assert raw(redis_url, "*") == before
+    code, _, _ = cli("import", str(cassette), "--url", redis_url)  # the cassette's own namespace
+    assert code == 0
 
 
 def test_redis_to_cassette_to_redis_is_byte_exact(cli: Run, redis_url: str, tmp_path: Path) -> None:
