@@ -17,12 +17,42 @@ if TYPE_CHECKING:
     from promptcache._keys import CacheKey
     from promptcache._scope import Scope
 
-__all__ = ["UNKNOWN", "BreakerEvent", "CacheEvent", "Emitter", "Hook", "RequestEvent", "Result", "StoreEvent"]
+__all__ = [
+    "UNKNOWN",
+    "BreakerEvent",
+    "CacheEvent",
+    "Emitter",
+    "Hook",
+    "RequestEvent",
+    "Result",
+    "StoreEvent",
+    "configured_agents",
+    "declare_agent",
+]
 
 log = logging.getLogger("promptcache")
 
 UNKNOWN: Final = "unknown"
 """The label value for an agent or model an event does not know."""
+
+
+MAX_CONFIGURED_AGENTS: Final = 1000
+_CONFIGURED_AGENTS: set[str] = set()
+
+
+def declare_agent(agent_id: str) -> None:
+    """Note an agent id configured in code (``wrap(..., agent_id=)``, ``CachedAgent``), for label bounds.
+
+    Process-wide and bounded (:data:`MAX_CONFIGURED_AGENTS`): a per-request header override never lands
+    here, so metrics label it ``other`` unless it is listed explicitly.
+    """
+    if len(_CONFIGURED_AGENTS) < MAX_CONFIGURED_AGENTS:
+        _CONFIGURED_AGENTS.add(agent_id)
+
+
+def configured_agents() -> frozenset[str]:
+    """The agent ids :func:`declare_agent` has seen in this process."""
+    return frozenset(_CONFIGURED_AGENTS)
 
 
 class Result(StrEnum):

@@ -19,25 +19,51 @@ Two hooks ship here:
       promptcache_latency_saved_seconds_total{agent,model}      upstream time the hits did not spend
       promptcache_store_latency_seconds{operation}              histogram of store call durations
       promptcache_store_errors_total{operation,outcome}         outcome: error | timeout | skipped
-      promptcache_breaker_state{state}                          1 for the current state, else 0
+      promptcache_breaker_state{namespace,state}                1 for the current state, else 0
+
+Label sets are bounded: an ``agent`` or ``model`` outside the hook's allow-list is reported as
+``other`` (:data:`OTHER`). By default the models are those of the hook's price table (a dated snapshot
+of a priced model counts as listed) and the agents are those configured in code: the ``agent_id`` given
+to ``wrap()`` or ``CachedAgent`` in this process (:func:`declare_agent`), never one a request header
+chose. Pass ``models=`` / ``agents=`` to list them yourself.
+
+Several worker processes (uvicorn/gunicorn workers): every process counts its own requests. Either
+scrape each worker and add them up (``promptcache stats --metrics URL --metrics URL``), or use
+``prometheus_client``'s multiprocess mode: set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory shared
+by the workers before they start, and serve :func:`multiprocess_registry` from one exporter; the
+breaker gauge then carries a ``pid`` label, one series per worker.
 
 A hook that raises is logged (once) and otherwise ignored: metrics never break an answer.
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from promptcache._events import UNKNOWN, BreakerEvent, CacheEvent, Hook, RequestEvent, Result, StoreEvent
+from promptcache._events import (
+    UNKNOWN,
+    BreakerEvent,
+    CacheEvent,
+    Hook,
+    RequestEvent,
+    Result,
+    StoreEvent,
+    configured_agents,
+    declare_agent,
+)
 from promptcache._prices import PRICES_AS_OF, ModelPrice, PriceTable
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from prometheus_client import CollectorRegistry
 
 __all__ = [
+    "OTHER",
     "PRICES_AS_OF",
     "UNKNOWN",
     "BreakerEvent",
@@ -51,9 +77,14 @@ __all__ = [
     "Result",
     "StoreEvent",
     "UsageRow",
+    "declare_agent",
+    "multiprocess_registry",
     "render_prometheus",
     "start_exporter",
 ]
+
+OTHER: Final = "other"
+"""The label value of an agent or model outside a :class:`PrometheusHook`'s allow-list."""
 
 STORE_LATENCY_BUCKETS: Final = (
     *(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005),
@@ -167,6 +198,13 @@ class _PromMetrics:
     store_errors: Any
     breaker: Any
     lock: threading.Lock = field(default_factory=threading.Lock)
+    namespaces: set[str] = field(default_factory=set)  # those whose breaker gauge is set
+
+    def set_breaker(self, namespace: str, current: str) -> None:
+        with self.lock:  # the three gauges move together
+            self.namespaces.add(namespace)
+            for state in ("closed", "open", "half_open"):
+                self.breaker.labels(namespace, state).set(1 if state == current else 0)
 
 
 # One metric set per registry, created on first use: two hooks on one registry share the series
@@ -212,22 +250,25 @@ def _metrics_for(registry: Any) -> _PromMetrics:  # noqa: ANN401
                 ("operation", "outcome"), registry=registry,
             ),
             breaker=prom.Gauge(
-                "promptcache_breaker_state", "1 for the store circuit breaker's current state.", ("state",),
-                registry=registry,
+                "promptcache_breaker_state", "1 for the store circuit breaker's current state.",
+                ("namespace", "state"), registry=registry,
             ),
         )  # fmt: skip
-        for state in ("closed", "open", "half_open"):
-            metrics.breaker.labels(state).set(1 if state == "closed" else 0)
         _REGISTRIES[registry] = metrics
         return metrics
 
 
 class PrometheusHook:
-    """A hook feeding Prometheus counters and histograms (labels ``agent`` and ``model``).
+    """A hook feeding Prometheus counters and histograms (labels ``agent`` and ``model``, bounded).
 
     Args:
         registry: The ``prometheus_client.CollectorRegistry``; the global default if None.
         prices: Turns saved tokens into dollars; :class:`~promptcache.PriceTable` defaults if None.
+        models: The model names reported by name; others are ``other``. None (the default): every model
+            the price table prices.
+        agents: The agent ids reported by name; others are ``other``. None (the default): the agents
+            configured in code in this process (``wrap()``, ``CachedAgent``, :func:`declare_agent`),
+            looked up when an event arrives, so a client wrapped after the hook was made counts too.
 
     Raises:
         ImportError: prometheus-client is not installed (the message names the extra).
@@ -239,20 +280,41 @@ class PrometheusHook:
         start_exporter(9464)  # http://localhost:9464/metrics
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.3.0 ``models``, ``agents``: bounded label sets; the breaker gauge's ``namespace``.
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None, prices: PriceTable | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        prices: PriceTable | None = None,
+        *,
+        models: Iterable[str] | None = None,
+        agents: Iterable[str] | None = None,
+    ) -> None:
         prom = _prometheus()
         self.registry = registry if registry is not None else prom.REGISTRY
         self.prices = prices if prices is not None else PriceTable()
+        self.models = None if models is None else frozenset(models)
+        self.agents = None if agents is None else frozenset(agents)
         self._metrics: _PromMetrics | None = None
+
+    def _labels(self, event: RequestEvent) -> tuple[str, str]:
+        agent, model = event.agent_id, event.model
+        allowed = configured_agents() if self.agents is None else self.agents
+        agent_label = UNKNOWN if agent is None else agent if agent in allowed else OTHER
+        if model is None:
+            return agent_label, UNKNOWN
+        listed = model in self.prices if self.models is None else model in self.models
+        return agent_label, model if listed else OTHER
 
     def __call__(self, event: CacheEvent) -> None:
         m = self._metrics
         if m is None:
             m = self._metrics = _metrics_for(self.registry)
+        if event.namespace not in m.namespaces:
+            m.set_breaker(event.namespace, "closed")  # a namespace's first event: its breaker is closed
         if isinstance(event, RequestEvent):
-            agent, model = event.agent_id or UNKNOWN, event.model or UNKNOWN
+            agent, model = self._labels(event)
             m.requests.labels(agent, model, event.result.value).inc()
             if event.result is not Result.HIT:
                 return
@@ -270,9 +332,27 @@ class PrometheusHook:
             if event.outcome != "ok":
                 m.store_errors.labels(event.operation, event.outcome).inc()
         else:
-            with m.lock:  # the three gauges move together
-                for state in ("closed", "open", "half_open"):
-                    m.breaker.labels(state).set(1 if state == event.new else 0)
+            m.set_breaker(event.namespace, event.new)
+
+
+def multiprocess_registry(path: str | None = None) -> CollectorRegistry:
+    """A registry that adds up every worker's metrics (``prometheus_client``'s multiprocess mode).
+
+    Every worker must run with ``PROMETHEUS_MULTIPROC_DIR`` set (to one shared, initially empty
+    directory) before it imports prometheus-client, and use :class:`PrometheusHook` on the default
+    registry; one exporter then serves this registry: ``start_exporter(9464,
+    registry=multiprocess_registry())``, or ``render_prometheus(multiprocess_registry())`` in a web
+    framework's ``/metrics`` route. ``path`` defaults to ``PROMETHEUS_MULTIPROC_DIR``.
+
+    Raises:
+        ImportError: prometheus-client is not installed (the message names the extra).
+        ValueError: No directory: neither ``path`` nor ``PROMETHEUS_MULTIPROC_DIR`` is set.
+    """
+    prom = _prometheus()
+    multiprocess: Any = importlib.import_module("prometheus_client.multiprocess")
+    registry: CollectorRegistry = prom.CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)
+    return registry
 
 
 def render_prometheus(registry: CollectorRegistry | None = None) -> str:

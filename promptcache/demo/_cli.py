@@ -175,7 +175,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from promptcache.metrics import PrometheusHook  # noqa: PLC0415
 
         registry = CollectorRegistry()
-        hooks.append(PrometheusHook(registry, prices))
+        hooks.append(PrometheusHook(registry, prices, agents=[spec.agent_id for spec in AGENTS]))
 
     async def run() -> DemoResult:
         try:

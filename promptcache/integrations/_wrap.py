@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
+from promptcache._events import declare_agent
 from promptcache._keys import DEFAULT_AGENT_VERSION, KeyPolicy, agent_prefix
 from promptcache._route import check_alias, check_header_names
 from promptcache._scope import Scope
@@ -110,6 +111,7 @@ def wrap(  # noqa: PLR0913
     .. versionchanged:: 0.3.0 ``upstream``, ``key_headers``, ``cache_server_state``.
     """
     agent_prefix(cache.config.namespace, agent_id, agent_version)  # validates the ids now, not per call
+    declare_agent(agent_id)  # a configured agent: metrics label it by name (promptcache.metrics)
     if tenant is not None:
         agent_prefix(cache.config.namespace, tenant)
     scope = Scope(

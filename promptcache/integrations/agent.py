@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from promptcache._events import declare_agent
 from promptcache._keys import DEFAULT_AGENT_VERSION, chat_request
 from promptcache._scope import Scope
 
@@ -48,6 +49,7 @@ class CachedAgent:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.scope = Scope(agent_id, agent_version)
+        declare_agent(agent_id)  # a configured agent: metrics label it by name (promptcache.metrics)
         self.hits = 0
         self.misses = 0
         self.total_calls = 0

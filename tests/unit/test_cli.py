@@ -156,7 +156,9 @@ def test_stats_with_metrics_reports_hits_misses_and_savings(cli: Run, url: str, 
     registry = CollectorRegistry()
 
     async def serve() -> None:
-        cache = PromptCache.from_url(url, namespace=NS, hooks=[PrometheusHook(registry)])
+        cache = PromptCache.from_url(
+            url, namespace=NS, hooks=[PrometheusHook(registry, agents=["classifier"])]
+        )
         for prompt in ["a", "a", "a", "b"]:
             await cache.get_or_call(request_for(prompt), _call(prompt), agent_id="classifier")
         await cache.aclose()

@@ -267,7 +267,10 @@ def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 async def test_prometheus_output_parses_and_counts_by_agent_and_model() -> None:
     """The exposition parses with prometheus-client's parser and holds requests, tokens, cost and latency."""
     registry = CollectorRegistry()
-    cache = PromptCache(MemoryStore(), hooks=[PrometheusHook(registry, PriceTable({MODEL: (1.0, 2.0)}))])
+    cache = PromptCache(
+        MemoryStore(),
+        hooks=[PrometheusHook(registry, PriceTable({MODEL: (1.0, 2.0)}), agents=["classifier"])],
+    )
     for prompt in ["a", "a", "a", "b"]:
         await cache.get_or_call(request_for(prompt), caller(prompt), agent_id="classifier")
     await cache.drain()
@@ -289,8 +292,8 @@ async def test_prometheus_output_parses_and_counts_by_agent_and_model() -> None:
         + value("promptcache_store_latency_seconds_count", operation="set")
         == store_calls
     )
-    assert value("promptcache_breaker_state", state="closed") == 1
-    assert value("promptcache_breaker_state", state="open") == 0
+    assert value("promptcache_breaker_state", namespace="promptcache", state="closed") == 1
+    assert value("promptcache_breaker_state", namespace="promptcache", state="open") == 0
     await cache.aclose()
 
 
@@ -298,7 +301,7 @@ async def test_stats_reads_back_what_prometheus_exposes() -> None:
     """Parsing the exposition (``stats --metrics``) gives the per-agent rows of the in-process recorder."""
     registry = CollectorRegistry()
     recorder = MetricsRecorder()
-    cache = PromptCache(MemoryStore(), hooks=[PrometheusHook(registry), recorder])
+    cache = PromptCache(MemoryStore(), hooks=[PrometheusHook(registry, agents=["a", "b"]), recorder])
     for agent, prompt in [("a", "x"), ("a", "x"), ("b", "y"), ("b", "y"), ("b", "y")]:
         await cache.get_or_call(request_for(prompt), caller(prompt), agent_id=agent)
     parsed = parse_prometheus(render_prometheus(registry))
@@ -313,7 +316,7 @@ async def test_stats_reads_back_what_prometheus_exposes() -> None:
 async def test_two_hooks_on_one_registry_share_series() -> None:
     """A second PrometheusHook on the same registry reuses the metrics instead of failing to register them."""
     registry = CollectorRegistry()
-    first, second = PrometheusHook(registry), PrometheusHook(registry)
+    first, second = PrometheusHook(registry, agents=["agent"]), PrometheusHook(registry, agents=["agent"])
     cache = PromptCache(MemoryStore(), hooks=[first, second])
     await cache.get_or_call(request_for("a"), caller("a"), agent_id="agent")
     samples = _samples(render_prometheus(registry))
@@ -331,14 +334,14 @@ async def test_breaker_gauge_follows_transitions() -> None:
     hook = PrometheusHook(registry)
     hook(BreakerEvent(namespace="ns", old="closed", new="open"))
     samples = _samples(render_prometheus(registry))
-    assert samples[("promptcache_breaker_state", frozenset({("state", "open")}))] == 1
-    assert samples[("promptcache_breaker_state", frozenset({("state", "closed")}))] == 0
+    assert samples[("promptcache_breaker_state", frozenset({("namespace", "ns"), ("state", "open")}))] == 1
+    assert samples[("promptcache_breaker_state", frozenset({("namespace", "ns"), ("state", "closed")}))] == 0
 
 
 def test_exporter_serves_metrics_over_http() -> None:
     """``start_exporter`` on port 0 serves the registry at /metrics on loopback."""
     registry = CollectorRegistry()
-    hook = PrometheusHook(registry)
+    hook = PrometheusHook(registry, agents=["agent"])
     hook(RequestEvent(result=Result.MISS, namespace="ns", agent_id="agent", model=MODEL))
     server = start_exporter(0, registry=registry)
     try:

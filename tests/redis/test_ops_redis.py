@@ -1,0 +1,153 @@
+"""Operating a two-worker deployment on one Redis: the figures ``promptcache stats`` shows are the sum.
+
+Each worker is its own process (``tests/ops_worker.py``), answering through a PromptCache on the shared
+redis-server. Worker A answers p0..p4 (5 misses) then p0..p3 (4 hits): 44.4 % alone. Worker B, after it,
+answers p0..p4 and p0..p2 (8 hits). Together: 12 hits and 5 misses, 70.6 %.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai import AsyncOpenAI
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+import promptcache.openai
+from promptcache import PromptCache
+from promptcache.cli import main
+from promptcache.metrics import PrometheusHook, multiprocess_registry, render_prometheus
+
+pytestmark = pytest.mark.redis
+
+Run = Callable[..., tuple[int, str, str]]
+
+NS = "ops"
+WORKER = Path(__file__).resolve().parents[1] / "ops_worker.py"
+A_PROMPTS = ["p0", "p1", "p2", "p3", "p4", "p0", "p1", "p2", "p3"]  # 5 misses, 4 hits: 44.4 %
+B_PROMPTS = ["p0", "p1", "p2", "p3", "p4", "p0", "p1", "p2"]  # after A: 8 hits
+HITS, MISSES = 12, 5  # the deployment's true figures: 70.6 %
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Run:
+    monkeypatch.delenv("PROMPTCACHE_URL", raising=False)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def start_worker(
+    url: str, mode: str, prompts: list[str], env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), url, NS, mode, *prompts],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def total_row(out: str) -> list[str]:
+    return next(line.split() for line in out.splitlines() if line.startswith("total"))
+
+
+def writer_row(out: str) -> list[str]:
+    return next(line.split() for line in out.splitlines() if line.startswith("writer"))
+
+
+def test_stats_sums_two_workers_metrics_endpoints(cli: Run, redis_url: str) -> None:
+    """Two worker processes each serve /metrics; one ``stats`` call with both shows their sum."""
+    a = start_worker(redis_url, "export", A_PROMPTS)
+    assert a.stdout is not None
+    port_a = a.stdout.readline().split()[1]  # A has answered everything before it serves /metrics
+    b = start_worker(redis_url, "export", B_PROMPTS)
+    assert b.stdout is not None
+    port_b = b.stdout.readline().split()[1]
+    try:
+        url_a, url_b = (f"http://127.0.0.1:{p}/metrics" for p in (port_a, port_b))
+        code, out, _ = cli("stats", "--url", redis_url, "--namespace", NS, "--metrics", url_a)
+        assert code == 0
+        assert writer_row(out)[4:7] == ["4", "5", "44.4%"]  # one worker alone: what the issue saw
+        code, out, _ = cli(
+            "stats", "--url", redis_url, "--namespace", NS, "--metrics", url_a, "--metrics", url_b
+        )
+        assert code == 0
+        assert writer_row(out)[2] == "5"  # entries in the store
+        assert writer_row(out)[4:7] == [str(HITS), str(MISSES), f"{HITS / (HITS + MISSES):.1%}"]
+        assert "the sum of 2 processes' counters" in out
+    finally:
+        for worker in (a, b):
+            out, _ = worker.communicate(timeout=30)  # closes its stdin: the worker stops serving
+            assert (worker.returncode, out.split()) == (0, ["done"])
+
+
+def test_prometheus_multiprocess_mode_adds_up_two_workers(cli: Run, redis_url: str, tmp_path: Path) -> None:
+    """Both workers count into one PROMETHEUS_MULTIPROC_DIR; one exporter's registry shows their sum."""
+    shared = tmp_path / "prom"
+    shared.mkdir()
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(shared)}
+    for prompts in (A_PROMPTS, B_PROMPTS):
+        worker = start_worker(redis_url, "multiprocess", prompts, env)
+        out, _ = worker.communicate(timeout=60)
+        assert (worker.returncode, out.split()) == (0, ["done"])
+    metrics = tmp_path / "all.prom"
+    metrics.write_text(render_prometheus(multiprocess_registry(str(shared))))
+    code, out, _ = cli("stats", "--url", redis_url, "--namespace", NS, "--metrics", str(metrics))
+    assert code == 0
+    assert writer_row(out)[4:7] == [str(HITS), str(MISSES), f"{HITS / (HITS + MISSES):.1%}"]
+    text = metrics.read_text()
+    assert text.count("promptcache_breaker_state{") >= 2  # one closed-state series per worker (pid label)
+
+
+def test_labels_outside_the_allow_list_are_other(redis_url: str) -> None:
+    """Default allow-lists: priced models and agents configured in code; anything else is ``other``."""
+    registry = CollectorRegistry()
+
+    async def go() -> None:
+        cache = PromptCache.from_url(redis_url, namespace="labels", hooks=[PrometheusHook(registry)])
+        promptcache.openai.wrap(
+            AsyncOpenAI(api_key="sk-test", base_url="http://127.0.0.1:9"), cache, agent_id="configured"
+        )
+        for agent, model in [
+            ("configured", "gpt-4o"),
+            ("configured", "my-finetune-123"),
+            ("from-a-header", "gpt-4o"),
+        ]:
+            body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": agent}]}
+
+            async def call(model: str = model) -> dict[str, Any]:
+                return {
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "x"},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                }
+
+            await cache.get_or_call(body, call, agent_id=agent)
+        await cache.aclose()
+
+    asyncio.run(go())
+    seen = {
+        (s.labels["agent"], s.labels["model"])
+        for family in text_string_to_metric_families(render_prometheus(registry))
+        for s in family.samples
+        if s.name == "promptcache_requests_total"
+    }
+    assert seen == {("configured", "gpt-4o"), ("configured", "other"), ("other", "gpt-4o")}
