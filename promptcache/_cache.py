@@ -28,6 +28,7 @@ from promptcache._keys import DEFAULT_AGENT_VERSION, CacheKey, Endpoint, KeyPoli
 from promptcache._scope import Scope, scope_from_keywords
 from promptcache._stats import CacheStats, Counters
 from promptcache._stores import open_store
+from promptcache._tally import store_tally
 from promptcache._writer import EntryWriter
 from promptcache.exceptions import (
     PromptCacheError,
@@ -87,6 +88,9 @@ class PromptCache:
         self._counters = Counters()
         self._keys = KeyMemo(self.config.namespace)
         self._guard = StoreGuard(store, self.config, self._counters, self._events, monotonic=monotonic)
+        self._tally = store_tally(store, self._guard, self.config)  # count_in_store: one more hook
+        if self._tally is not None:
+            self._hooks = self._events.hooks = (*self._hooks, self._tally)
         self.breaker = self._guard.breaker
         self._writer = EntryWriter(store, self._guard, self.config, self._counters, clock=clock)
         self._flight = SingleFlight(
@@ -390,6 +394,8 @@ class PromptCache:
         await self._writer.aclose()
         await self._flight.release_held()
         await self._flight.cancel_releases()
+        if self._tally is not None:
+            await self._tally.aclose()
         self._guard.close()
         if self._owns_store:
             await self.store.aclose()

@@ -55,6 +55,10 @@ class CacheConfig:
         invalidate_timeout: Seconds an invalidation may take before it raises StoreError.
         keep_request: Store the canonical request in each entry (for diffs and ``promptcache inspect``).
         finish_reasons: Finishing reasons whose answers may be stored.
+        count_in_store: Also keep cumulative hit/miss/bypass and saved-token counters by agent and model
+            in the store (a store that supports it: memory, SQLite, Redis, Redis Cluster), batched off the
+            response path and flushed every 2 s per event loop, so ``promptcache stats`` shows every
+            worker's sum with no metrics endpoint.
 
     .. versionadded:: 0.1.0
     """
@@ -76,6 +80,7 @@ class CacheConfig:
     keep_request: bool = False
     invalidate_timeout: float = 30.0
     finish_reasons: frozenset[str] = field(default_factory=lambda: DEFAULT_FINISH_REASONS)
+    count_in_store: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.namespace, str) or not self.namespace:

@@ -60,6 +60,7 @@ __all__ = [
     "Endpoint",
     "KeyPolicy",
     "agent_prefix",
+    "counters_key",
     "generate_cache_key",
     "make_key",
     "parse_store_key",
@@ -375,3 +376,8 @@ def parse_store_key(text: str) -> tuple[str, int, str] | None:
     if found is None:
         return None
     return unquote(found["ns"]), int(found["schema"]), found["digest"]
+
+
+def counters_key(namespace: str) -> str:
+    """The key of a namespace's cumulative request counters (``count_in_store``): never an entry's."""
+    return f"{_escape(namespace, 'namespace')}:counters"

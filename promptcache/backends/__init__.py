@@ -7,6 +7,7 @@ for several processes), :mod:`.redis` (``redis.asyncio``, pooled). They can be f
 from __future__ import annotations
 
 from promptcache.backends._base import BatchReadStore as BatchReadStore
+from promptcache.backends._base import CountingStore as CountingStore
 from promptcache.backends._base import ListingStore as ListingStore
 from promptcache.backends._base import LockingStore as LockingStore
 from promptcache.backends._base import ReplyErrorClassifier as ReplyErrorClassifier
@@ -16,6 +17,7 @@ from promptcache.backends._base import TimeoutClassifier as TimeoutClassifier
 
 __all__ = [
     "BatchReadStore",
+    "CountingStore",
     "ListingStore",
     "LockingStore",
     "ReplyErrorClassifier",

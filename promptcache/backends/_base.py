@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Final, Protocol, Self, runtime_checkable
 
 if TYPE_CHECKING:
     import asyncio
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
 __all__ = [
     "DEFAULT_STORE_TIMEOUT",
     "AdmittingStore",
     "BatchReadStore",
+    "CountingStore",
     "ListingStore",
     "LockingStore",
     "LoopHoldingStore",
@@ -159,4 +160,22 @@ class AdmittingStore(Protocol):
 
     def admission(self) -> asyncio.Semaphore | None:
         """The running loop's admission semaphore (None: no bound, admit at once)."""
+        ...
+
+
+@runtime_checkable
+class CountingStore(Protocol):
+    """A store that keeps cumulative integer counters, shared by every process (memory, SQLite, Redis,
+    Redis Cluster): one counter set (a Redis hash) per key, each field added to atomically (``HINCRBY``).
+
+    The cache adds its request counts here in batches, off the response path (``count_in_store``), so
+    ``promptcache stats`` shows every worker's figures without a metrics endpoint.
+    """
+
+    async def add_counts(self, key: str, counts: Mapping[str, int]) -> None:
+        """Add each of ``counts`` to the field of that name under ``key`` (missing fields start at 0)."""
+        ...
+
+    async def read_counts(self, key: str) -> dict[str, int]:
+        """Every field under ``key`` and its total (empty when nothing was counted)."""
         ...

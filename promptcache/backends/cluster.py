@@ -42,7 +42,7 @@ from promptcache.backends.redis import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Sequence
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 __all__ = ["RedisClusterStore", "cluster_url_to_redis"]
 
@@ -216,6 +216,19 @@ class RedisClusterStore:
         if getattr(self.client, self._stale_flag, False):
             await self._refresh_topology()
         await self.client.set(key, value, px=max(1, int(positive(ttl, "ttl") * 1000)))
+
+    async def add_counts(self, key: str, counts: Mapping[str, int]) -> None:
+        """HINCRBY each field, pipelined: one round trip (one key, so one slot on a cluster)."""
+        if not counts:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for name, n in counts.items():
+            pipe.hincrby(key, name, int(n))
+        await pipe.execute()
+
+    async def read_counts(self, key: str) -> dict[str, int]:
+        found = await self.client.hgetall(key)
+        return {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in found.items()}
 
     async def delete(self, key: str) -> bool:
         if getattr(self.client, self._stale_flag, False):

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Self
 from promptcache._validate import positive
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
 __all__ = ["MemoryStore"]
 
@@ -30,6 +30,7 @@ class MemoryStore:
         self.max_entries = int(positive(max_entries, "max_entries"))
         self._clock = clock
         self._data: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._counts: dict[str, dict[str, int]] = {}  # counters never expire nor count as entries
 
     def __repr__(self) -> str:
         return f"MemoryStore(entries={len(self._data)}, max_entries={self.max_entries})"
@@ -66,6 +67,14 @@ class MemoryStore:
         for k in doomed:
             del self._data[k]
         return live
+
+    async def add_counts(self, key: str, counts: Mapping[str, int]) -> None:
+        fields = self._counts.setdefault(key, {})
+        for name, n in counts.items():
+            fields[name] = fields.get(name, 0) + int(n)
+
+    async def read_counts(self, key: str) -> dict[str, int]:
+        return dict(self._counts.get(key, {}))
 
     async def keys(self, prefix: str = "") -> list[str]:
         """Live keys starting with ``prefix``, read-only: no LRU reordering (for the CLI and tests)."""

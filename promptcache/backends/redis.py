@@ -20,7 +20,7 @@ from promptcache.backends._loopclient import LoopClients, admission_of
 
 if TYPE_CHECKING:
     import asyncio
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from redis.commands.core import AsyncScript
 
@@ -175,6 +175,19 @@ class RedisStore:
             return []  # MGET needs at least one key
         values = await self.client.mget(list(keys))
         return [v if v is None or isinstance(v, bytes) else str(v).encode() for v in values]
+
+    async def add_counts(self, key: str, counts: Mapping[str, int]) -> None:
+        """HINCRBY each field, pipelined: one round trip (one key, so one slot on a cluster)."""
+        if not counts:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for name, n in counts.items():
+            pipe.hincrby(key, name, int(n))
+        await pipe.execute()
+
+    async def read_counts(self, key: str) -> dict[str, int]:
+        found = await self.client.hgetall(key)
+        return {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in found.items()}
 
     async def delete(self, key: str) -> bool:
         return bool(await self.client.delete(key))

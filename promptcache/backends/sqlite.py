@@ -17,7 +17,7 @@ from promptcache._validate import positive
 from promptcache.exceptions import ConfigError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
 __all__ = ["SQLiteStore"]
 
@@ -29,6 +29,9 @@ CREATE TABLE IF NOT EXISTS promptcache_entries (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS promptcache_locks (
     name TEXT PRIMARY KEY, token TEXT NOT NULL, expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS promptcache_counters (
+    key TEXT NOT NULL, field TEXT NOT NULL, value INTEGER NOT NULL, PRIMARY KEY (key, field)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS promptcache_entries_expires_at ON promptcache_entries (expires_at);
 """
@@ -115,6 +118,26 @@ class SQLiteStore:
                 )
 
         await self._run(op)
+
+    async def add_counts(self, key: str, counts: Mapping[str, int]) -> None:
+        rows = [(key, name, int(n)) for name, n in counts.items()]
+
+        def op(conn: sqlite3.Connection) -> None:
+            with conn:  # one transaction: every field of the batch or none
+                conn.executemany(
+                    "INSERT INTO promptcache_counters (key, field, value) VALUES (?, ?, ?)"
+                    " ON CONFLICT (key, field) DO UPDATE SET value = value + excluded.value",
+                    rows,
+                )
+
+        await self._run(op)
+
+    async def read_counts(self, key: str) -> dict[str, int]:
+        def op(conn: sqlite3.Connection) -> dict[str, int]:
+            found = conn.execute("SELECT field, value FROM promptcache_counters WHERE key = ?", (key,))
+            return {str(name): int(value) for name, value in found.fetchall()}
+
+        return await self._run(op)
 
     async def delete(self, key: str) -> bool:
         now = self._clock()

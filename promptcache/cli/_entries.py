@@ -8,12 +8,21 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from promptcache._keys import agent_prefix, make_key, namespace_prefix, parse_store_key
+from promptcache._keys import agent_prefix, counters_key, make_key, namespace_prefix, parse_store_key
+from promptcache._prices import PriceTable
 from promptcache._route import route_record
 from promptcache._stores import redact_url
+from promptcache.backends import CountingStore
 from promptcache.cli import _support as support
 from promptcache.cli._migrate import cli_route
-from promptcache.cli._stats import parse_prometheus, render_stats, stats_json, stored_rows, sum_counters
+from promptcache.cli._stats import (
+    counted_in_store,
+    parse_prometheus,
+    render_stats,
+    stats_json,
+    stored_rows,
+    sum_counters,
+)
 from promptcache.cli._store import (
     CLIError,
     agent_keys,
@@ -49,14 +58,20 @@ def find_stored(args: argparse.Namespace, key: str) -> support.StoredEntry:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    async def work(cache: PromptCache) -> tuple[list[support.StoredEntry], list[str]]:
+    async def work(cache: PromptCache) -> tuple[list[support.StoredEntry], list[str], dict[str, int]]:
         keys = await support.list_keys(cache.store, namespace_prefix(args.namespace))
         others = [] if keys else await support.namespaces_with_entries(cache.store)
-        return await read_all(cache, keys, "reading"), others
+        store = cache.store
+        counts = (
+            await store.read_counts(counters_key(args.namespace)) if isinstance(store, CountingStore) else {}
+        )
+        return await read_all(cache, keys, "reading"), others, counts
 
-    entries, others = run_on_store(args, work)
+    entries, others, counts = run_on_store(args, work)
     sources: list[str] = args.metrics or []
     counted = sum_counters(parse_prometheus(support.read_metrics(s)) for s in sources) if sources else None
+    if counted is None and counts:
+        counted = counted_in_store(counts, PriceTable())
     if not entries:
         where = f"namespaces with entries: {', '.join(others)}" if others else "the store holds no entries"
         warn(f"namespace {args.namespace!r} has no entries; {where}")
@@ -79,10 +94,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
             f"hits, misses, saved:   the sum of {len(sources)} processes' counters since each started, from:"
         )
         echo(*(f"                       {source}" for source in sources))
+    elif counted is not None:
+        echo("hits, misses, saved:   every process's counters, kept in the store (count_in_store=True)")
     else:
         echo(
             "hits, misses, saved:   not shown: they are counted inside the processes that serve requests;",
-            "                       pass --metrics URL|FILE once per worker (see promptcache.metrics)",
+            "                       run them with count_in_store=True, or pass --metrics URL|FILE once per",
+            "                       worker (see promptcache.metrics)",
         )
     return 0
 

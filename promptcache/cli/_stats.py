@@ -11,16 +11,18 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from promptcache.metrics import UNKNOWN, UsageRow
+from promptcache._tally import parse_counts
+from promptcache.metrics import UNKNOWN, PriceTable, UsageRow
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
     from promptcache._entry import Entry
     from promptcache.cli._support import StoredEntry
 
 __all__ = [
     "StoredRow",
+    "counted_in_store",
     "format_table",
     "money",
     "parse_prometheus",
@@ -135,6 +137,28 @@ def sum_counters(sources: Iterable[dict[tuple[str, str], UsageRow]]) -> dict[tup
         for key, row in rows.items():
             total.setdefault(key, UsageRow()).add(row)
     return total
+
+
+def counted_in_store(counts: Mapping[str, int], prices: PriceTable) -> dict[tuple[str, str], UsageRow]:
+    """The counters ``count_in_store`` keeps (every process's, added up), as rows; money priced now."""
+    rows: dict[tuple[str, str], UsageRow] = {}
+    for (agent, model), fields in parse_counts(counts).items():
+        row = rows[(agent, model)] = UsageRow(
+            hits=fields.get("hit", 0),
+            misses=fields.get("miss", 0),
+            bypasses=fields.get("bypass", 0),
+            input_tokens_saved=fields.get("input_tokens", 0),
+            output_tokens_saved=fields.get("output_tokens", 0),
+            latency_saved=fields.get("latency_ms", 0) / 1000,
+        )
+        cost = prices.cost(
+            None if model == UNKNOWN else model, row.input_tokens_saved, row.output_tokens_saved
+        )
+        if cost is None:
+            row.unpriced_hits = row.hits
+        else:
+            row.cost_saved = cost
+    return rows
 
 
 def render_stats(

@@ -21,7 +21,7 @@ from redis.backoff import NoBackoff
 
 from promptcache import CacheConfig, ConfigError, PromptCache
 from promptcache._keys import agent_prefix
-from promptcache.backends import BatchReadStore, ListingStore, LockingStore
+from promptcache.backends import BatchReadStore, CountingStore, ListingStore, LockingStore
 from promptcache.backends.cluster import RedisClusterStore, cluster_url_to_redis
 from promptcache.backends.redis import glob_escape
 
@@ -367,3 +367,12 @@ async def test_primary_killed_mid_traffic_every_request_is_answered(cluster: Loc
     finally:
         await cache.aclose()
         await asyncio.to_thread(cluster.revive, victim)
+
+
+async def test_counters_add_up_on_a_cluster(cluster: LocalRedisCluster) -> None:
+    """``count_in_store`` works on a cluster: the counters are one hash, in one slot."""
+    async with RedisClusterStore.from_url(cluster.url) as store:
+        assert isinstance(store, CountingStore)
+        await store.add_counts("c:counters", {"a\tm\thit": 2})
+        await store.add_counts("c:counters", {"a\tm\thit": 1, "a\tm\tmiss": 4})
+        assert await store.read_counts("c:counters") == {"a\tm\thit": 3, "a\tm\tmiss": 4}

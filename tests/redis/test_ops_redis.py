@@ -15,13 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+import redis
 from openai import AsyncOpenAI
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 import promptcache.openai
-from promptcache import PromptCache
+from promptcache import PromptCache, _tally
 from promptcache.cli import main
 from promptcache.metrics import PrometheusHook, multiprocess_registry, render_prometheus
 
@@ -151,3 +153,73 @@ def test_labels_outside_the_allow_list_are_other(redis_url: str) -> None:
         if s.name == "promptcache_requests_total"
     }
     assert seen == {("configured", "gpt-4o"), ("configured", "other"), ("other", "gpt-4o")}
+
+
+def test_counters_kept_in_the_store_add_up_two_workers_with_no_metrics_endpoint(
+    cli: Run, redis_url: str
+) -> None:
+    """With count_in_store, both workers' counts land in one Redis hash; plain ``stats`` shows the sum."""
+    for prompts in (A_PROMPTS, B_PROMPTS):
+        worker = start_worker(redis_url, "store", prompts)
+        out, _ = worker.communicate(timeout=60)
+        assert (worker.returncode, out.split()) == (0, ["done"])
+    code, out, _ = cli("stats", "--url", redis_url, "--namespace", NS)
+    assert code == 0
+    row = writer_row(out)
+    assert row[2] == "5"
+    assert row[4:8] == [str(HITS), str(MISSES), f"{HITS / (HITS + MISSES):.1%}", str(HITS * 15)]
+    assert "kept in the store (count_in_store=True)" in out
+    code, out, _ = cli("stats", "--url", redis_url, "--namespace", NS, "--json")
+    rows = orjson.loads(out)["rows"]
+    assert [(r["agent"], r["hits"], r["misses"]) for r in rows] == [("writer", HITS, MISSES)]
+
+
+def test_a_hit_costs_no_extra_round_trip_with_count_in_store(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counting in the store adds no command to a hit: Redis sees one GET per hit, and the counts arrive
+    in one pipelined flush per interval (here: at aclose)."""
+    monkeypatch.setattr(_tally, "FLUSH_INTERVAL", 3600.0)
+    client = redis.Redis.from_url(redis_url)
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "rt"}]}
+
+    async def call() -> dict[str, Any]:
+        return {
+            "model": "gpt-4o",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}
+            ],
+        }
+
+    async def go() -> tuple[_Calls, int, _Calls]:
+        cache = PromptCache.from_url(redis_url, namespace="rt", count_in_store=True)
+        await cache.get_or_call(body, call, agent_id="a")  # miss, written
+        await cache.drain()
+        before = commands(client)
+        for _ in range(20):
+            await cache.get_or_call(body, call, agent_id="a")
+        during = commands(client) - before
+        await cache.aclose()
+        return during, cache.stats().hits, commands(client) - before
+
+    during, hits, after_close = asyncio.run(go())
+    assert hits == 20
+    assert during["get"] == 20  # one GET per hit
+    assert during["hincrby"] == 0  # the flush timer (made an hour) has not fired
+    assert after_close["hincrby"] > 0
+    assert client.hget("rt:counters", "a\tgpt-4o\thit") == b"20"
+    client.close()
+
+
+class _Calls(dict[str, int]):
+    def __sub__(self, other: dict[str, int]) -> _Calls:
+        return _Calls({k: self.get(k, 0) - other.get(k, 0) for k in self.keys() | other.keys()})
+
+    def __missing__(self, key: str) -> int:
+        return 0
+
+
+def commands(client: redis.Redis) -> _Calls:
+    """Calls per command so far, from INFO commandstats (cmdstat_get -> get)."""
+    stats = client.info("commandstats")
+    return _Calls({name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()})

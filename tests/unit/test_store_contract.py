@@ -23,7 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from promptcache import CacheConfig, ConfigError, PromptCache, PromptCacheError, StoreError
 from promptcache._entry import parse_entry
-from promptcache.backends import BatchReadStore, ListingStore, LockingStore, Store
+from promptcache.backends import BatchReadStore, CountingStore, ListingStore, LockingStore, Store
 from promptcache.backends.memory import MemoryStore
 from promptcache.backends.redis import RedisStore
 from promptcache.backends.sqlite import SQLiteStore
@@ -1019,3 +1019,14 @@ async def test_repr_never_shows_the_password(url: str) -> None:
         assert "127.0.0.1" in repr(cache)
     finally:
         await cache.aclose()
+
+
+async def test_counters_add_up_and_are_not_entries(sc: StoreCase) -> None:
+    """``add_counts`` adds to each field (missing ones start at 0), per key."""
+    store = sc.store
+    assert isinstance(store, CountingStore)
+    assert await store.read_counts("ns:counters") == {}
+    await store.add_counts("ns:counters", {"a\tm\thit": 2, "a\tm\tmiss": 1})
+    await store.add_counts("ns:counters", {"a\tm\thit": 3, "b\tm\tbypass": 1})
+    assert await store.read_counts("ns:counters") == {"a\tm\thit": 5, "a\tm\tmiss": 1, "b\tm\tbypass": 1}
+    assert await store.read_counts("other:counters") == {}
