@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
+from promptcache._compact import is_compact
 from promptcache._keys import SCHEMA_VERSION, KeyPolicy, make_key
 from promptcache._route import route_from_record
 from promptcache._secrets import SCRUBBED, find_secret
@@ -102,8 +103,8 @@ def _key_matches_request(
     rec: dict[str, Any], scope: tuple[str, str, str, str | None], memo: dict[bytes, bool]
 ) -> bool:
     request = rec.get("request")
-    if not isinstance(request, dict):
-        return True  # nothing to check against
+    if not isinstance(request, dict) or is_compact(request):
+        return True  # nothing to check against (a compact request holds hashes, not the texts)
     raw = orjson.dumps(request)
     if SCRUBBED.encode() in raw:
         return True  # scrubbed text cannot reproduce the key

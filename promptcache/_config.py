@@ -53,7 +53,9 @@ class CacheConfig:
         fail_open: When True (default) a store fault turns into a miss, counted and logged; when False
             it raises :class:`~promptcache.StoreError` to the caller.
         invalidate_timeout: Seconds an invalidation may take before it raises StoreError.
-        keep_request: Store the canonical request in each entry (for diffs and ``promptcache inspect``).
+        keep_request: Store the whole canonical request and route in each entry; when False (the default)
+            an entry keeps their compact form (texts hashed, other fields kept: `_compact.py`), enough for
+            ``promptcache explain --against`` to name the field that differs.
         finish_reasons: Finishing reasons whose answers may be stored.
         count_in_store: Also keep cumulative hit/miss/bypass and saved-token counters by agent and model
             in the store (a store that supports it: memory, SQLite, Redis, Redis Cluster), batched off the

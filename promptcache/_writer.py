@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from promptcache._compact import compact_request, compact_route
 from promptcache._entry import Entry, encode_entry, scope_of
 from promptcache._gate import refusal_reason, stream_refusal, stream_summary
 from promptcache._loops import PerLoop
@@ -125,8 +126,8 @@ class EntryWriter:
             model=model if isinstance(model, str) else None,
             usage=usage if isinstance(usage, dict) else None,
             latency=latency,
-            request=orjson.loads(key.canonical) if self._config.keep_request else None,
-            route=route_record(key.route) if self._config.keep_request and key.route is not None else None,
+            request=self._request_kept(key),
+            route=self._route_kept(key),
         )
         try:
             data = encode_entry(entry, compress_above=self._config.compress_above)
@@ -139,6 +140,17 @@ class EntryWriter:
             log.info("promptcache: entry of %d bytes is over max_entry_bytes; not stored", len(data))
             return None
         return data
+
+    def _request_kept(self, key: CacheKey) -> dict[str, Any]:
+        # keep_request: the canonical request; else its compact, privacy-safe form (_compact.py)
+        canonical: dict[str, Any] = orjson.loads(key.canonical)
+        return canonical if self._config.keep_request else compact_request(canonical)
+
+    def _route_kept(self, key: CacheKey) -> dict[str, Any] | None:
+        if key.route is None:
+            return None
+        record = route_record(key.route)
+        return record if self._config.keep_request else compact_route(record)
 
     async def write(self, store_key: str, data: bytes, ttl: float) -> bool:
         """Write now; True when the store took it (a failure is already counted and logged)."""

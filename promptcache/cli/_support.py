@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import orjson
 
+from promptcache._compact import compact_request, compact_route, is_compact, without_mark
 from promptcache._entry import Entry, is_compressed, parse_entry
 from promptcache._fields import OUT_OF_KEY
 from promptcache._keys import SCHEMA_VERSION, digest_of, namespace_prefix, parse_store_key
@@ -298,16 +299,24 @@ def entry_text(stored: StoredEntry, now: float) -> str:
             f"created:   {_iso(entry.created_at)}, TTL left {max(0.0, entry.expires_at - now):.0f} s,"
             f" upstream latency {entry.latency:.3f} s"
         ),
-        "request (canonical):",
-        _pretty(entry.request)
-        if entry.request is not None
-        else "  (not kept: the cache ran with keep_request=False)",
+        *_request_lines(entry.request),
     ]
     if entry.chunks is not None:
         lines += [f"response: a stream of {len(entry.chunks)} events:", _pretty(entry.chunks)]
     else:
         lines += ["response:", _pretty(entry.body)]
     return "\n".join(lines)
+
+
+def _request_lines(request: Any) -> list[str]:  # noqa: ANN401 - JSON
+    if request is None:
+        return ["request:   not kept (written by a version that kept none without keep_request=True)"]
+    if is_compact(request):
+        return [
+            "request (compact: texts hashed; keep_request=True keeps them):",
+            _pretty(without_mark(request)),
+        ]
+    return ["request (canonical):", _pretty(request)]
 
 
 def load_request(path: str) -> dict[str, Any]:
@@ -391,9 +400,15 @@ def why_text(key: CacheKey, theirs: Side) -> str:
     if theirs.endpoint != key.endpoint.value:
         lines.append(f"  ~ endpoint: {theirs.endpoint!r} -> {key.endpoint.value!r}")
     mine_route = None if key.route is None else route_record(key.route)
+    mine_request = orjson.loads(key.canonical)
+    theirs_request = theirs.request
+    if is_compact(theirs_request):  # the stored form hashes texts: compare this request in that form
+        mine_request = without_mark(compact_request(mine_request))
+        theirs_request = without_mark(theirs_request)
+        mine_route = None if mine_route is None else compact_route(mine_route)
     if mine_route != theirs.route:
         lines.extend("  " + d for d in json_diff(theirs.route, mine_route, "route"))
-    lines.extend("  " + d for d in json_diff(theirs.request, orjson.loads(key.canonical)))
+    lines.extend("  " + d for d in json_diff(theirs_request, mine_request))
     if len(lines) == 1:
         lines.append(
             "  scope, endpoint, route and canonical request are equal:"

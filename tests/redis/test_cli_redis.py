@@ -15,6 +15,7 @@ import yaml
 from promptcache import PromptCache
 from promptcache._keys import SCHEMA_VERSION
 from promptcache.cli import main
+from promptcache.cli._migrate import cli_route
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -302,3 +303,41 @@ def test_an_unreachable_redis_is_one_line(
         lines = err.strip().splitlines()
         assert len(lines) == 1
         assert lines[0].startswith(f"promptcache: error: cannot reach the store at {url}")
+
+
+def test_the_default_entry_keeps_no_prompt_text_yet_explain_names_each_difference(
+    cli: Run, redis_url: str, tmp_path: Path
+) -> None:
+    """keep_request=False (the default) stores hashes of texts, not texts: nothing of the prompt or of a
+    keyed header's value is in Redis, and ``explain --against`` still names the field, route included."""
+    private = "my card number is 4111"
+    request = {**request_for(private), "temperature": 0.5}
+    route = cli_route("https://api.example.test/v1", ["openai-organization=org-private"], None)
+
+    async def go() -> str:
+        cache = PromptCache.from_url(redis_url, namespace=NS)
+        key = cache.key(request, agent_id="triage", route=route)
+        assert await cache.put_entry(key, request, body=answer("x"), ttl=60)
+        await cache.aclose()
+        return key.store_key
+
+    store_key = asyncio.run(go())
+    stored = b"".join(raw(redis_url).values())
+    assert b"4111" not in stored
+    assert b"org-private" not in stored
+    assert b'"temperature":0.5' in stored  # non-message fields are kept as they are
+    mine = {**request_for(private), "temperature": 0.7}
+    path = tmp_path / "mine.json"
+    path.write_bytes(orjson.dumps(mine))
+    args = ["--url", redis_url, "--agent", "triage", "--upstream", "https://api.example.test/v1"]
+    code, out, _ = cli(
+        "explain", str(path), *args, "--header", "openai-organization=org-other", "--against", store_key
+    )
+    assert code == 0
+    assert "~ $.temperature: 0.5 -> 0.7" in out
+    assert "~ route.headers.openai-organization: 'sha256:" in out
+    assert "messages" not in "".join(line for line in out.splitlines() if line.strip().startswith("~"))
+    code, out, _ = cli("inspect", store_key, "--url", redis_url)
+    assert code == 0
+    assert "request (compact: texts hashed" in out
+    assert "4111" not in out

@@ -317,14 +317,17 @@ def test_explain_against_a_stored_key(cli: Run, url: str, tmp_path: Path) -> Non
     assert "~ scope.agent_version: '2' -> '1'" in out
 
 
-def test_explain_against_an_entry_without_its_request(cli: Run, url: str, tmp_path: Path) -> None:
-    """An entry written with keep_request=False cannot be diffed; the error says why."""
+def test_explain_against_an_entry_keeping_the_compact_request(cli: Run, url: str, tmp_path: Path) -> None:
+    """By default an entry keeps the compact request: explain still names the field that differs."""
     keys = populate(url, keep_request=False)
     path = tmp_path / "req.json"
-    path.write_bytes(orjson.dumps(request_for("a")))
-    code, _, err = cli("explain", str(path), "--url", url, "--namespace", NS, "--against", keys[0].digest)
-    assert code == 1
-    assert "keep_request=False" in one_error_line(err)
+    path.write_bytes(orjson.dumps(request_for("b")))
+    base = ["explain", str(path), "--url", url, "--agent", "classifier", "--agent-version", "1"]
+    code, out, _ = cli(*base, "--against", keys[0].digest)
+    assert code == 0
+    assert "~ $.messages[1].content: 'sha256:" in out  # [0] is the system message
+    changed = [line for line in out.splitlines() if line.strip().startswith(("~", "+", "-"))]
+    assert len(changed) == 1  # only the text: model, temperature and the rest compare equal
 
 
 @pytest.mark.parametrize(
