@@ -13,7 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
@@ -23,9 +23,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 import promptcache.openai
-from promptcache import PromptCache, _tally
+from promptcache import CacheConfig, ConfigError, PromptCache, _tally
 from promptcache.cli import main
 from promptcache.metrics import PrometheusHook, multiprocess_registry, render_prometheus
+
+if TYPE_CHECKING:
+    from redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -223,3 +226,61 @@ def commands(client: redis.Redis) -> _Calls:
     """Calls per command so far, from INFO commandstats (cmdstat_get -> get)."""
     stats = client.info("commandstats")
     return _Calls({name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()})
+
+
+def test_a_failed_counter_flush_fails_open_and_keeps_its_counts(
+    private_redis: Callable[..., RedisServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis down at flush time: answers still come (fail-open), the failure is counted, and the counts
+    wait in process for the next flush instead of being lost."""
+    monkeypatch.setattr(_tally, "FLUSH_INTERVAL", 3600.0)
+    server = private_redis()
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "down"}]}
+
+    async def call() -> dict[str, Any]:
+        return {
+            "model": "gpt-4o",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}
+            ],
+        }
+
+    async def go() -> None:
+        cache = PromptCache.from_url(server.url, namespace="down", count_in_store=True)
+        tally = cache._tally
+        assert tally is not None
+        for _ in range(3):
+            await cache.get_or_call(body, call, agent_id="a")  # 1 miss, 2 hits
+        await cache.drain()
+        server.stop()
+        errors = cache.stats().store_errors
+        await tally.flush()
+        assert cache.stats().store_errors == errors + 1  # counted like any store fault
+        assert tally.flushes == 0
+        server.start()
+        await cache.aclose()  # the final flush carries the counts kept from the failed one
+        assert tally.flushes == 1
+
+    asyncio.run(go())
+    client = redis.Redis.from_url(server.url)
+    assert client.hgetall("down:counters") == {b"a\tgpt-4o\tmiss": b"1", b"a\tgpt-4o\thit": b"2"}
+    client.close()
+
+
+def test_count_in_store_needs_a_store_that_counts() -> None:
+    """A store without the CountingStore capability is refused at construction, by name."""
+
+    class Plain:
+        async def get(self, key: str) -> bytes | None:  # noqa: ARG002 - the Store shape
+            return None
+
+    with pytest.raises(ConfigError, match="count_in_store=True needs a store that keeps counters"):
+        PromptCache(Plain(), CacheConfig(count_in_store=True))  # type: ignore[arg-type]
+
+
+def test_top_level_help_has_no_rst_markup(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "``" not in out
+    assert ":mod:" not in out
