@@ -201,7 +201,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     if doc["recordings"] and key_schema_of(doc) != SCHEMA_VERSION:  # keys never found: say so instead
         raise CLIError(f"{path}: {old_schema_message(doc)}")
     named = sorted({str(rec.get("scope", {}).get("namespace")) for rec in doc["recordings"]})
-    if args.namespace_given and named and named != [args.namespace]:
+    if getattr(args, "namespace_given", False) and named and named != [args.namespace]:
         raise CLIError(
             f"{path}: --namespace {args.namespace!r} contradicts the cassette, whose recordings are in"
             f" namespace {', '.join(map(repr, named))} (leave --namespace out: recordings keep their own)"

@@ -50,7 +50,7 @@ def find_stored(args: argparse.Namespace, key: str) -> support.StoredEntry:
     in every namespace of the store; either way the command then works in the entry's namespace.
     """
     namespace_from_key(args, key)
-    where = args.namespace if args.namespace_given or parse_store_key(key) else None
+    where = args.namespace if getattr(args, "namespace_given", False) or parse_store_key(key) else None
     stored = run_on_store(args, lambda cache: support.find_entry(cache.store, where, key))
     if stored.entry is not None:
         args.namespace = stored.entry.scope[0]
@@ -170,7 +170,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if entry.request is None:
             raise CLIError(
                 f"the entry under {args.against!r} keeps no request to compare with "
-                "(the cache that wrote it ran with keep_request=False)"
+                "(it was written before entries kept a compact request by default; re-record it)"
             )
         theirs = support.Side(entry.digest, entry.request, entry.endpoint, entry.scope, entry.route)
     echo("", support.why_text(key, theirs))

@@ -310,7 +310,7 @@ def entry_text(stored: StoredEntry, now: float) -> str:
 
 def _request_lines(request: Any) -> list[str]:  # noqa: ANN401 - JSON
     if request is None:
-        return ["request:   not kept (written by a version that kept none without keep_request=True)"]
+        return ["request:   not kept (written before entries kept a compact request by default)"]
     if is_compact(request):
         return [
             "request (compact: texts hashed; keep_request=True keeps them):",
