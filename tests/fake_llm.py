@@ -155,6 +155,7 @@ class FakeLLM:
         self.delay = 0.0
         self.stream_hang_after: int | None = None
         self.stream_drop_after: int | None = None
+        self.sse_line_end = b"\n"  # what ends each SSE line: LF, CRLF or CR are all valid
         self.hang_timeout = 30.0
         self.stream_hung.clear()
 
@@ -534,12 +535,13 @@ class _Handler(BaseHTTPRequestHandler):
         for header, value in self._id_headers(n).items():
             self.send_header(header, value)
         self.end_headers()
+        end = fake.sse_line_end
         for name, payload in events:
-            prefix = f"event: {name}\n".encode() if name else b""
-            write_chunk(prefix + b"data: " + _dumps(payload) + b"\n\n")
+            prefix = b"event: " + name.encode() + end if name else b""
+            write_chunk(prefix + b"data: " + _dumps(payload) + end + end)
             sent += 1
         if done:
-            write_chunk(b"data: [DONE]\n\n")
+            write_chunk(b"data: [DONE]" + end + end)
             sent += 1
         checkpoint()
         self.wfile.write(b"0\r\n\r\n")
