@@ -13,8 +13,18 @@ A cassette file::
       model: gpt-4o
       usage: {prompt_tokens: 12, completion_tokens: 5}
       request: {...}          # the canonical request, secrets scrubbed (for miss diffs)
-      response: {...}         # the full body; or `chunks:` for a stream
+      response: {...}         # the full body; or `stream:` for a stream (below)
     end: 1                    # written last: the number of recordings, so a cut-off file is refused
+
+A streamed answer is kept compact (:func:`promptcache._convert.compact_stream`)::
+
+      stream:
+        response: {...}       # the final body assembled from the chunks: the answer, readable
+        pieces: [7, 7, 7, 4]  # the lengths of the text deltas, so replay cuts the text where it came
+        include_usage: true   # (chat) recorded with stream_options.include_usage
+        patches: {...}        # only what the stream synthesised from the above does not reproduce
+
+Older cassettes keep every event as ``chunks:`` (still read; :func:`recorded_events` reads both).
 
 Loading refuses anything that is not plain data: python tags, anchors and aliases (alias bombs), files
 over :data:`MAX_CASSETTE_BYTES`, deep nesting. Every error names the file. Writing is atomic
@@ -32,6 +42,8 @@ from typing import Any, Final
 
 import yaml
 
+from promptcache._convert import expand_stream
+from promptcache._keys import Endpoint
 from promptcache.exceptions import CassetteFormatError, SecretLeakError
 
 __all__ = [
@@ -39,8 +51,10 @@ __all__ = [
     "MAX_CASSETTE_BYTES",
     "dump_cassette",
     "find_secret",
+    "is_stream_recording",
     "load_cassette",
     "parse_cassette",
+    "recorded_events",
     "request_secrets",
     "save_cassette",
     "scrub",
@@ -100,6 +114,37 @@ def _str_representer(dumper: yaml.SafeDumper, text: str) -> yaml.Node:
 
 
 _Dumper.add_representer(str, _str_representer)
+
+
+def _list_representer(dumper: yaml.SafeDumper, items: list[Any]) -> yaml.Node:
+    # Short lists of numbers or short words (stream piece lengths, patch paths) on one line.
+    flow = len(items) <= 64 and all(
+        (isinstance(i, int) and not isinstance(i, bool))
+        or (isinstance(i, str) and len(i) <= 40 and i.isprintable())
+        for i in items
+    )
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", items, flow_style=flow or None)
+
+
+_Dumper.add_representer(list, _list_representer)
+
+
+def is_stream_recording(rec: dict[str, Any]) -> bool:
+    """Whether a recording holds a streamed answer (``stream:``, or the older ``chunks:``)."""
+    return "stream" in rec or "chunks" in rec
+
+
+def recorded_events(rec: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The SSE events of a stream recording (the compact ``stream:`` form expanded); None for a body."""
+    if "chunks" in rec:
+        return list(rec["chunks"])
+    compact = rec.get("stream")
+    if not isinstance(compact, dict):
+        return None
+    try:
+        return expand_stream(Endpoint(str(rec.get("endpoint"))), compact)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return None
 
 
 def scrub(value: Any, fields: frozenset[str] = DEFAULT_SCRUB_FIELDS) -> Any:  # noqa: ANN401 - JSON
@@ -267,14 +312,18 @@ def _check_recording(where: str, index: int, rec: object) -> None:
         raise CassetteFormatError(f"{where}: recordings[{index}] has no string 'key'")
     if not isinstance(rec.get("endpoint"), str):
         raise CassetteFormatError(f"{where}: recordings[{index}] has no string 'endpoint'")
-    if "response" not in rec and not isinstance(rec.get("chunks"), list):
-        raise CassetteFormatError(f"{where}: recordings[{index}] has neither 'response' nor 'chunks'")
+    if "stream" in rec and recorded_events(rec) is None:
+        raise CassetteFormatError(f"{where}: recordings[{index}] 'stream' does not make a stream")
+    if "response" not in rec and not is_stream_recording(rec):
+        raise CassetteFormatError(f"{where}: recordings[{index}] has neither 'response' nor 'stream'")
+    if "chunks" in rec and not isinstance(rec.get("chunks"), list):
+        raise CassetteFormatError(f"{where}: recordings[{index}] 'chunks' must be a list of mappings")
     status = rec.get("status", 200)
     if type(status) is not int or not 100 <= status <= 599:
         raise CassetteFormatError(f"{where}: recordings[{index}] 'status' must be an HTTP status code")
     if "chunks" in rec and not all(isinstance(c, dict) for c in rec["chunks"]):
         raise CassetteFormatError(f"{where}: recordings[{index}] 'chunks' must be a list of mappings")
-    if "chunks" not in rec and not isinstance(rec.get("response"), dict | str | list):
+    if not is_stream_recording(rec) and not isinstance(rec.get("response"), dict | str | list):
         raise CassetteFormatError(f"{where}: recordings[{index}] 'response' must be a mapping or text")
 
 

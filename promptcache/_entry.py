@@ -41,6 +41,8 @@ class Entry:
         usage: Token usage as the provider reported it.
         latency: Seconds the upstream call took (what a hit saves).
         request: The canonical request, kept for diffs when enabled; None otherwise.
+        converted: Built from the other kind of stored answer (a stream from a body, or a body from a
+            stream) for this read; never stored.
     """
 
     digest: str
@@ -54,6 +56,7 @@ class Entry:
     usage: dict[str, Any] | None = None
     latency: float = 0.0
     request: Any = field(default=None, repr=False)
+    converted: bool = field(default=False, compare=False)
 
 
 def scope_of(key: CacheKey) -> tuple[str, str, str, str | None]:

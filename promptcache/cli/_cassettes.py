@@ -16,10 +16,19 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import yaml
 
-from promptcache._cassette import CASSETTE_FORMAT, SCRUBBED, find_secret, parse_cassette, save_cassette, scrub
+from promptcache._cassette import (
+    CASSETTE_FORMAT,
+    SCRUBBED,
+    find_secret,
+    is_stream_recording,
+    parse_cassette,
+    recorded_events,
+    save_cassette,
+    scrub,
+)
 from promptcache._config import DEFAULT_COMPRESS_ABOVE
 from promptcache._entry import Entry, encode_entry
-from promptcache._keys import Endpoint, KeyPolicy, make_key, store_key_for
+from promptcache._keys import STREAM_SUFFIX, Endpoint, KeyPolicy, make_key, store_key_for
 from promptcache._stores import redact_url
 from promptcache._validate import parse_enum
 from promptcache.cli._store import CLIError, agent_keys, read_all, run_on_store, store_url
@@ -126,6 +135,9 @@ def from_recording(
     try:
         endpoint = parse_enum(Endpoint, rec["endpoint"], "endpoint")
         store_key = store_key_for(*scope, digest)
+        chunks = recorded_events(rec)
+        if chunks is not None:
+            store_key += STREAM_SUFFIX  # a stream lives beside the body of its key
     except PromptCacheError as exc:
         raise CassetteFormatError(f"{where}: {exc}") from None
     expires = rec.get("expires_at")
@@ -141,8 +153,8 @@ def from_recording(
         endpoint=endpoint.value,
         created_at=_created_at(rec, now),
         expires_at=expires_at,
-        body=None if "chunks" in rec else rec.get("response"),
-        chunks=rec.get("chunks"),
+        body=None if chunks is not None else rec.get("response"),
+        chunks=chunks,
         model=model if isinstance(model, str) else None,
         usage=usage if isinstance(usage, dict) else None,
         latency=float(latency) if isinstance(latency, int | float) and not isinstance(latency, bool) else 0.0,
@@ -222,7 +234,7 @@ def verify_cassette(text: bytes, where: str) -> tuple[int, list[str]]:
         except (CassetteFormatError, PromptCacheError) as exc:
             problems.append(str(exc) if str(exc).startswith(where) else f"{here}: {exc}")
             continue
-        ident = (*scope, rec["key"])
+        ident = (*scope, rec["key"], is_stream_recording(rec))  # a body and a stream may share a key
         if "exported" in doc and ident in seen:
             problems.append(f"{here}: key {rec['key'][:12]}... appears twice in an exported cassette")
         seen.add(ident)
