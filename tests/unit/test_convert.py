@@ -43,6 +43,7 @@ def fake_events(endpoint: Endpoint, prompt: str, **request: Any) -> tuple[list[d
     field = "input" if endpoint is Endpoint.RESPONSES else "messages"
     body[field] = [{"role": "user", "content": prompt}]
     turn = fake_llm._turn(1, body, body[field], fake_llm._tool_name(body, api), None)
+    pairs: list[tuple[str | None, dict[str, Any]]]
     if endpoint is Endpoint.CHAT_COMPLETIONS:
         usage = "stream_options" in request
         pairs = [(None, c) for c in fake_llm._chat_chunks(turn, include_usage=usage)]
