@@ -156,6 +156,7 @@ class FakeLLM:
         self.stream_hang_after: int | None = None
         self.stream_drop_after: int | None = None
         self.sse_line_end = b"\n"  # what ends each SSE line: LF, CRLF or CR are all valid
+        self.stream_pieces = STREAM_PIECES  # deltas a streamed text or tool input is cut into
         self.hang_timeout = 30.0
         self.stream_hung.clear()
 
@@ -446,21 +447,20 @@ class _Handler(BaseHTTPRequestHandler):
             turn = _turn(n, body, body.get("messages"), _tool_name(body, "chat"), forced)
             if stream:
                 include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-                self._send_sse(
-                    n, [(None, c) for c in _chat_chunks(turn, include_usage=include_usage)], done=True
-                )
+                chunks = _chat_chunks(turn, include_usage=include_usage, pieces=fake.stream_pieces)
+                self._send_sse(n, [(None, c) for c in chunks], done=True)
             else:
                 self._send_json(200, _chat_completion(turn), self._id_headers(n))
         elif path == RESPONSES_PATH:
             turn = _turn(n, body, body.get("input"), _tool_name(body, "responses"), forced)
             if stream:
-                self._send_sse(n, _response_events(turn, body))
+                self._send_sse(n, _response_events(turn, body, pieces=fake.stream_pieces))
             else:
                 self._send_json(200, _response(turn, body), self._id_headers(n))
         else:
             turn = _turn(n, body, body.get("messages"), _tool_name(body, "anthropic"), forced)
             if stream:
-                self._send_sse(n, _anthropic_events(turn))
+                self._send_sse(n, _anthropic_events(turn, pieces=fake.stream_pieces))
             else:
                 self._send_json(200, _anthropic_message(turn), self._id_headers(n))
 
@@ -679,7 +679,7 @@ def _chat_completion(turn: _Turn) -> JSON:
     }
 
 
-def _chat_chunks(turn: _Turn, *, include_usage: bool) -> list[JSON]:
+def _chat_chunks(turn: _Turn, *, include_usage: bool, pieces: int = STREAM_PIECES) -> list[JSON]:
     created = int(time.time())
 
     def chunk(delta: JSON, finish: str | None = None) -> JSON:
@@ -700,11 +700,11 @@ def _chat_chunks(turn: _Turn, *, include_usage: bool) -> list[JSON]:
         function = {"name": turn.tool, "arguments": ""}
         call = {"index": 0, "id": f"call_{turn.n}", "type": "function", "function": function}
         chunks = [chunk({"role": "assistant", "content": None, "tool_calls": [call], "refusal": None})]
-        pieces = _pieces(turn.arguments)
-        chunks += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}) for p in pieces]
+        cut = _pieces(turn.arguments, pieces)
+        chunks += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}) for p in cut]
     else:
         chunks = [chunk({"role": "assistant", "content": "", "refusal": None})]
-        chunks += [chunk({"content": piece}) for piece in _pieces(turn.text)]
+        chunks += [chunk({"content": piece}) for piece in _pieces(turn.text, pieces)]
     chunks.append(chunk({}, _chat_finish(turn)))
     if include_usage:
         last = chunk({})
@@ -777,7 +777,9 @@ def _response(turn: _Turn, body: JSON, *, done: bool = True) -> JSON:
     }
 
 
-def _response_events(turn: _Turn, body: JSON) -> list[tuple[str | None, JSON]]:
+def _response_events(
+    turn: _Turn, body: JSON, *, pieces: int = STREAM_PIECES
+) -> list[tuple[str | None, JSON]]:
     events: list[tuple[str | None, JSON]] = []
 
     def emit(kind: str, **fields: Any) -> None:
@@ -790,7 +792,7 @@ def _response_events(turn: _Turn, body: JSON) -> list[tuple[str | None, JSON]]:
     where: JSON = {"item_id": item_id, "output_index": 0}
     emit("response.output_item.added", output_index=0, item=_response_item(turn, done=False))
     if turn.tool:
-        for piece in _pieces(turn.arguments):
+        for piece in _pieces(turn.arguments, pieces):
             emit("response.function_call_arguments.delta", **where, delta=piece)
         emit("response.function_call_arguments.done", **where, name=turn.tool, arguments=turn.arguments)
     else:
@@ -800,7 +802,7 @@ def _response_events(turn: _Turn, body: JSON) -> list[tuple[str | None, JSON]]:
             **where,
             part={"type": "output_text", "text": "", "annotations": []},
         )
-        for piece in _pieces(turn.text):
+        for piece in _pieces(turn.text, pieces):
             emit("response.output_text.delta", **where, delta=piece, logprobs=[])
         emit("response.output_text.done", **where, text=turn.text, logprobs=[])
         part = {"type": "output_text", "text": turn.text, "annotations": []}
@@ -876,7 +878,7 @@ def _anthropic_message(turn: _Turn, *, done: bool = True) -> JSON:
     }
 
 
-def _anthropic_events(turn: _Turn) -> list[tuple[str | None, JSON]]:
+def _anthropic_events(turn: _Turn, *, pieces: int = STREAM_PIECES) -> list[tuple[str | None, JSON]]:
     events: list[tuple[str | None, JSON]] = []
 
     def emit(kind: str, **fields: Any) -> None:
@@ -885,10 +887,10 @@ def _anthropic_events(turn: _Turn) -> list[tuple[str | None, JSON]]:
     emit("message_start", message=_anthropic_message(turn, done=False))
     emit("content_block_start", index=0, content_block=_anthropic_block(turn, done=False))
     if turn.tool:
-        for piece in _pieces(turn.arguments):
+        for piece in _pieces(turn.arguments, pieces):
             emit("content_block_delta", index=0, delta={"type": "input_json_delta", "partial_json": piece})
     else:
-        for piece in _pieces(turn.text):
+        for piece in _pieces(turn.text, pieces):
             emit("content_block_delta", index=0, delta={"type": "text_delta", "text": piece})
     emit("content_block_stop", index=0)
     stop_reason = _TO_ANTHROPIC.get(turn.finish, turn.finish)

@@ -23,11 +23,14 @@ import pytest
 from promptcache._cassette import (
     CASSETTE_FORMAT,
     DEFAULT_SCRUB_FIELDS,
+    is_stream_recording,
+    recorded_events,
     request_secrets,
     scrub,
     scrub_joined,
     scrub_values,
 )
+from promptcache._convert import compact_stream, shape_stream, wants_usage
 from promptcache._gate import stream_summary, usage_of
 from promptcache._keys import DEFAULT_AGENT_VERSION, DEFAULT_NAMESPACE, CacheKey, KeyPolicy, make_key
 from promptcache._scope import Scope
@@ -98,7 +101,9 @@ class Recorder:
         # Recordings by (key, kind), in order: a replayed call is one dict lookup, however big the cassette.
         self._index: dict[str, list[dict[str, Any]]] = {}
         for rec in self._existing:
-            self._index.setdefault(_slot(str(rec.get("key")), stream="chunks" in rec), []).append(rec)
+            self._index.setdefault(_slot(str(rec.get("key")), stream=is_stream_recording(rec)), []).append(
+                rec
+            )
 
     # -- decisions (no I/O) -----------------------------------------------------------------------
 
@@ -123,42 +128,49 @@ class Recorder:
             return None
         return key, plan.body
 
-    def _replay(self, key: CacheKey, *, stream: bool) -> dict[str, Any] | None:
+    def _replay(self, key: CacheKey, *, stream: bool, usage: bool = False) -> dict[str, Any] | None:
         """The next recording for ``key`` in order (the n-th identical request gets the n-th answer).
 
-        A streaming request replays only a recorded stream and a plain one only a recorded body, as in
-        the production cache; the other kind is a miss.
+        A streaming request replays only a recorded stream and a plain one only a recorded body (exact
+        kinds, unlike the production cache's conversions); the other kind is a miss. A chat stream
+        recorded without usage does not answer a request asking for it (``usage``): it is passed over
+        for a later recording of the key, or is a miss.
         """
         if self.mode in (Mode.RECORD, Mode.REWRITE):
             return None
         slot = _slot(key.digest, stream=stream)
         matches = self._index.get(slot, ())
         position = self._positions[slot]
-        if position >= len(matches):
+        fits = [at for at in range(position, len(matches)) if not stream or _fits(key, matches[at], usage)]
+        if not fits:
             return None
-        self._positions[slot] += 1
+        self._positions[slot] = fits[0] + 1
         self.replayed += 1
-        recording = matches[position]
+        recording = matches[fits[0]]
         self.replayed_recordings.append(recording)
         inp, out = usage_of({"usage": recording.get("usage")})
         self.usage.update(input_tokens=inp, output_tokens=out)
         return recording
 
-    def _miss(self, key: CacheKey, *, stream: bool) -> None:
+    def _miss(self, key: CacheKey, *, stream: bool, usage: bool = False) -> None:
         if self.mode is Mode.REPLAY:
             self.missing += 1
             request = scrub(orjson.loads(key.canonical), self.scrub_fields)
-            pytest.fail(
-                miss_message(
-                    test_id=self.test_id,
-                    where=self.store.describe(self.cassette),
-                    key=key,
-                    request=request,
-                    recordings=self._existing,
-                    times_seen=self._positions[_slot(key.digest, stream=stream)],
-                ),
-                pytrace=False,
+            slot = _slot(key.digest, stream=stream)
+            message = miss_message(
+                test_id=self.test_id,
+                where=self.store.describe(self.cassette),
+                key=key,
+                request=request,
+                recordings=self._existing,
+                times_seen=self._positions[slot],
             )
+            if stream and usage and self._index.get(slot):
+                message += (
+                    "\n  a stream of this request was recorded without usage, and this request asks for it"
+                    " (stream_options.include_usage): re-record it with usage"
+                )
+            pytest.fail(message, pytrace=False)
 
     def _record(
         self,
@@ -186,7 +198,12 @@ class Recorder:
             "request": scrub(orjson.loads(key.canonical), self.scrub_fields),
         }
         if chunks is not None:
-            recording["chunks"] = scrub_joined(scrub(chunks, self.scrub_fields))
+            events = scrub_joined(scrub(chunks, self.scrub_fields))
+            compact = compact_stream(key.endpoint, events)  # the answer readable, not 700 lines of chunks
+            if compact is None:
+                recording["chunks"] = events
+            else:
+                recording["stream"] = compact
         else:
             recording["response"] = scrub(body, self.scrub_fields)
         # Providers echo what they were sent (an org or project id in a 401, a cookie, a query token):
@@ -199,7 +216,7 @@ class Recorder:
         left = Counter(self._positions)
         out = []
         for rec in self._existing:
-            slot = _slot(rec.get("key", ""), stream="chunks" in rec)
+            slot = _slot(rec.get("key", ""), stream=is_stream_recording(rec))
             if left[slot] > 0:
                 left[slot] -= 1
             else:
@@ -241,10 +258,11 @@ class Recorder:
         key, body = found
         self.calls += 1
         stream = body.get("stream") is True
-        recording = self._replay(key, stream=stream)
+        usage = wants_usage(key.endpoint, body)
+        recording = self._replay(key, stream=stream, usage=usage)
         if recording is not None:
-            return _replay_response(request, recording)
-        self._miss(key, stream=stream)
+            return _replay_response(request, recording, key, usage=usage)
+        self._miss(key, stream=stream, usage=usage)
         upstream = await send(request)
         secrets = request_secrets(request)
         if stream and is_event_stream(upstream):
@@ -274,10 +292,18 @@ def _fingerprint(recording: dict[str, Any]) -> bytes:
     return orjson.dumps(recording, option=orjson.OPT_SORT_KEYS)
 
 
-def _replay_response(request: Any, recording: dict[str, Any]) -> Any:  # noqa: ANN401
+def _fits(key: CacheKey, recording: dict[str, Any], usage: bool) -> bool:  # noqa: FBT001
+    """Whether a stream recording can answer in the shape asked (with or without chat usage)."""
+    events = recorded_events(recording)
+    return events is not None and shape_stream(key.endpoint, events, include_usage=usage) is not None
+
+
+def _replay_response(request: Any, recording: dict[str, Any], key: CacheKey, *, usage: bool) -> Any:  # noqa: ANN401
     status = int(recording.get("status", 200))
-    if "chunks" in recording:
-        return event_stream_response(request, recording["chunks"], "replay")
+    events = recorded_events(recording)
+    if events is not None:
+        shaped = shape_stream(key.endpoint, events, include_usage=usage)
+        return event_stream_response(request, events if shaped is None else shaped, "replay")
     if isinstance(recording.get("response"), str):
         headers = [("x-promptcache", "replay"), ("content-type", "text/plain")]
         return response(request, status, headers, recording["response"].encode())

@@ -173,7 +173,8 @@ def test_openai_sync_async_stream_and_inner_clients_replay_with_server_stopped_a
             "client_built_by_code_under_test",
         )
     )
-    assert "chunks" in cassette(project, "test_openai/test_stream_async")["recordings"][0]
+    streamed = cassette(project, "test_openai/test_stream_async")["recordings"][0]["stream"]
+    assert streamed["response"]["choices"][0]["message"]["content"] == live["stream_async"]
 
     go_offline(llm_server, monkeypatch)
     replayed = project.runpytest("--promptcache=replay")
