@@ -95,7 +95,7 @@ class PromptCache:
             clock=clock,
             monotonic=monotonic,
         )
-        self._kinds = KindReader(self._flight, self.config, self._counters)
+        self._kinds = KindReader(self._flight, self.config, self._counters, self._guard, store)
         self._closed = False
 
     @classmethod
@@ -187,9 +187,7 @@ class PromptCache:
             endpoint: The API the request is for.
             policy: Text policy override for this call.
             bypass: Call upstream and neither read nor write the cache.
-            refresh: Call upstream and overwrite the entry.
-
-        A body assembled from a stored stream answers when no body is stored (``convert_kinds``).
+            refresh: Call upstream and overwrite the entry (and delete a stored stream of the request).
 
         Raises:
             InvalidScopeError: A scope id is empty or not a string.
@@ -213,8 +211,8 @@ class PromptCache:
         bypass: bool = False,
         refresh: bool = False,
     ) -> tuple[Any, bool]:
-        """:meth:`get_or_call` for integrations: the body, and whether it is a body assembled from a stored
-        stream (``CacheConfig.convert_kinds``; counted in ``stats().converted``)."""
+        """:meth:`get_or_call` for integrations: the body, and whether it was assembled from a stored
+        stream (when no body is stored; ``CacheConfig.convert_kinds``, counted in ``stats().converted``)."""
         self._check_open()
         ttl_s = self._ttl(scope.ttl)
         counters = self._counters
@@ -228,7 +226,9 @@ class PromptCache:
             self.count_bypass(uncacheable=True, scope=scope, request=request)
             return await call(), False
         counters.requests += 1  # counted once the key exists, so bad input never skews the invariant
-        if not refresh:
+        if refresh:
+            await self._kinds.forget_other(key, stream=False)  # the old stream must not outlive this
+        else:
             try:
                 entry = await self._kinds.body(key)  # the stored stream only on a miss
             except BaseException:  # cancelled, or StoreError with fail_open=False: still one request

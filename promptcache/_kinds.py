@@ -2,8 +2,9 @@
 
 A request reads its own kind first (one GET on a same-kind hit), and only on a miss the other kind, which
 :mod:`promptcache._convert` turns into a faithful answer of the asked kind (``converted``), when
-``CacheConfig.convert_kinds`` allows. A stream is fitted to the caller's shape (chat completions usage
-chunk or not); a stored stream without usage does not answer a caller who asked for it.
+``CacheConfig.convert_kinds`` allows. A refresh of one kind deletes the other. A stream is fitted to the
+caller's shape (chat completions usage chunk or not); a stored stream without usage does not answer a
+caller who asked for it.
 
 An entry written by an older release may hold either kind under ``store_key``: it is read for what it is.
 """
@@ -19,8 +20,10 @@ if TYPE_CHECKING:
     from promptcache._config import CacheConfig
     from promptcache._entry import Entry
     from promptcache._flight import SingleFlight
+    from promptcache._guard import StoreGuard
     from promptcache._keys import CacheKey
     from promptcache._stats import Counters
+    from promptcache.backends import Store
 
 __all__ = ["KindReader", "stream_kind"]
 
@@ -33,10 +36,21 @@ def stream_kind(key: CacheKey) -> CacheKey:
 class KindReader:
     """Answers of the asked kind from what is stored under either kind of one key."""
 
-    def __init__(self, flight: SingleFlight, config: CacheConfig, counters: Counters) -> None:
+    def __init__(
+        self, flight: SingleFlight, config: CacheConfig, counters: Counters, guard: StoreGuard, store: Store
+    ) -> None:
         self._flight = flight
         self._config = config
         self._counters = counters
+        self._guard = guard
+        self._store = store
+
+    async def forget_other(self, key: CacheKey, *, stream: bool) -> None:
+        """On a refresh of one kind: delete the other kind's answer, so the old answer does not outlive
+        the refreshed one (the next caller of the other kind gets the new answer, converted)."""
+        other = key.store_key if stream else key.stream_store_key
+        store = self._store
+        await self._guard.run("delete", lambda: store.delete(other))
 
     def _faults(self) -> int:
         counters = self._counters
@@ -72,6 +86,7 @@ class KindReader:
     async def stream(self, key: CacheKey, *, include_usage: bool, refresh: bool) -> Entry | None:
         """The stream answer for ``key`` in the caller's shape: stored, converted from a body, or None."""
         if refresh:
+            await self.forget_other(key, stream=True)
             return None
         own, healthy = await self._lookup(stream_kind(key))
         if own is not None and own.chunks is not None:

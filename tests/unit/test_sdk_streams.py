@@ -417,3 +417,31 @@ def test_conversion_can_be_switched_off(kind: str, server: FakeLLM) -> None:
         assert (server.calls, drv.cache.stats().converted) == (2, 0)
     finally:
         drv.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("refresh_stream", [False, True], ids=["refresh-body", "refresh-stream"])
+def test_a_refresh_replaces_the_answer_of_both_kinds(
+    kind: str, refresh_stream: bool, server: FakeLLM
+) -> None:
+    """x-promptcache-refresh on one kind: the new answer also serves the other kind (converted); the old
+    answer of the other kind is not served any more."""
+    case = Chat()
+    drv = ProviderDriver(case.provider, kind, server)
+    refresh = {"extra_headers": {"x-promptcache-refresh": "1"}}
+    try:
+        answer(drv, case, "renew", stream=False)
+        answer(drv, case, "renew", stream=True)
+        drv.drain()
+        assert server.calls == 1
+        if refresh_stream:
+            renewed = case.of_stream(drv.events(case.call("renew", stream=True, **refresh)))
+        else:
+            renewed = case.of_body(drv.run(case.call("renew", stream=False, **refresh)))
+        drv.drain()
+        assert renewed["text"] == "answer #2 to: renew"
+        assert answer(drv, case, "renew", stream=not refresh_stream) == renewed
+        assert answer(drv, case, "renew", stream=refresh_stream) == renewed
+        assert server.calls == 2
+    finally:
+        drv.close()
