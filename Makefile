@@ -15,7 +15,7 @@ EXTRAS := --extra dev --extra openai --extra anthropic --extra prometheus
 # uv finds python3 on PATH instead of downloading an interpreter.
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test lint bench lock matrix matrix-newest matrix-oldest clean
+.PHONY: demo test lint bench corpus lock matrix matrix-newest matrix-oldest clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -37,6 +37,11 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	@# Core must import with no optional extras installed (they are hidden here, not uninstalled).
 	$(PY) -c "import sys; [sys.modules.__setitem__(m, None) for m in ('openai', 'anthropic', 'prometheus_client', 'httpx', 'httpx2')]; import promptcache; print('promptcache imports without extras')"
+
+# Issue #14's judge: 150+ request pairs, each must-hit or must-miss, through the real SDKs against a local
+# server with server-side state; prints `wrong hits W, false misses F of N` and every failing pair.
+corpus: $(STAMP)
+	$(PY) -m tests.corpus
 
 # Update the lock to the newest releases pyproject.toml allows (commit uv.lock afterwards).
 lock: | $(UV)

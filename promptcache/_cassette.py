@@ -4,15 +4,17 @@ A cassette file::
 
     # promptcache cassette - recorded LLM responses, replayed by `pytest --promptcache=replay`.
     version: 1
+    key_schema: 2             # the key schema of the recordings' keys (absent: 1, re-key with migrate)
     test: tests/test_agent.py::test_classifies
     recordings:
-    - key: 3f2a...            # the production cache key's digest (schema v1)
+    - key: 3f2a...            # the production cache key's digest (schema v2)
       endpoint: chat.completions
       scope: {namespace: promptcache, agent_id: default, agent_version: '0', tenant: null}
       recorded_at: '2026-11-26T06:00:00Z'
       model: gpt-4o
       usage: {prompt_tokens: 12, completion_tokens: 5}
       request: {...}          # the canonical request, secrets scrubbed (for miss diffs)
+      route: {upstream: openai, headers: {...}}   # what else selected the answer (key schema v2)
       response: {...}         # the full body; or `stream:` for a stream (below)
     end: 1                    # written last: the number of recordings, so a cut-off file is refused
 
@@ -27,38 +29,67 @@ A streamed answer is kept compact (:func:`promptcache._convert.compact_stream`):
 Older cassettes keep every event as ``chunks:`` (still read; :func:`recorded_events` reads both).
 
 Loading refuses anything that is not plain data: python tags, anchors and aliases (alias bombs), files
-over :data:`MAX_CASSETTE_BYTES`, deep nesting. Every error names the file. Writing is atomic
-(temp file + rename) and refuses to write a file in which a credential pattern survived scrubbing.
+over :data:`MAX_CASSETTE_BYTES`, deep nesting; and what ``promptcache verify`` reports (duplicate YAML
+keys, a key that does not match its request, a credential; ``_cassette_checks``), with the same message.
+Every error names the file. Writing is atomic (temp file + rename) and refuses to write a file in which a
+credential pattern survived scrubbing (values a test keeps on purpose, ``allowed_secrets``, excepted).
+Secret detection and scrubbing live in ``_secrets``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any, Final
 
 import yaml
 
+from promptcache._cassette_checks import (
+    allowed_secrets,
+    cassette_problems,
+    duplicate_keys,
+    key_schema_of,
+    old_schema_message,
+)
 from promptcache._convert import expand_stream
 from promptcache._keys import Endpoint
+from promptcache._secrets import (
+    DEFAULT_SCRUB_FIELDS,
+    SCRUBBED,
+    SECRET_PATTERNS,
+    find_secret,
+    request_secrets,
+    scrub,
+    scrub_joined,
+    scrub_request,
+    scrub_values,
+)
 from promptcache.exceptions import CassetteFormatError, SecretLeakError
 
 __all__ = [
     "CASSETTE_FORMAT",
+    "DEFAULT_SCRUB_FIELDS",
     "MAX_CASSETTE_BYTES",
+    "SCRUBBED",
+    "SECRET_PATTERNS",
+    "allowed_secrets",
     "dump_cassette",
     "find_secret",
+    "inspect_cassette",
     "is_stream_recording",
+    "key_schema_of",
     "load_cassette",
+    "old_schema_message",
     "parse_cassette",
     "recorded_events",
+    "refusal",
     "request_secrets",
     "save_cassette",
     "scrub",
     "scrub_joined",
+    "scrub_request",
     "scrub_values",
 ]
 
@@ -68,25 +99,9 @@ MAX_YAML_EVENTS: Final = 2_000_000
 # Recorded cassettes hold about one YAML node per 13 bytes; a file packed with far more tiny nodes is an
 # attempt to make the loader build millions of objects, refused before anything is built.
 MAX_EVENTS_PER_BYTE: Final = 0.25
-SCRUBBED: Final = "<scrubbed>"
 HEADER: Final = (
     "# promptcache cassette - recorded LLM responses, replayed by `pytest --promptcache=replay`.\n"
     "# Edit with care: `key` must match the request; re-record with `pytest --promptcache=rewrite`.\n"
-)
-
-# Credential shapes that must never reach a file: OpenAI/Anthropic keys, bearer tokens, AWS key ids,
-# Google API keys, GitHub tokens, private key blocks.
-SECRET_PATTERNS: Final = (
-    re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}"),
-    re.compile(r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{16,}"),
-    re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/\-]{8,}=*"),
-    re.compile(r"AKIA[0-9A-Z]{16}"),
-    re.compile(r"AIza[0-9A-Za-z_\-]{35}"),
-    re.compile(r"gh[pousr]_[A-Za-z0-9]{30,}"),
-    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
-)
-DEFAULT_SCRUB_FIELDS: Final = frozenset(
-    {"api_key", "api-key", "apikey", "authorization", "x-api-key", "password", "secret", "token"}
 )
 
 try:  # the C loader/dumper when libyaml is present: several times faster on large cassettes
@@ -147,131 +162,6 @@ def recorded_events(rec: dict[str, Any]) -> list[dict[str, Any]] | None:
         return None
 
 
-def scrub(value: Any, fields: frozenset[str] = DEFAULT_SCRUB_FIELDS) -> Any:  # noqa: ANN401 - JSON
-    """A copy of ``value`` with credential patterns in strings and the values of ``fields`` replaced."""
-    if isinstance(value, str):
-        for pattern in SECRET_PATTERNS:
-            value = pattern.sub(SCRUBBED, value)
-        return value
-    if isinstance(value, dict):
-        return {
-            k: (SCRUBBED if isinstance(k, str) and k.lower() in fields and v else scrub(v, fields))
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [scrub(v, fields) for v in value]
-    return value
-
-
-# The fields in which streamed text arrives piece by piece (OpenAI chat and Responses, Anthropic).
-_STREAMED_TEXT_FIELDS: Final = frozenset({"content", "text", "delta", "arguments", "partial_json", "refusal"})
-
-
-def _string_leaves(value: Any, out: list[tuple[Any, Any]]) -> None:  # noqa: ANN401
-    """(container, key) of every streamed-text string in ``value``, in document order."""
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for k, v in items:
-        if isinstance(v, str):
-            if k in _STREAMED_TEXT_FIELDS:
-                out.append((value, k))
-        else:
-            _string_leaves(v, out)
-
-
-def scrub_joined(value: Any) -> Any:  # noqa: ANN401 - JSON, changed in place and returned
-    """Scrub credentials that only appear when the strings of ``value`` are read in order.
-
-    A streamed answer can carry a key split over several chunks ("sk-pro" + "j-..."): each fragment
-    passes :func:`scrub`, the concatenation does not. Every fragment overlapping a match is cut, and the
-    first one says ``<scrubbed>``.
-    """
-    leaves: list[tuple[Any, Any]] = []
-    _string_leaves(value, leaves)
-    joined = "".join(container[k] for container, k in leaves)
-    spans = sorted(m.span() for pattern in SECRET_PATTERNS for m in pattern.finditer(joined))
-    if not spans:
-        return value
-    offset = 0
-    for container, k in leaves:
-        text = container[k]
-        start, end = offset, offset + len(text)
-        offset = end
-        pieces, cursor = [], start
-        for a, b in spans:
-            if b <= start or a >= end:
-                continue
-            pieces.append(text[cursor - start : max(a, start) - start])
-            if a >= start:
-                pieces.append(SCRUBBED)
-            cursor = min(b, end)
-        if pieces:
-            container[k] = "".join(pieces) + text[cursor - start :]
-    return value
-
-
-# Request headers whose values are credentials or identify an account; their exact values never reach a
-# cassette, wherever a provider echoes them.
-SENSITIVE_HEADERS: Final = frozenset(
-    {
-        "authorization",
-        "proxy-authorization",
-        "api-key",
-        "x-api-key",
-        "x-goog-api-key",
-        "openai-organization",
-        "openai-project",
-        "cookie",
-    }
-)
-_MIN_SECRET_LENGTH: Final = 8  # shorter values would cut ordinary words out of recorded text
-
-
-def request_secrets(request: Any) -> frozenset[str]:  # noqa: ANN401 - an httpx or httpx2 Request
-    """The exact credential values one request carries: sensitive headers, cookies, query parameters."""
-    found: set[str] = set()
-    for name, value in request.headers.items():
-        if name.lower() not in SENSITIVE_HEADERS:
-            continue
-        found.add(value)
-        scheme, _, token = value.partition(" ")
-        if token and scheme.lower() in {"bearer", "basic", "token"}:
-            found.add(token)
-        if name.lower() == "cookie":
-            found.update(part.partition("=")[2].strip() for part in value.split(";"))
-    found.update(v for _, v in request.url.params.multi_items())
-    return frozenset(v for v in found if len(v) >= _MIN_SECRET_LENGTH)
-
-
-def scrub_values(value: Any, secrets: frozenset[str]) -> Any:  # noqa: ANN401 - JSON
-    """A copy of ``value`` with every occurrence of the given exact strings replaced, keys included."""
-    ordered = sorted(secrets, key=len, reverse=True)  # longest first: "Bearer x" before "x"
-
-    def cut(text: str) -> str:
-        for secret in ordered:
-            if secret in text:
-                text = text.replace(secret, SCRUBBED)
-        return text
-
-    def walk(v: Any) -> Any:  # noqa: ANN401
-        if isinstance(v, str):
-            return cut(v)
-        if isinstance(v, dict):
-            return {cut(k) if isinstance(k, str) else k: walk(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [walk(x) for x in v]
-        return v
-
-    return walk(value)
-
-
-def find_secret(text: str) -> str | None:
-    """The name of the first credential pattern found in ``text``, or None."""
-    for pattern in SECRET_PATTERNS:
-        if pattern.search(text):
-            return pattern.pattern
-    return None
-
-
 def dump_cassette(doc: dict[str, Any]) -> str:
     """The YAML text of a cassette document (header comment included).
 
@@ -285,14 +175,16 @@ def dump_cassette(doc: dict[str, Any]) -> str:
 def save_cassette(path: str | Path, doc: dict[str, Any]) -> None:
     """Write ``doc`` to ``path`` atomically, refusing if a credential pattern is still in the text.
 
+    Values listed in a recording's ``allowed_secrets`` (kept on purpose) do not count.
+
     Raises:
         SecretLeakError: A credential pattern survived scrubbing; nothing is written.
     """
     path = Path(path)
     text = dump_cassette(doc)
-    leaked = find_secret(text)
+    leaked = find_secret(text, allowed_secrets(doc))
     if leaked is not None:
-        raise SecretLeakError(f"refusing to write {path}: it would contain a credential (pattern {leaked})")
+        raise SecretLeakError(refusal(str(path), leaked))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -303,6 +195,14 @@ def save_cassette(path: str | Path, doc: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):  # cleanup only; the original error is what matters
             Path(tmp).unlink()
         raise
+
+
+def refusal(where: str, leaked: str) -> str:
+    """The message of a refused write: what was found and how to keep a value on purpose."""
+    return (
+        f"refusing to write {where}: it would contain a credential ({leaked}); if the value is not a "
+        "secret, keep it with @pytest.mark.promptcache(allow_secrets=[...])"
+    )
 
 
 def _check_recording(where: str, index: int, rec: object) -> None:
@@ -343,8 +243,9 @@ def _check_json_shaped(doc: Any, where: str) -> None:  # noqa: ANN401
             raise CassetteFormatError(f"{where}: {type(value).__name__} value at {path} is not JSON data")
 
 
-def _safe_load(text: str, where: str) -> Any:  # noqa: ANN401 - YAML data, checked by the caller
-    """Plain YAML data with the safe loader; anchors, aliases and node floods refused before building."""
+def _safe_load(text: str, where: str) -> tuple[Any, list[str]]:
+    """Plain YAML data with the safe loader, and its duplicate mapping keys; anchors, aliases and node
+    floods refused before building."""
     try:
         # Before anything is built: no anchors or aliases (no alias bombs), and a bounded node count.
         budget = max(100_000, min(MAX_YAML_EVENTS, int(len(text) * MAX_EVENTS_PER_BYTE)))
@@ -353,16 +254,24 @@ def _safe_load(text: str, where: str) -> Any:  # noqa: ANN401 - YAML data, check
                 raise CassetteFormatError(f"{where}: YAML anchors/aliases are not allowed in cassettes")
             if count > budget:
                 raise CassetteFormatError(f"{where}: more than {budget} YAML nodes; not a recorded cassette")
-        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is yaml's (C)SafeLoader
+        # One parse: the node tree is checked for keys written twice (which building would hide by
+        # keeping the last), then built.
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            duplicates = duplicate_keys(node) if node is not None else []
+            doc = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         raise CassetteFormatError(f"{where}: not valid cassette YAML ({exc})") from None
     except RecursionError:
         raise CassetteFormatError(f"{where}: nested too deeply") from None
-    return doc
+    return doc, duplicates
 
 
-def parse_cassette(text: str | bytes, where: str = "<cassette>") -> dict[str, Any]:
-    """Parse and check cassette text; ``where`` names the source in every error.
+def inspect_cassette(text: str | bytes, where: str = "<cassette>") -> tuple[dict[str, Any], list[str]]:
+    """Parse cassette text and list its problems (see ``_cassette_checks``), each naming ``where``.
 
     Raises:
         CassetteFormatError: Not plain YAML data of the cassette shape.
@@ -374,7 +283,7 @@ def parse_cassette(text: str | bytes, where: str = "<cassette>") -> dict[str, An
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise CassetteFormatError(f"{where}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    doc = _safe_load(text, where)
+    doc, duplicates = _safe_load(text, where)
     if not isinstance(doc, dict):
         raise CassetteFormatError(f"{where}: a cassette is a mapping with 'version' and 'recordings'")
     _check_json_shaped(doc, where)
@@ -392,6 +301,21 @@ def parse_cassette(text: str | bytes, where: str = "<cassette>") -> dict[str, An
         raise CassetteFormatError(f"{where}: 'recordings' must be a list")
     for index, rec in enumerate(recordings):
         _check_recording(where, index, rec)
+    return doc, cassette_problems(doc, text, where, duplicates)
+
+
+def parse_cassette(text: str | bytes, where: str = "<cassette>") -> dict[str, Any]:
+    """Parse and check cassette text; ``where`` names the source in every error.
+
+    The one loader of replay, ``import`` and ``verify``: what ``promptcache verify`` reports as a problem
+    is refused here, with the same message (several problems: one per line).
+
+    Raises:
+        CassetteFormatError: Not plain YAML data of the cassette shape, or a problem ``verify`` reports.
+    """
+    doc, problems = inspect_cassette(text, where)
+    if problems:
+        raise CassetteFormatError("\n".join(problems))
     return doc
 
 

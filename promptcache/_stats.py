@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from promptcache.exceptions import ServerStateError
+
 __all__ = ["CacheStats", "Counters"]
 
 
@@ -20,6 +22,7 @@ class Counters:
     upstream_calls: int = 0
     upstream_errors: int = 0
     uncacheable: int = 0
+    server_state: int = 0
     not_stored: int = 0
     oversize: int = 0
     writes: int = 0
@@ -36,6 +39,18 @@ class Counters:
     output_tokens_saved: int = 0
     latency_saved: float = 0.0
 
+    def bypass(self, *, uncacheable: bool, reason: Exception | None) -> str:
+        """Count one bypass; returns the reason its event carries."""
+        self.requests += 1
+        self.bypasses += 1
+        if isinstance(reason, ServerStateError):
+            self.server_state += 1
+            return f"server-state: {reason.reason}"
+        if uncacheable:
+            self.uncacheable += 1
+            return "uncacheable"
+        return "requested"
+
     def snapshot(self, breaker_state: str) -> CacheStats:
         return CacheStats(**asdict(self), breaker_state=breaker_state)
 
@@ -44,7 +59,9 @@ class Counters:
 class CacheStats:
     """What one cache has done since it was created.
 
-    ``hits + misses + bypasses == requests`` always. ``coalesced`` hits are callers that shared another
+    ``hits + misses + bypasses == requests`` always. ``server_state`` bypasses are requests that refer to
+    mutable provider state (not cached unless the scope opts in); ``uncacheable`` ones have no canonical
+    JSON form. ``coalesced`` hits are callers that shared another
     caller's in-flight upstream call; ``upstream_calls`` equals ``misses`` except for callers that shared a
     failed call or gave up waiting on another process's lock. ``converted`` hits were answered from the
     other kind of stored answer (a stream synthesised from a body, or a body assembled from a stream).
@@ -61,6 +78,7 @@ class CacheStats:
     upstream_calls: int
     upstream_errors: int
     uncacheable: int
+    server_state: int
     not_stored: int
     oversize: int
     writes: int

@@ -13,7 +13,9 @@ Endpoints (POST, JSON): ``/v1/chat/completions``, ``/v1/responses``, ``/v1/embed
 ``/v1/messages`` (Anthropic), each also with ``"stream": true`` where the real API streams. Every request to
 one of them is an upstream *call* and gets the next call number ``n`` (1, 2, ...), including calls answered
 by an injected failure. The generated text is ``answer #<n> to: <last user message text>``, so a second
-upstream call for the same prompt answers differently, which is how a test tells a cache hit from a call.
+upstream call for the same prompt answers differently, which is how a test tells a cache hit from a call
+(``server.numbered = False`` leaves the number out; ids still change; ``server.clock`` sets the answers'
+creation times).
 
 A request whose last user message contains ``use_tool`` and that declares tools gets a call of the first
 tool, with arguments ``{"query": <user text>}``. The finish reason can be forced for the next answer with
@@ -41,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import parse_qsl, urlsplit
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from types import TracebackType
 
     import anthropic
@@ -117,6 +119,7 @@ class _Turn:
     tool: str | None
     arguments: str
     finish: str  # chat vocabulary unless a native name was forced
+    created: int  # unix time
 
     @property
     def output_tokens(self) -> int:
@@ -159,6 +162,8 @@ class FakeLLM:
         self.stream_pieces = STREAM_PIECES  # deltas a streamed text or tool input is cut into
         self.hang_timeout = 30.0
         self.stream_hung.clear()
+        self.numbered = True  # False: the text leaves out the call number (ids and times still change)
+        self.clock: Callable[[], float] = time.time  # the answers' creation times
 
     # lifecycle ---------------------------------------------------------------------------------
 
@@ -444,7 +449,7 @@ class _Handler(BaseHTTPRequestHandler):
         forced = headers.get("x-fake-finish-reason") or fake._take_finish_reason()
         stream = body.get("stream") is True
         if path == CHAT_PATH:
-            turn = _turn(n, body, body.get("messages"), _tool_name(body, "chat"), forced)
+            turn = _turn(n, body, body.get("messages"), _tool_name(body, "chat"), forced, fake)
             if stream:
                 include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
                 chunks = _chat_chunks(turn, include_usage=include_usage, pieces=fake.stream_pieces)
@@ -452,13 +457,13 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send_json(200, _chat_completion(turn), self._id_headers(n))
         elif path == RESPONSES_PATH:
-            turn = _turn(n, body, body.get("input"), _tool_name(body, "responses"), forced)
+            turn = _turn(n, body, body.get("input"), _tool_name(body, "responses"), forced, fake)
             if stream:
                 self._send_sse(n, _response_events(turn, body, pieces=fake.stream_pieces))
             else:
                 self._send_json(200, _response(turn, body), self._id_headers(n))
         else:
-            turn = _turn(n, body, body.get("messages"), _tool_name(body, "anthropic"), forced)
+            turn = _turn(n, body, body.get("messages"), _tool_name(body, "anthropic"), forced, fake)
             if stream:
                 self._send_sse(n, _anthropic_events(turn, pieces=fake.stream_pieces))
             else:
@@ -598,7 +603,7 @@ def _tool_name(body: JSON, api: str) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _turn(n: int, body: JSON, messages: Any, tool: str | None, forced: str | None) -> _Turn:
+def _turn(n: int, body: JSON, messages: Any, tool: str | None, forced: str | None, fake: FakeLLM) -> _Turn:
     prompt = _last_user_text(messages)
     use_tool = tool is not None and "use_tool" in prompt
     prompt_tokens = _words(" ".join(_strings([body.get("system"), body.get("instructions"), messages])))
@@ -607,10 +612,11 @@ def _turn(n: int, body: JSON, messages: Any, tool: str | None, forced: str | Non
         model=str(body.get("model") or "fake-model"),
         prompt=prompt,
         prompt_tokens=prompt_tokens,
-        text="" if use_tool else f"answer #{n} to: {prompt}",
+        text="" if use_tool else f"answer #{n} to: {prompt}" if fake.numbered else f"answer to: {prompt}",
         tool=tool if use_tool else None,
         arguments=json.dumps({"query": prompt}) if use_tool else "",
         finish=forced or ("tool_calls" if use_tool else "stop"),
+        created=int(fake.clock()),
     )
 
 
@@ -670,7 +676,7 @@ def _chat_completion(turn: _Turn) -> JSON:
     return {
         "id": f"chatcmpl-{turn.n}",
         "object": "chat.completion",
-        "created": int(time.time()),
+        "created": turn.created,
         "model": turn.model,
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": _chat_finish(turn)}],
         "usage": _chat_usage(turn),
@@ -680,7 +686,7 @@ def _chat_completion(turn: _Turn) -> JSON:
 
 
 def _chat_chunks(turn: _Turn, *, include_usage: bool, pieces: int = STREAM_PIECES) -> list[JSON]:
-    created = int(time.time())
+    created = turn.created
 
     def chunk(delta: JSON, finish: str | None = None) -> JSON:
         data: JSON = {
@@ -740,7 +746,7 @@ def _response_item(turn: _Turn, *, done: bool) -> JSON:
 
 def _response(turn: _Turn, body: JSON, *, done: bool = True) -> JSON:
     incomplete = _INCOMPLETE.get(turn.finish) if done else None
-    now = int(time.time())
+    now = turn.created
     return {
         "id": f"resp_{turn.n}",
         "object": "response",

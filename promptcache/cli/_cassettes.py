@@ -13,27 +13,30 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
-import yaml
-
 from promptcache._cassette import (
     CASSETTE_FORMAT,
-    SCRUBBED,
-    find_secret,
-    is_stream_recording,
+    inspect_cassette,
+    key_schema_of,
+    old_schema_message,
     parse_cassette,
     recorded_events,
     save_cassette,
     scrub,
 )
+from promptcache._cassette_checks import scope_of
 from promptcache._config import DEFAULT_COMPRESS_ABOVE
 from promptcache._entry import Entry, encode_entry
-from promptcache._keys import STREAM_SUFFIX, Endpoint, KeyPolicy, make_key, store_key_for
+from promptcache._keys import SCHEMA_VERSION, STREAM_SUFFIX, Endpoint, store_key_for
 from promptcache._stores import redact_url
 from promptcache._validate import parse_enum
 from promptcache.cli._store import CLIError, agent_keys, read_all, run_on_store, store_url
 from promptcache.cli._support import Progress, echo
-from promptcache.exceptions import CassetteFormatError, EntryError, PromptCacheError, SecretLeakError
+from promptcache.exceptions import (
+    CassetteFormatError,
+    EntryError,
+    PromptCacheError,
+    SecretLeakError,
+)
 
 if TYPE_CHECKING:
     import argparse
@@ -76,6 +79,8 @@ def to_recording(stored: StoredEntry) -> dict[str, Any]:
     }  # fmt: skip
     if entry.request is not None:
         rec["request"] = entry.request
+    if entry.route is not None:
+        rec["route"] = entry.route
     if entry.chunks is not None:
         rec["chunks"] = entry.chunks
     else:
@@ -89,20 +94,10 @@ def export_doc(
     """A cassette document of exported entries (``parse_cassette`` reads it like any other)."""
     return {
         "version": CASSETTE_FORMAT,
+        "key_schema": SCHEMA_VERSION,
         "exported": {"namespace": namespace, "agent_id": agent_id, "agent_version": version},
         "recordings": recordings,
     }
-
-
-def _scope_of(rec: dict[str, Any], where: str) -> tuple[str, str, str, str | None]:
-    scope = rec.get("scope")
-    if not isinstance(scope, dict):
-        raise CassetteFormatError(f"{where}: no 'scope' mapping")
-    ids = [scope.get(name) for name in ("namespace", "agent_id", "agent_version")]
-    tenant = scope.get("tenant")
-    if not all(isinstance(i, str) and i for i in ids) or not (tenant is None or isinstance(tenant, str)):
-        raise CassetteFormatError(f"{where}: scope needs string namespace, agent_id and agent_version")
-    return (str(ids[0]), str(ids[1]), str(ids[2]), tenant)
 
 
 def _created_at(rec: dict[str, Any], now: float) -> float:
@@ -128,7 +123,7 @@ def from_recording(
     Raises:
         CassetteFormatError: The recording cannot become an entry; the message says where and why.
     """
-    scope = _scope_of(rec, where)
+    scope = scope_of(rec, where)
     digest = rec["key"]
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise CassetteFormatError(f"{where}: key {digest!r} is not a 64-hex digest")
@@ -159,6 +154,7 @@ def from_recording(
         usage=usage if isinstance(usage, dict) else None,
         latency=float(latency) if isinstance(latency, int | float) and not isinstance(latency, bool) else 0.0,
         request=rec.get("request"),
+        route=rec.get("route") if isinstance(rec.get("route"), dict) else None,
     )
     compressed = rec.get("compressed")
     threshold = DEFAULT_COMPRESS_ABOVE if compressed is None else (0 if compressed else None)
@@ -168,76 +164,15 @@ def from_recording(
         raise CassetteFormatError(f"{where}: the response is not JSON ({exc})") from None
 
 
-def _duplicate_keys(node: yaml.Node, path: str, out: list[str]) -> None:
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
-            if name in seen:
-                out.append(f"{path}: duplicate key {name!r} (line {key_node.start_mark.line + 1})")
-            seen.add(name)
-            _duplicate_keys(value_node, f"{path}.{name}", out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _duplicate_keys(item, f"{path}[{i}]", out)
-
-
-def _key_matches_request(rec: dict[str, Any], scope: tuple[str, str, str, str | None]) -> bool:
-    request = rec.get("request")
-    if not isinstance(request, dict) or SCRUBBED in orjson.dumps(request).decode():
-        return True  # nothing to check against (scrubbed text cannot reproduce the key)
-    namespace, agent_id, agent_version, tenant = scope
-    for policy in KeyPolicy:  # the canonical request is a fixed point of the policy that made it
-        key = make_key(
-            request,
-            namespace=namespace,
-            agent_id=agent_id,
-            agent_version=agent_version,
-            tenant=tenant,
-            endpoint=rec["endpoint"],
-            policy=policy,
-        )
-        if key.digest == rec["key"]:
-            return True
-    return False
-
-
 def verify_cassette(text: bytes, where: str) -> tuple[int, list[str]]:
-    """``(recordings, problems)`` for one cassette file: safe-loader parse, secrets, duplicate keys.
-
-    Duplicate mapping keys are always problems (a YAML loader silently keeps the last one). A repeated
-    recording key is a problem in an exported cassette; in a test cassette it is the n-th answer to the
-    n-th identical request, which is how the pytest plugin records.
-    """
+    """``(recordings, problems)`` for one cassette file, by the loader replay uses (``inspect_cassette``):
+    safe-loader parse and shape, duplicate YAML keys, secrets, keys that do not match their requests."""
     try:
-        doc = parse_cassette(text, where)
-        node = yaml.compose(text.decode("utf-8"), Loader=yaml.SafeLoader)
-    except (CassetteFormatError, yaml.YAMLError) as exc:
+        doc, problems = inspect_cassette(text, where)
+    except CassetteFormatError as exc:
         return 0, [str(exc)]
-    problems: list[str] = []
-    leaked = find_secret(text.decode("utf-8"))
-    if leaked is not None:
-        problems.append(f"{where}: holds a credential (pattern {leaked})")
-    dupes: list[str] = []
-    if node is not None:
-        _duplicate_keys(node, "$", dupes)
-    problems.extend(f"{where}: {d}" for d in dupes)
-    seen: set[tuple[object, ...]] = set()
-    for i, rec in enumerate(doc["recordings"]):
-        here = f"{where}: recordings[{i}]"
-        try:
-            scope = _scope_of(rec, here)
-            if not _key_matches_request(rec, scope):
-                problems.append(
-                    f"{here}: key {rec['key'][:12]}... does not match its request (edited by hand?)"
-                )
-        except (CassetteFormatError, PromptCacheError) as exc:
-            problems.append(str(exc) if str(exc).startswith(where) else f"{here}: {exc}")
-            continue
-        ident = (*scope, rec["key"], is_stream_recording(rec))  # a body and a stream may share a key
-        if "exported" in doc and ident in seen:
-            problems.append(f"{here}: key {rec['key'][:12]}... appears twice in an exported cassette")
-        seen.add(ident)
+    if doc["recordings"] and key_schema_of(doc) != SCHEMA_VERSION:
+        problems.append(f"{where}: {old_schema_message(doc)}")
     return len(doc["recordings"]), problems
 
 
@@ -267,6 +202,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     path = Path(args.file)
     doc = parse_cassette(path.read_bytes(), str(path))
+    if doc["recordings"] and key_schema_of(doc) != SCHEMA_VERSION:  # keys never found: say so instead
+        raise CLIError(f"{path}: {old_schema_message(doc)}")
     now = time.time()
     # Every recording is checked before the first write: a bad file writes nothing.
     built = [

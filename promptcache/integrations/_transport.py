@@ -110,7 +110,13 @@ class CachingCore:
 
         try:
             body, converted = await self.cache.answer(
-                plan.body, call, plan.scope, plan.endpoint, bypass=plan.bypass, refresh=plan.refresh
+                plan.body,
+                call,
+                plan.scope,
+                plan.endpoint,
+                bypass=plan.bypass,
+                refresh=plan.refresh,
+                route=plan.route,
             )
         except _Passthrough as answer:
             if own:  # this request's own upstream answer: hand it back untouched
@@ -126,9 +132,9 @@ class CachingCore:
             cache.count_bypass(scope=plan.scope, request=plan.body)
             return await send(request)
         try:
-            key = cache.key(plan.body, endpoint=plan.endpoint, scope=plan.scope)
-        except UncacheableRequestError:
-            cache.count_bypass(uncacheable=True, scope=plan.scope, request=plan.body)
+            key = cache.key(plan.body, endpoint=plan.endpoint, scope=plan.scope, route=plan.route)
+        except UncacheableRequestError as exc:
+            cache.count_bypass(uncacheable=True, scope=plan.scope, request=plan.body, reason=exc)
             return await send(request)
         usage = wants_usage(plan.endpoint, plan.body)
         entry = await cache.get_entry(key, stream=True, refresh=plan.refresh, include_usage=usage)

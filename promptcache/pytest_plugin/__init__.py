@@ -22,9 +22,11 @@ from promptcache._cassette import DEFAULT_SCRUB_FIELDS
 from promptcache._gate import usage_of
 from promptcache._keys import DEFAULT_AGENT_VERSION, KeyPolicy
 from promptcache._prices import PriceTable
+from promptcache._route import check_alias
 from promptcache._validate import parse_enum
 from promptcache.exceptions import ConfigError
 from promptcache.integrations._sync import handle_sync
+from promptcache.pytest_plugin._content import Note, summary_lines, warn_scrubbed
 from promptcache.pytest_plugin._recorder import Mode, Recorder
 from promptcache.pytest_plugin._stores import CassetteStore, cassette_name, open_cassette_store
 
@@ -73,13 +75,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("promptcache_scrub_fields", "JSON fields scrubbed from cassettes", type="linelist")
     parser.addini("promptcache_agent_id", "agent id recordings are keyed under", default="default")
     parser.addini("promptcache_policy", "text policy of the key: exact, trim, collapse", default="trim")
+    parser.addini(
+        "promptcache_cache_server_state",
+        "record/replay requests that refer to mutable server-side state (conversation, container, ...)",
+        type="bool",
+        default=False,
+    )
+    parser.addini(
+        "promptcache_upstream",
+        "an alias keying every upstream instead of its URL, so recordings replay against another host",
+        default=None,
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "promptcache(mode=None, cassette=None, agent_id=None, agent_version=None): record/replay this "
-        "test's LLM calls; `cassette` names a shared cassette",
+        "promptcache(mode=None, cassette=None, agent_id=None, agent_version=None, upstream=None, "
+        "record_errors=False, allow_secrets=()): record/replay this test's LLM calls; `cassette` names a "
+        "shared cassette; `upstream` an alias for the upstream URL in keys; `record_errors` records "
+        "answers the production cache would not store (errors); `allow_secrets` lists values never scrubbed",
     )
     session = _Session(config)
     config.stash[_SESSION] = session
@@ -103,6 +118,7 @@ class _Session:
     recorders: list[Recorder] = field(default_factory=list)
     passed: set[str] = field(default_factory=set)
     worker_totals: list[dict[str, float]] = field(default_factory=list)
+    worker_notes: list[Note] = field(default_factory=list)
     cassettes_collected: set[str] = field(default_factory=set)
     modules_collected: set[str] = field(default_factory=set)
     _store: CassetteStore | None = None
@@ -132,7 +148,8 @@ def _mode(value: object, where: str) -> Mode:
 @pytest.fixture
 def promptcache_config() -> dict[str, Any]:
     """Override in a conftest to configure record/replay: keys ``mode``, ``agent_id``, ``agent_version``,
-    ``scrub_fields``, ``policy``. Precedence: command line > marker > this fixture > ini."""
+    ``scrub_fields``, ``policy``, ``upstream``, ``record_errors``, ``allow_secrets``. Precedence: command
+    line > marker > this fixture > ini."""
     return {}
 
 
@@ -167,8 +184,22 @@ def _settings(request: pytest.FixtureRequest, session: _Session) -> dict[str, An
         "agent_id": str(pick("agent_id", config.getini("promptcache_agent_id"))),
         "agent_version": str(pick("agent_version", DEFAULT_AGENT_VERSION)),
         "policy": parse_enum(KeyPolicy, str(pick("policy", config.getini("promptcache_policy"))), "policy"),
+        "upstream": check_alias(pick("upstream", config.getini("promptcache_upstream") or None)),
+        "cache_server_state": _truthy(
+            pick("cache_server_state", config.getini("promptcache_cache_server_state"))
+        ),
         "scrub_fields": frozenset(scrub),
+        "record_errors": bool(pick("record_errors", False)),  # noqa: FBT003 - the ini-level default
+        "allow_secrets": frozenset(
+            str(v) for source in (fixture, marked) for v in source.get("allow_secrets") or ()
+        ),
     }
+
+
+def _truthy(value: object) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)
 
 
 def _cassette(named: object, nodeid: str) -> str:
@@ -234,6 +265,9 @@ def _promptcache_recorder(request: pytest.FixtureRequest) -> Iterator[Recorder |
     session.recorders.append(recorder)
     with _intercept(recorder):
         yield recorder
+    for note in recorder.notes:  # warned here, in the test's own thread, not inside a transport
+        if note.kind == "scrubbed":
+            warn_scrubbed(note)
     recorder.save(prune=session.prune() and request.node.nodeid in session.passed)
 
 
@@ -303,6 +337,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     state = session.config.stash.get(_SESSION, None)
     if workeroutput is not None and state is not None:
         workeroutput["promptcache"] = _totals(state)
+        workeroutput["promptcache_notes"] = [n.as_dict() for r in state.recorders for n in r.notes]
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -311,6 +346,8 @@ def pytest_testnodedown(node: Any, error: object) -> None:  # noqa: ANN401, ARG0
     state = node.config.stash.get(_SESSION, None)
     if totals and state is not None:
         state.worker_totals.append(totals)
+        notes = getattr(node, "workeroutput", {}).get("promptcache_notes") or []
+        state.worker_notes.extend(Note(**n) for n in notes)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:  # noqa: ANN401
@@ -344,6 +381,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         line += f"; {len(stale)} cassettes of tests that no longer exist{pruned}"
     terminalreporter.write_sep("-", "promptcache")
     terminalreporter.write_line(line)
+    notes = [n for r in session.recorders for n in r.notes] + session.worker_notes
+    for extra in summary_lines(notes):
+        terminalreporter.write_line(extra)
 
 
 def _cost(recorders: list[Recorder]) -> float | None:

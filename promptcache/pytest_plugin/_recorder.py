@@ -24,17 +24,28 @@ from promptcache._cassette import (
     CASSETTE_FORMAT,
     DEFAULT_SCRUB_FIELDS,
     is_stream_recording,
+    key_schema_of,
     recorded_events,
     request_secrets,
     scrub,
     scrub_joined,
+    scrub_request,
     scrub_values,
 )
+from promptcache._cassette_checks import ALLOWED_FIELD
 from promptcache._convert import compact_stream, shape_stream, wants_usage
 from promptcache._gate import stream_summary, usage_of
-from promptcache._keys import DEFAULT_AGENT_VERSION, DEFAULT_NAMESPACE, CacheKey, KeyPolicy, make_key
+from promptcache._keys import (
+    DEFAULT_AGENT_VERSION,
+    DEFAULT_NAMESPACE,
+    SCHEMA_VERSION,
+    CacheKey,
+    KeyPolicy,
+    make_key,
+)
+from promptcache._route import route_record
 from promptcache._scope import Scope
-from promptcache.exceptions import UncacheableRequestError
+from promptcache.exceptions import CassetteFormatError, ServerStateError, UncacheableRequestError
 from promptcache.integrations._http import (
     event_stream_response,
     is_event_stream,
@@ -43,7 +54,9 @@ from promptcache.integrations._http import (
     response,
     tee,
 )
+from promptcache.pytest_plugin._content import Note, not_recorded
 from promptcache.pytest_plugin._report import miss_message
+from promptcache.pytest_plugin._stable import Stabiliser
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -72,7 +85,11 @@ class Recorder:
         replayed: Answered from the cassette.
         recorded: Sent upstream and recorded.
         missing: Replay misses (each failed the test).
+        server_state: Requests that refer to mutable server-side state, sent upstream unrecorded (a
+            failure in replay mode) because the test did not opt in with ``cache_server_state``.
         usage: Tokens of the replayed answers (what the test did not pay for).
+        notes: Answers not recorded (the production write gate refused them) and recorded answers that
+            scrubbing changed; reported in the terminal summary.
     """
 
     test_id: str
@@ -83,21 +100,31 @@ class Recorder:
     agent_id: str = "default"
     agent_version: str = DEFAULT_AGENT_VERSION
     policy: KeyPolicy = KeyPolicy.TRIM
+    upstream: str | None = None
+    cache_server_state: bool = False
     scrub_fields: frozenset[str] = DEFAULT_SCRUB_FIELDS
+    record_errors: bool = False  # record every answer as it came, errors included
+    allow_secrets: frozenset[str] = frozenset()  # values kept on purpose: never scrubbed, never refused
     calls: int = 0
     replayed: int = 0
     recorded: int = 0
     missing: int = 0
+    server_state: int = 0
     usage: Counter[str] = field(default_factory=Counter)
     replayed_recordings: list[dict[str, Any]] = field(default_factory=list)
     _existing: list[dict[str, Any]] = field(default_factory=list)
     _new: list[dict[str, Any]] = field(default_factory=list)
     _positions: Counter[str] = field(default_factory=Counter)
+    notes: list[Note] = field(default_factory=list)
+    _stable: Stabiliser | None = None
 
     def __post_init__(self) -> None:
+        self._old_schema: int | None = None
         if self.mode is not Mode.REWRITE:
             doc = self.store.load(self.cassette)
             self._existing = list(doc["recordings"]) if doc else []
+            if doc and key_schema_of(doc) != SCHEMA_VERSION and self._existing:
+                self._old_schema = key_schema_of(doc)
         # Recordings by (key, kind), in order: a replayed call is one dict lookup, however big the cassette.
         self._index: dict[str, list[dict[str, Any]]] = {}
         for rec in self._existing:
@@ -108,7 +135,13 @@ class Recorder:
     # -- decisions (no I/O) -----------------------------------------------------------------------
 
     def _scope(self) -> Scope:
-        return Scope(agent_id=self.agent_id, agent_version=self.agent_version, policy=self.policy)
+        return Scope(
+            agent_id=self.agent_id,
+            agent_version=self.agent_version,
+            policy=self.policy,
+            upstream=self.upstream,
+            cache_server_state=self.cache_server_state,
+        )
 
     def _key(self, request: Any) -> tuple[CacheKey, dict[str, Any]] | None:  # noqa: ANN401
         plan = plan_request(request, self._scope())
@@ -123,7 +156,21 @@ class Recorder:
                 tenant=plan.scope.tenant,
                 endpoint=plan.endpoint,
                 policy=self.policy,
+                route=plan.route,
+                server_state=self.cache_server_state,
             )
+        except ServerStateError as exc:
+            self.server_state += 1
+            if self.mode is Mode.REPLAY:
+                self.missing += 1
+                pytest.fail(
+                    f"promptcache: {self.test_id} sent a request that refers to mutable server-side state "
+                    f"({exc.reason}); it is neither recorded nor replayed unless the test opts in with "
+                    "@pytest.mark.promptcache(cache_server_state=True) "
+                    "(or ini promptcache_cache_server_state)",
+                    pytrace=False,
+                )
+            return None
         except UncacheableRequestError:
             return None
         return key, plan.body
@@ -181,7 +228,17 @@ class Recorder:
         *,
         secrets: frozenset[str] = frozenset(),
     ) -> None:
+        canonical = orjson.loads(key.canonical)
+        refused = None if self.record_errors else not_recorded(key.endpoint, status, body, chunks, canonical)
+        if refused is not None:  # what production would not cache is not recorded either
+            self.notes.append(Note(self.test_id, "skipped", refused[0], error=refused[1]))
+            return
         source = body if chunks is None else stream_summary(key.endpoint, chunks)
+        request, cut = scrub_request(canonical, self.scrub_fields, allowed=self.allow_secrets)
+        # Answers are scrubbed only of the credentials this request carried (headers, cookies, query,
+        # and what was cut from its body): a provider echoing one gets it cut; other text stays as
+        # answered, so the replay returns what the live call did.
+        secrets = (secrets | cut) - self.allow_secrets
         recording: dict[str, Any] = {
             "key": key.digest,
             "endpoint": key.endpoint.value,
@@ -195,21 +252,51 @@ class Recorder:
             "model": source.get("model") if isinstance(source, dict) else None,
             "usage": source.get("usage") if isinstance(source, dict) else None,
             "status": status,
-            "request": scrub(orjson.loads(key.canonical), self.scrub_fields),
+            "request": request,
         }
+        if key.route is not None:  # what besides the request selected the answer (key schema v2)
+            recording["route"] = route_record(key.route)
+        answer = chunks if chunks is not None else body
+        scrubbed = scrub_values(answer, secrets)
         if chunks is not None:
-            events = scrub_joined(scrub(chunks, self.scrub_fields))
-            compact = compact_stream(key.endpoint, events)  # the answer readable, not 700 lines of chunks
+            scrubbed = scrub_joined(scrubbed, secrets)
+            compact = compact_stream(key.endpoint, scrubbed)  # the answer readable, not a chunk each
             if compact is None:
-                recording["chunks"] = events
+                recording["chunks"] = scrubbed
             else:
                 recording["stream"] = compact
         else:
-            recording["response"] = scrub(body, self.scrub_fields)
+            recording["response"] = scrubbed
+        if scrubbed != answer:
+            self.notes.append(Note(self.test_id, "scrubbed", "a credential the request carried"))
         # Providers echo what they were sent (an org or project id in a 401, a cookie, a query token):
         # the exact values of this request's credentials are cut from everything recorded.
-        self._new.append(scrub_values(recording, secrets) if secrets else recording)
+        recording = scrub_values(recording, secrets) if secrets else recording
+        if self.allow_secrets:
+            text = orjson.dumps(recording).decode()
+            kept = sorted(v for v in self.allow_secrets if v in text)
+            if kept:
+                recording[ALLOWED_FIELD] = kept
+        self._stabiliser().add(recording, _slot(key.digest, stream=chunks is not None), self._new)
         self.recorded += 1
+
+    def _stabiliser(self) -> Stabiliser:
+        """Re-recording identical content keeps the previous recording byte for byte (``_stable``)."""
+        if self._stable is None:
+            previous = self._existing
+            if self.mode is Mode.REWRITE:
+                try:
+                    doc = self.store.load(self.cassette)
+                except CassetteFormatError:
+                    doc = None  # a broken cassette has nothing worth keeping
+                previous = list(doc["recordings"]) if doc else []
+            by_slot: dict[str, list[dict[str, Any]]] = {}
+            for rec in previous:
+                by_slot.setdefault(_slot(str(rec.get("key")), stream=is_stream_recording(rec)), []).append(
+                    rec
+                )
+            self._stable = Stabiliser(by_slot)
+        return self._stable
 
     def unused(self) -> list[dict[str, Any]]:
         """Existing recordings this test did not replay (meaningful after a passing replay run)."""
@@ -244,7 +331,12 @@ class Recorder:
             recordings = old + new
             if not recordings:
                 return None
-            return {"version": CASSETTE_FORMAT, "test": self.test_id, "recordings": recordings}
+            return {
+                "version": CASSETTE_FORMAT,
+                "key_schema": SCHEMA_VERSION,
+                "test": self.test_id,
+                "recordings": recordings,
+            }
 
         self.store.update(self.cassette, change)
 
@@ -255,6 +347,18 @@ class Recorder:
         found = self._key(request)
         if found is None:
             return await send(request)
+        if self._old_schema is not None:
+            self.missing += 1
+            where = self.store.describe(self.cassette)
+            pytest.fail(
+                f"promptcache: {where} was recorded under key schema v{self._old_schema}; this promptcache "
+                f"keys requests with schema v{SCHEMA_VERSION} (the upstream and answer-selecting headers "
+                f"joined the key), so none of its recordings can match. Re-key it offline, keeping every "
+                f"response byte for byte:\n  promptcache migrate {where} --upstream <alias or URL>\n"
+                f"(see `promptcache migrate --help`), or re-record: "
+                f"pytest --promptcache=rewrite {self.test_id}",
+                pytrace=False,
+            )
         key, body = found
         self.calls += 1
         stream = body.get("stream") is True

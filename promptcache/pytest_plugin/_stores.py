@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from filelock import FileLock
 
-from promptcache._cassette import dump_cassette, find_secret, load_cassette, parse_cassette, save_cassette
+from promptcache._cassette import (
+    allowed_secrets,
+    dump_cassette,
+    find_secret,
+    load_cassette,
+    parse_cassette,
+    refusal,
+    save_cassette,
+)
 from promptcache._stores import redact_url
 from promptcache.exceptions import ConfigError, SecretLeakError
 
@@ -146,10 +154,9 @@ class RedisCassetteStore:
                         pipe.delete(key)
                     else:
                         text = dump_cassette(new)
-                        leaked = find_secret(text)
+                        leaked = find_secret(text, allowed_secrets(new))
                         if leaked is not None:
-                            msg = f"refusing to write {self.describe(name)}: it would contain a credential"
-                            raise SecretLeakError(f"{msg} (pattern {leaked})")
+                            raise SecretLeakError(refusal(self.describe(name), leaked))
                         pipe.set(key, text.encode("utf-8"))
                     pipe.execute()
                 except redis_watch_error():

@@ -25,6 +25,7 @@ ANTHROPIC_SECRET = "sk-ant-api03-" + "Wm27" * 8
 BEARER_TOKEN = "tok9Xy" * 4
 PLAIN_API_KEY = "plain-looking-value-1"
 PRIVATE_REF = "ref-4417-private"
+SCRUB_WARNING = "promptcache.pytest_plugin._content.CassetteScrubWarning"
 PLANTED = (OPENAI_SECRET, ANTHROPIC_SECRET, BEARER_TOKEN, PLAIN_API_KEY, PRIVATE_REF, "Zq81Zq81", "Wm27Wm27")
 
 SECRET_TESTS = f"""
@@ -77,9 +78,14 @@ def test_planted_keys_in_headers_bodies_and_responses_never_reach_the_cassette(
     project: pytest.Pytester, llm_server: FakeLLM
 ) -> None:
     """Keys planted in headers, prompts, extra fields and the echoed answer are absent from every
-    cassette file (scrubbed, not dropped), and the scrubbed cassettes still replay."""
+    cassette file (scrubbed, not dropped), each answer that lost one is warned about, and the scrubbed
+    cassettes still replay."""
     project.makepyfile(test_secrets=SECRET_TESTS)
-    project.runpytest("--promptcache=auto", "--promptcache-scrub-field=session_ref").assert_outcomes(passed=2)
+    result = project.runpytest(
+        "--promptcache=auto", "--promptcache-scrub-field=session_ref", "-W", f"default::{SCRUB_WARNING}"
+    )
+    result.assert_outcomes(passed=2, warnings=2)
+    result.stdout.fnmatch_lines(["*CassetteScrubWarning: promptcache: the recorded answer of *differs*"])
     # The secrets really went over the wire and came back in the answers.
     assert OPENAI_SECRET in llm_server.requests[0].headers["openai-organization"]
     assert any(ANTHROPIC_SECRET in value for value in llm_server.requests[1].headers.values())
@@ -109,7 +115,9 @@ def test_echo_stream():
 def test_secret_echoed_in_a_stream_is_not_left_split_across_chunks(project: pytest.Pytester) -> None:
     """A key the model streams back, split across several chunks, is not in the cassette even in pieces."""
     project.makepyfile(test_stream_secret=STREAMED_SECRET_TESTS)
-    project.runpytest("--promptcache=auto").assert_outcomes(passed=1)
+    project.runpytest("--promptcache=auto", "-W", f"default::{SCRUB_WARNING}").assert_outcomes(
+        passed=1, warnings=1
+    )
     path = project.path / "fixtures/cassettes/test_stream_secret/test_echo_stream.yaml"
     doc = load_cassette(path)
     assert doc is not None

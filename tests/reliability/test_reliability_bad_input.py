@@ -22,6 +22,7 @@ import pytest
 from reliability_support import AUDITED, EchoUpstream, Rig, run_traffic
 
 from promptcache._cassette import MAX_CASSETTE_BYTES, dump_cassette
+from promptcache._keys import make_key
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -56,18 +57,20 @@ print(json.dumps({"outcome": outcome, "message": message, "seconds": elapsed, "r
                   "events": events}))
 """
 
+VALID_REQUEST: dict[str, Any] = {
+    "model": "gpt-4o-mini",
+    "messages": [{"role": "user", "content": "Summarise our refund policy."}],
+}
 VALID_RECORDING: dict[str, Any] = {
-    "key": "ab" * 32,
+    # The loader checks that a recording's key is its request's key.
+    "key": make_key(VALID_REQUEST, agent_id="default", agent_version="0").digest,
     "endpoint": "chat.completions",
     "scope": {"namespace": "promptcache", "agent_id": "default", "agent_version": "0", "tenant": None},
     "recorded_at": "2026-01-01T00:00:00Z",
     "model": "gpt-4o-mini",
     "usage": {"prompt_tokens": 9, "completion_tokens": 12},
     "status": 200,
-    "request": {
-        "model": "gpt-4o-mini",
-        "messages": [{"role": "user", "content": "Summarise our refund policy."}],
-    },
+    "request": VALID_REQUEST,
     "response": {
         "id": "chatcmpl-1",
         "choices": [

@@ -42,7 +42,7 @@ def fake_events(endpoint: Endpoint, prompt: str, **request: Any) -> tuple[list[d
     api = {Endpoint.CHAT_COMPLETIONS: "chat", Endpoint.RESPONSES: "responses"}.get(endpoint, "anthropic")
     field = "input" if endpoint is Endpoint.RESPONSES else "messages"
     body[field] = [{"role": "user", "content": prompt}]
-    turn = fake_llm._turn(1, body, body[field], fake_llm._tool_name(body, api), None)
+    turn = fake_llm._turn(1, body, body[field], fake_llm._tool_name(body, api), None, fake_llm.FakeLLM())
     pairs: list[tuple[str | None, dict[str, Any]]]
     if endpoint is Endpoint.CHAT_COMPLETIONS:
         usage = "stream_options" in request
