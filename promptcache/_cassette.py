@@ -24,6 +24,7 @@ A streamed answer is kept compact (:func:`promptcache._convert.compact_stream`):
         response: {...}       # the final body assembled from the chunks: the answer, readable
         pieces: [7, 7, 7, 4]  # the lengths of the text deltas, so replay cuts the text where it came
         include_usage: true   # (chat) recorded with stream_options.include_usage
+        inputs: {...}         # (Anthropic) tool input JSON as streamed, where not json.dumps' spelling
         patches: {...}        # only what the stream synthesised from the above does not reproduce
 
 Older cassettes keep every event as ``chunks:`` (still read; :func:`recorded_events` reads both).

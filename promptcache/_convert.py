@@ -19,9 +19,9 @@ from typing import Any
 
 import orjson
 
-from promptcache._assemble import body_from_events
+from promptcache._assemble import body_from_events, obj
 from promptcache._keys import Endpoint
-from promptcache._synth import Pieces, events_from_body
+from promptcache._synth import Pieces, events_from_body, input_json
 
 __all__ = [
     "body_from_stream",
@@ -159,21 +159,45 @@ def _pieces(endpoint: Endpoint, events: list[Event]) -> list[int]:
     return out
 
 
+def _inputs(events: list[Event], body: dict[str, Any]) -> dict[str, str]:
+    """Anthropic tool inputs whose streamed JSON text is not the default dump of the parsed input."""
+    raw: dict[int, str] = {}
+    for event in events:
+        data = event.get("data")
+        if isinstance(data, dict) and data.get("type") == "content_block_delta":
+            delta = data.get("delta")
+            if isinstance(delta, dict) and delta.get("type") == "input_json_delta":
+                index = int(data.get("index", 0))
+                raw[index] = raw.get(index, "") + str(delta.get("partial_json") or "")
+    content = body.get("content")
+    blocks: list[Any] = content if isinstance(content, list) else []
+    return {
+        str(index): text
+        for index, text in raw.items()
+        if index < len(blocks) and text != input_json(obj(blocks[index]).get("input"))
+    }
+
+
 def _synthesise(endpoint: Endpoint, compact: dict[str, Any]) -> list[Event] | None:
+    inputs = obj(compact.get("inputs"))
     return events_from_body(
         endpoint,
         compact.get("response"),
         include_usage=compact.get("include_usage") is True,
-        pieces=Pieces([int(n) for n in compact.get("pieces") or []]),
+        pieces=Pieces(
+            [int(n) for n in compact.get("pieces") or []], {int(k): str(v) for k, v in inputs.items()}
+        ),
     )
 
 
 def compact_stream(endpoint: Endpoint, events: list[Event]) -> dict[str, Any] | None:
-    """A recorded stream as ``{"response", "pieces", "include_usage", "patches"}``; None when it does not fit.
+    """A recorded stream as ``{"response", "pieces", ...}`` (see below); None when it does not fit.
 
     ``response`` is the final body (what a reviewer reads), ``pieces`` the lengths of the text deltas,
-    ``patches`` (by event index) what the synthesised stream does not reproduce. :func:`expand_stream`
-    of the result is checked to equal ``events`` exactly; otherwise None (keep the events as they are).
+    ``include_usage`` (chat) whether usage was streamed, ``inputs`` (Anthropic) tool input JSON text that
+    is not the default dump, ``patches`` (by event index) what the synthesised stream does not reproduce.
+    :func:`expand_stream` of the result is checked to equal ``events`` exactly; otherwise None (keep the
+    events as they are).
     """
     body = body_from_events(endpoint, events)
     if body is None:
@@ -181,6 +205,8 @@ def compact_stream(endpoint: Endpoint, events: list[Event]) -> dict[str, Any] | 
     compact: dict[str, Any] = {"response": body, "pieces": _pieces(endpoint, events)}
     if endpoint is Endpoint.CHAT_COMPLETIONS:
         compact["include_usage"] = _has_usage_fields(events)
+    if endpoint is Endpoint.ANTHROPIC_MESSAGES and (inputs := _inputs(events, body)):
+        compact["inputs"] = inputs  # tool input JSON as it streamed (spacing, escapes)
     synthesised = _synthesise(endpoint, compact)
     if synthesised is None or len(synthesised) != len(events):
         return None

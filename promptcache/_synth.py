@@ -14,17 +14,22 @@ from typing import Any
 from promptcache._assemble import TOOL_BLOCKS, obj
 from promptcache._keys import Endpoint
 
-__all__ = ["Pieces", "events_from_body"]
+__all__ = ["Pieces", "events_from_body", "input_json"]
 
 Event = dict[str, Any]
 
 
 class Pieces:
-    """Where streamed texts are cut: consumed in order, one length per delta event; None sends each whole."""
+    """Where streamed texts are cut: consumed in order, one length per delta event; None sends each whole.
 
-    def __init__(self, lengths: list[int] | None = None) -> None:
+    ``inputs``: the JSON text an Anthropic tool block's input streamed as, by block index, where it is not
+    what ``json.dumps`` writes (another spacing or escaping).
+    """
+
+    def __init__(self, lengths: list[int] | None = None, inputs: dict[int, str] | None = None) -> None:
         self._lengths = list(lengths or [])
         self._at = 0
+        self.inputs = dict(inputs or {})
 
     def split(self, text: str) -> list[str]:
         """The delta texts ``text`` goes out as (none for an empty text)."""
@@ -62,6 +67,11 @@ def events_from_body(
     if endpoint is Endpoint.ANTHROPIC_MESSAGES:
         return _anthropic_events(body, plan)
     return None
+
+
+def input_json(value: object) -> str:
+    """The JSON text a tool input streams as by default (none for an empty input)."""
+    return json.dumps(value, ensure_ascii=False) if value else ""
 
 
 # -- chat completions -------------------------------------------------------------------------------
@@ -227,8 +237,7 @@ def _anthropic_events(body: dict[str, Any], plan: Pieces) -> list[Event]:
                 emit("content_block_delta", index=index, delta={"type": "text_delta", "text": piece})
         elif kind in TOOL_BLOCKS:
             emit("content_block_start", index=index, content_block={**block, "input": {}})
-            given = block.get("input")
-            text = json.dumps(given, ensure_ascii=False) if given else ""
+            text = plan.inputs.get(index, input_json(block.get("input")))
             for piece in plan.split(text):
                 json_delta = {"type": "input_json_delta", "partial_json": piece}
                 emit("content_block_delta", index=index, delta=json_delta)

@@ -6,8 +6,11 @@ import json
 from typing import Any
 
 import fake_llm
+import orjson
 import pytest
 from helpers import Upstream, chat_body
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from promptcache import Endpoint, PromptCache, make_key
 from promptcache._assemble import body_from_events
@@ -36,7 +39,9 @@ def test_stream_store_key_shares_the_digest_slot_and_prefix() -> None:
     assert not is_stream_key(key.store_key)
 
 
-def fake_events(endpoint: Endpoint, prompt: str, **request: Any) -> tuple[list[dict[str, Any]], Any]:
+def fake_events(
+    endpoint: Endpoint, prompt: str, *, pieces: int = fake_llm.STREAM_PIECES, **request: Any
+) -> tuple[list[dict[str, Any]], Any]:
     """The events and the body the fake server sends for one turn (call #1) of ``endpoint``."""
     body = {"model": "m", **request}
     api = {Endpoint.CHAT_COMPLETIONS: "chat", Endpoint.RESPONSES: "responses"}.get(endpoint, "anthropic")
@@ -46,12 +51,12 @@ def fake_events(endpoint: Endpoint, prompt: str, **request: Any) -> tuple[list[d
     pairs: list[tuple[str | None, dict[str, Any]]]
     if endpoint is Endpoint.CHAT_COMPLETIONS:
         usage = "stream_options" in request
-        pairs = [(None, c) for c in fake_llm._chat_chunks(turn, include_usage=usage)]
+        pairs = [(None, c) for c in fake_llm._chat_chunks(turn, include_usage=usage, pieces=pieces)]
         final = fake_llm._chat_completion(turn)
     elif endpoint is Endpoint.RESPONSES:
-        pairs, final = fake_llm._response_events(turn, body), fake_llm._response(turn, body)
+        pairs, final = fake_llm._response_events(turn, body, pieces=pieces), fake_llm._response(turn, body)
     else:
-        pairs, final = fake_llm._anthropic_events(turn), fake_llm._anthropic_message(turn)
+        pairs, final = fake_llm._anthropic_events(turn, pieces=pieces), fake_llm._anthropic_message(turn)
     events = [{"event": name, "data": json.loads(json.dumps(data))} for name, data in pairs]
     if endpoint is Endpoint.CHAT_COMPLETIONS:
         events.append({"event": None, "text": "[DONE]"})
@@ -130,3 +135,37 @@ async def test_get_or_call_serves_a_body_assembled_from_a_stored_stream() -> Non
         assert body["usage"] == final["usage"]
         stats = cache.stats()
         assert (up.calls, stats.hits, stats.converted) == (0, 1, 1)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    endpoint=st.sampled_from(STREAMING),
+    text=st.text(max_size=40),
+    tool=st.booleans(),
+    usage=st.booleans(),
+    parts=st.integers(min_value=1, max_value=30),
+)
+def test_any_fake_stream_assembles_to_its_body_and_compacts_exactly(
+    endpoint: Endpoint, text: str, tool: bool, usage: bool, parts: int
+) -> None:
+    """Whatever the text (any characters) and however it is cut, a stream assembles to the body the
+    server would have sent, and its compact form expands back to exactly the recorded events."""
+    fake = fake_llm.FakeLLM()
+    fake.stream_pieces = parts
+    prompt = f"use_tool {text}" if tool else text
+    extra: dict[str, Any] = {"tools": TOOLS[endpoint]} if tool else {}
+    if endpoint is Endpoint.CHAT_COMPLETIONS and usage:
+        extra["stream_options"] = {"include_usage": True}
+    events, final = fake_events(endpoint, prompt, pieces=parts, **extra)
+    body = body_from_events(endpoint, events)
+    assert body is not None
+    if endpoint is Endpoint.CHAT_COMPLETIONS and not usage:
+        final = {k: v for k, v in final.items() if k != "usage"}
+    volatile = {"created", "created_at", "completed_at"}
+    assert {k: v for k, v in body.items() if k not in volatile} == {
+        k: v for k, v in final.items() if k not in volatile
+    }
+    compact = compact_stream(endpoint, events)
+    assert compact is not None
+    assert "patches" not in compact
+    assert expand_stream(endpoint, orjson.loads(orjson.dumps(compact))) == events

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import fake_llm
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -83,3 +84,23 @@ def test_written_events_parse_back(text: str, cuts: list[int]) -> None:
     points = sorted({c % (len(data) + 1) for c in cuts})
     pieces = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
     assert parse(pieces) == events
+
+
+def recorded_stream() -> list[dict[str, Any]]:
+    """A whole recorded Anthropic tool-use stream and a chat stream with usage, as the fake server sends."""
+    fake = fake_llm.FakeLLM()
+    body = {"model": "m", "messages": [{"role": "user", "content": "please use_tool ünïcode"}]}
+    body["tools"] = [{"name": "lookup", "input_schema": {}}]
+    turn = fake_llm._turn(1, body, body["messages"], "lookup", None, fake)
+    events = [{"event": name, "data": data} for name, data in fake_llm._anthropic_events(turn, pieces=7)]
+    chat = fake_llm._turn(2, body, body["messages"], None, None, fake)
+    events += [{"event": None, "data": c} for c in fake_llm._chat_chunks(chat, include_usage=True, pieces=5)]
+    return [*orjson.loads(orjson.dumps(events)), {"event": None, "text": "[DONE]"}]
+
+
+@pytest.mark.parametrize("end", ENDINGS)
+def test_a_recorded_stream_cut_at_every_byte_gives_the_same_events(end: bytes) -> None:
+    events = recorded_stream()
+    data = wire(events, end)
+    for cut in range(len(data) + 1):
+        assert parse([data[:cut], data[cut:]]) == events, f"cut at byte {cut}"
