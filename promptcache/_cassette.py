@@ -214,7 +214,9 @@ def _check_recording(where: str, index: int, rec: object) -> None:
     if not isinstance(rec.get("endpoint"), str):
         raise CassetteFormatError(f"{where}: recordings[{index}] has no string 'endpoint'")
     if "stream" in rec and recorded_events(rec) is None:
-        raise CassetteFormatError(f"{where}: recordings[{index}] 'stream' does not make a stream")
+        raise CassetteFormatError(
+            f"{where}: recordings[{index}] 'stream' is malformed (its response, pieces or patches make no stream)"
+        )
     if "response" not in rec and not is_stream_recording(rec):
         raise CassetteFormatError(f"{where}: recordings[{index}] has neither 'response' nor 'stream'")
     if "chunks" in rec and not isinstance(rec.get("chunks"), list):
