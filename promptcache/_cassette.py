@@ -215,7 +215,8 @@ def _check_recording(where: str, index: int, rec: object) -> None:
         raise CassetteFormatError(f"{where}: recordings[{index}] has no string 'endpoint'")
     if "stream" in rec and recorded_events(rec) is None:
         raise CassetteFormatError(
-            f"{where}: recordings[{index}] 'stream' is malformed (its response, pieces or patches make no stream)"
+            f"{where}: recordings[{index}] 'stream' is malformed"
+            " (its response, pieces or patches make no stream)"
         )
     if "response" not in rec and not is_stream_recording(rec):
         raise CassetteFormatError(f"{where}: recordings[{index}] has neither 'response' nor 'stream'")
