@@ -25,7 +25,9 @@ A streamed answer is kept compact (:func:`promptcache._convert.compact_stream`):
         pieces: [7, 7, 7, 4]  # the lengths of the text deltas, so replay cuts the text where it came
         include_usage: true   # (chat) recorded with stream_options.include_usage
         inputs: {...}         # (Anthropic) tool input JSON as streamed, where not json.dumps' spelling
-        patches: {...}        # only what the stream synthesised from the above does not reproduce
+        patches:              # only what the stream synthesised from the above does not reproduce:
+          '3':                # by event: [path, value] sets a field, [path] removes one
+          - [data/obfuscation, x9Lq]
 
 Older cassettes keep every event as ``chunks:`` (still read; :func:`recorded_events` reads both).
 
@@ -133,10 +135,9 @@ _Dumper.add_representer(str, _str_representer)
 
 
 def _list_representer(dumper: yaml.SafeDumper, items: list[Any]) -> yaml.Node:
-    # Short lists of numbers or short words (stream piece lengths, patch paths) on one line.
+    # Short lists of numbers, nulls or short words (stream piece lengths, patches) on one line.
     flow = len(items) <= 64 and all(
-        (isinstance(i, int) and not isinstance(i, bool))
-        or (isinstance(i, str) and len(i) <= 40 and i.isprintable())
+        i is None or isinstance(i, int | float) or (isinstance(i, str) and len(i) <= 40 and i.isprintable())
         for i in items
     )
     return dumper.represent_sequence("tag:yaml.org,2002:seq", items, flow_style=flow or None)

@@ -102,31 +102,41 @@ def _same(a: Any, b: Any) -> bool:  # noqa: ANN401 - JSON
     return orjson.dumps(a, option=orjson.OPT_SORT_KEYS) == orjson.dumps(b, option=orjson.OPT_SORT_KEYS)
 
 
-def _diff(a: Any, b: Any, path: list[str], ops: list[dict[str, Any]]) -> None:  # noqa: ANN401
+def _pointer(path: list[str]) -> str:
+    """A JSON Pointer-like path (``data/delta/content``; ``~0`` for ``~`` and ``~1`` for ``/`` in names)."""
+    return "/".join(name.replace("~", "~0").replace("/", "~1") for name in path)
+
+
+def _names(pointer: str) -> list[str]:
+    return [name.replace("~1", "/").replace("~0", "~") for name in pointer.split("/")] if pointer else []
+
+
+def _diff(a: Any, b: Any, path: list[str], ops: list[list[Any]]) -> None:  # noqa: ANN401
+    """Ops turning ``a`` into ``b``: ``[path, value]`` sets, ``[path]`` removes (one short line each)."""
     if isinstance(a, dict) and isinstance(b, dict):
         for name, value in b.items():
             if name not in a:
-                ops.append({"at": [*path, name], "set": value})
+                ops.append([_pointer([*path, name]), value])
             elif not _same(a[name], value):
                 _diff(a[name], value, [*path, name], ops)
-        ops.extend({"at": [*path, name], "drop": True} for name in a if name not in b)
+        ops.extend([_pointer([*path, name])] for name in a if name not in b)
     elif not _same(a, b):
-        ops.append({"at": path, "set": b})
+        ops.append([_pointer(path), b])
 
 
-def _patch(value: Any, ops: list[dict[str, Any]]) -> Any:  # noqa: ANN401
+def _patch(value: Any, ops: list[Any]) -> Any:  # noqa: ANN401
     for op in ops:
-        path = [str(p) for p in op.get("at") or []]
+        path = _names(str(op[0]))
         if not path:
-            value = op.get("set")
+            value = op[1]
             continue
         target = value
         for name in path[:-1]:
             target = target[name]
-        if op.get("drop"):
+        if len(op) == 1:
             target.pop(path[-1], None)
         else:
-            target[path[-1]] = op.get("set")
+            target[path[-1]] = op[1]
     return value
 
 
@@ -210,9 +220,9 @@ def compact_stream(endpoint: Endpoint, events: list[Event]) -> dict[str, Any] | 
     synthesised = _synthesise(endpoint, compact)
     if synthesised is None or len(synthesised) != len(events):
         return None
-    patches: dict[str, list[dict[str, Any]]] = {}
+    patches: dict[str, list[list[Any]]] = {}
     for index, (made, real) in enumerate(zip(synthesised, events, strict=True)):
-        ops: list[dict[str, Any]] = []
+        ops: list[list[Any]] = []
         _diff(made, real, [], ops)
         if ops:
             patches[str(index)] = ops

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from promptcache import Endpoint, PromptCache, make_key
 from promptcache._assemble import body_from_events
+from promptcache._cassette import dump_cassette
 from promptcache._convert import body_from_stream, compact_stream, expand_stream, shape_stream
 from promptcache._keys import digest_of, is_stream_key
 from promptcache._synth import events_from_body
@@ -98,8 +99,10 @@ def test_compact_form_patches_what_it_cannot_derive() -> None:
     del events[1]["data"]["system_fingerprint"]
     compact = compact_stream(Endpoint.CHAT_COMPLETIONS, events)
     assert compact is not None
-    assert set(compact["patches"]) == {"1", "2"}
+    assert compact["patches"] == {"1": [["data/system_fingerprint"]], "2": [["data/obfuscation", "xyz"]]}
     assert expand_stream(Endpoint.CHAT_COMPLETIONS, compact) == events
+    text = dump_cassette({"version": 1, "recordings": [{"key": "k", "endpoint": "x", "stream": compact}]})
+    assert "- [data/obfuscation, xyz]" in text  # one line per patched field
 
 
 def test_a_stream_the_synthesiser_cannot_follow_is_not_compacted() -> None:
