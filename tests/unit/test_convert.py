@@ -18,6 +18,7 @@ from promptcache._cassette import dump_cassette
 from promptcache._convert import body_from_stream, compact_stream, expand_stream, shape_stream
 from promptcache._keys import digest_of, is_stream_key
 from promptcache._synth import events_from_body
+from promptcache.backends.memory import MemoryStore
 
 pytestmark = pytest.mark.anyio
 
@@ -172,3 +173,34 @@ def test_any_fake_stream_assembles_to_its_body_and_compacts_exactly(
     assert compact is not None
     assert "patches" not in compact
     assert expand_stream(endpoint, orjson.loads(orjson.dumps(compact))) == events
+
+
+class CountingStore(MemoryStore):
+    """A memory store that counts its reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets: list[str] = []
+
+    async def get(self, key: str) -> bytes | None:
+        self.gets.append(key)
+        return await super().get(key)
+
+
+async def test_a_same_kind_hit_is_one_read_and_the_other_kind_is_read_only_on_a_miss() -> None:
+    events, _ = fake_events(Endpoint.CHAT_COMPLETIONS, "hi", stream_options={"include_usage": True})
+    store = CountingStore()
+    async with PromptCache(store) as cache:
+        key = cache.key(REQUEST, agent_id="a")
+        assert await cache.put_entry(key, REQUEST, chunks=events)
+        assert await cache.get_entry(key, stream=True, include_usage=True) is not None
+        assert store.gets == [key.stream_store_key]  # a stream hit: one GET
+        store.gets.clear()
+        converted = await cache.get_entry(key)
+        assert converted is not None
+        assert converted.converted
+        assert store.gets == [key.store_key, key.stream_store_key]  # a body miss, then the stream
+        assert await cache.put_entry(key, REQUEST, body=converted.body)
+        store.gets.clear()
+        assert await cache.get_or_call(REQUEST, Upstream(), agent_id="a") == converted.body
+        assert store.gets == [key.store_key]  # a body hit: one GET
