@@ -231,13 +231,13 @@ def pytest_runtest_makereport(
     state = item.config.stash[_SESSION]
     recorder = item.stash.get(_RECORDER, None)
     reported = item.stash.get(_MISSES_REPORTED, 0)
-    if recorder is not None and len(recorder.miss_messages) > reported:
-        # Every miss of the test, however the test code wrapped (or swallowed) the exception.
+    if report.failed and recorder is not None and len(recorder.miss_messages) > reported:
+        # Every miss of the failed test, however the test code wrapped them (a task group's exception
+        # group, an error of the code under test). A miss the test expected (pytest.raises) is its own.
         item.stash[_MISSES_REPORTED] = len(recorder.miss_messages)
         exc = call.excinfo.value if call.excinfo else None
         alone = isinstance(exc, pytest.fail.Exception) and len(recorder.miss_messages) - reported == 1
         raised = None if exc is None or alone else f"{type(exc).__name__}: {exc}"
-        report.outcome = "failed"
         report.longrepr = misses_report(recorder.miss_messages[reported:], raised)
     if report.failed:
         state.failed.add(item.nodeid)
