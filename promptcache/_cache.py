@@ -17,10 +17,9 @@ import asyncio
 import logging
 import math
 import time
-from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any, Self
 
-from promptcache._config import CacheConfig
+from promptcache._config import CacheConfig, config_with
 from promptcache._events import Emitter, Result
 from promptcache._flight import SingleFlight
 from promptcache._guard import StoreGuard
@@ -30,13 +29,18 @@ from promptcache._scope import Scope, scope_from_keywords
 from promptcache._stats import CacheStats, Counters
 from promptcache._stores import open_store
 from promptcache._writer import EntryWriter
-from promptcache.exceptions import ConfigError, PromptCacheError, StoreError, UncacheableRequestError
+from promptcache.exceptions import (
+    PromptCacheError,
+    StoreError,
+    UncacheableRequestError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from promptcache._entry import Entry
     from promptcache._events import Hook
+    from promptcache._route import Route
     from promptcache.backends import Store
 
 __all__ = ["PromptCache"]
@@ -114,13 +118,7 @@ class PromptCache:
         Raises:
             ConfigError: Unknown scheme, bad path or bad option; the message names it.
         """
-        known = {f.name for f in fields(CacheConfig)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown option(s) {', '.join(unknown)}; CacheConfig has: {', '.join(sorted(known))}"
-            )
-        cfg = replace(config, **options) if config is not None else CacheConfig(**options)
+        cfg = config_with(config, options)
         return cls(open_store(url, max_connections=cfg.max_connections), cfg, hooks=hooks)
 
     def __repr__(self) -> str:
@@ -138,22 +136,22 @@ class PromptCache:
         tenant: str | None = None,
         endpoint: Endpoint | str = Endpoint.CHAT_COMPLETIONS,
         policy: KeyPolicy | str | None = None,
+        route: Route | None = None,
     ) -> CacheKey:
         """The key this cache gives ``request`` (its namespace and default policy applied).
 
         Pass either ``scope`` or the scope's fields as keywords (``agent_id`` at least), not both.
 
-        .. versionchanged:: 0.2.0 ``scope``.
+        .. versionchanged:: 0.2.0 ``scope``. .. versionchanged:: 0.3.0 ``route``.
         """
-        return self._key(
-            request,
-            scope_from_keywords("key", scope, agent_id, agent_version, tenant, None, policy),
-            endpoint,
-        )
+        who = scope_from_keywords("key", scope, agent_id, agent_version, tenant, None, policy)
+        return self._key(request, who, endpoint, route)
 
-    def _key(self, request: Mapping[str, Any], scope: Scope, endpoint: Endpoint | str) -> CacheKey:
+    def _key(
+        self, request: Mapping[str, Any], scope: Scope, endpoint: Endpoint | str, route: Route | None = None
+    ) -> CacheKey:
         policy = self.config.key_policy if scope.policy is None else scope.policy
-        return self._keys.key(request, scope, endpoint, policy)
+        return self._keys.key(request, scope, endpoint, policy, route)
 
     # -- the main door -----------------------------------------------------------------------------
 
@@ -171,6 +169,7 @@ class PromptCache:
         policy: KeyPolicy | str | None = None,
         bypass: bool = False,
         refresh: bool = False,
+        route: Route | None = None,
     ) -> Any:  # noqa: ANN401 - the provider's JSON body
         """Return the cached response for ``request``, or call upstream once and cache a success.
 
@@ -187,13 +186,14 @@ class PromptCache:
             policy: Text policy override for this call.
             bypass: Call upstream and neither read nor write the cache.
             refresh: Call upstream and overwrite the entry.
+            route: The upstream, query and keyed headers (what a wrapped SDK client passes).
 
         Raises:
             InvalidScopeError: A scope id is empty or not a string.
             StoreError: Only with ``fail_open=False``, when the store fails.
             TypeError: Both ``scope`` and scope keywords, or neither.
 
-        .. versionchanged:: 0.2.0 ``scope``.
+        .. versionchanged:: 0.2.0 ``scope``. .. versionchanged:: 0.3.0 ``route``.
         """
         self._check_open()
         if bypass and scope is None:
@@ -205,10 +205,10 @@ class PromptCache:
             self.count_bypass(scope=who, request=request)
             return await call()
         try:
-            key = self._key(request, who, endpoint)
+            key = self._key(request, who, endpoint, route)
         except UncacheableRequestError as exc:
             log.debug("promptcache: request bypasses the cache: %s", exc)
-            self.count_bypass(uncacheable=True, scope=who, request=request)
+            self.count_bypass(uncacheable=True, scope=who, request=request, reason=exc)
             return await call()
         counters.requests += 1  # counted once the key exists, so bad input never skews the invariant
         if not refresh:
@@ -328,17 +328,16 @@ class PromptCache:
         uncacheable: bool = False,
         scope: Scope | None = None,
         request: Mapping[str, Any] | None = None,
+        reason: UncacheableRequestError | None = None,
     ) -> None:
         """Count a request that went upstream without the cache (for integrations that route themselves).
 
-        The optional scope and request only label the hooks' bypass event.
+        The optional scope and request only label the hooks' bypass event; a :class:`ServerStateError`
+        ``reason`` is counted as ``server_state`` and labels the event ``server-state: <field>``.
         """
-        self._counters.requests += 1
-        self._counters.bypasses += 1
-        if uncacheable:
-            self._counters.uncacheable += 1
+        label = self._counters.bypass(uncacheable=uncacheable, reason=reason)
         if self._hooks:
-            self._events.bypass("uncacheable" if uncacheable else "requested", scope, request)
+            self._events.bypass(label, scope, request)
 
     # -- invalidation, stats, lifecycle ------------------------------------------------------------
 

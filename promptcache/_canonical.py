@@ -12,7 +12,11 @@ stores; it is pure and safe to call from any thread.
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import re
 import uuid
+from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Final
 
@@ -23,21 +27,44 @@ from promptcache.exceptions import UncacheableRequestError
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-__all__ = ["canonical_json", "collapse_text", "trim_text"]
+__all__ = [
+    "COLLAPSE_RULE",
+    "EXACT_RULE",
+    "TRIM_RULE",
+    "TextRule",
+    "canonical_json",
+    "collapse_text",
+    "trim_text",
+]
 
 # 2**53: integral floats above this are not exactly representable as the same integer everywhere.
 _MAX_SAFE_INT: Final = 9_007_199_254_740_992
 
 
+# What KeyPolicy.TRIM removes: blank lines at the start, spaces (and the CR of a CRLF) before each line
+# end, and all trailing spaces and line ends. Tabs are never removed: a trailing tab is data (a TSV row's
+# empty last field). Indentation and anything inside a line are never touched.
+_TRIM: Final = re.compile(r"\A(?:[ \r]*\n)+|[ \r]+(?=\n)|[ \r\n]+\Z")
+_SPACE_RUN: Final = re.compile(r"\s+")
+
+Edit = tuple[int, int, str]  # replace text[start:end] with the string
+
+
+def _trim_edits(text: str) -> list[Edit]:
+    return [(m.start(), m.end(), "") for m in _TRIM.finditer(text)]
+
+
+def _collapse_edits(text: str) -> list[Edit]:
+    end = len(text)
+    return [
+        (m.start(), m.end(), "" if m.start() == 0 or m.end() == end else " ")
+        for m in _SPACE_RUN.finditer(text)
+    ]
+
+
 def trim_text(text: str) -> str:
-    """Apply :attr:`KeyPolicy.TRIM`: never touches indentation or characters inside a line."""
-    lines = [line.rstrip(" \t\r") for line in text.split("\n")]
-    start, end = 0, len(lines)
-    while start < end and not lines[start]:
-        start += 1
-    while end > start and not lines[end - 1]:
-        end -= 1
-    return "\n".join(lines[start:end])
+    """Apply :attr:`KeyPolicy.TRIM`: never touches indentation, tabs or characters inside a line."""
+    return _TRIM.sub("", text)
 
 
 def collapse_text(text: str) -> str:
@@ -47,6 +74,48 @@ def collapse_text(text: str) -> str:
 
 def _exact_text(text: str) -> str:
     return text
+
+
+@dataclass(frozen=True, slots=True)
+class TextRule:
+    """A text normaliser, applicable to one string or to text split into parts.
+
+    Parts (the text blocks of one message) are concatenated by the provider, so the rule is applied to
+    their joined text and the result split back at the same boundaries: ``"Hello "`` + ``"world"`` keeps its
+    space, where trimming each part alone would have made it ``"Hello"`` + ``"world"``.
+    """
+
+    whole: Callable[[str], str]
+    edits: Callable[[str], list[Edit]] | None  # None: the rule never changes text
+
+    def parts(self, texts: list[str]) -> list[str]:
+        if self.edits is None:
+            return texts
+        if len(texts) == 1:
+            return [self.whole(texts[0])]
+        joined = "".join(texts)
+        starts = list(itertools.accumulate((len(t) for t in texts[:-1]), initial=0))
+        out: list[list[str]] = [[] for _ in texts]
+
+        def copy(lo: int, hi: int) -> None:  # joined[lo:hi], each character to the part it came from
+            for n, start in enumerate(starts):
+                end = start + len(texts[n])
+                if lo < end and hi > start:
+                    out[n].append(joined[max(lo, start) : min(hi, end)])
+
+        pos = 0
+        for start, end, repl in self.edits(joined):
+            copy(pos, start)
+            if repl:  # a replacement belongs to the part where the replaced run began
+                out[bisect.bisect_right(starts, start) - 1].append(repl)
+            pos = end
+        copy(pos, len(joined))
+        return ["".join(pieces) for pieces in out]
+
+
+TRIM_RULE: Final = TextRule(trim_text, _trim_edits)
+COLLAPSE_RULE: Final = TextRule(collapse_text, _collapse_edits)
+EXACT_RULE: Final = TextRule(_exact_text, None)
 
 
 class _BadValue(Exception):  # noqa: N818 - internal signal, re-raised as UncacheableRequestError
@@ -117,51 +186,62 @@ def _canon(value: object) -> object:
 _TEXT_PART_TYPES: Final = frozenset({"text", "input_text", "output_text"})
 
 
-def _ruled(value: Any, rule: Callable[[str], str]) -> Any:  # noqa: ANN401 - JSON
+def _is_text_part(part: object) -> bool:
+    return (
+        isinstance(part, dict)
+        and isinstance(part.get("type"), str)
+        and part["type"] in _TEXT_PART_TYPES
+        and isinstance(part.get("text"), str)
+    )
+
+
+def _ruled(value: Any, rule: TextRule) -> Any:  # noqa: ANN401 - JSON
     """``value`` with the rule applied if it is text or a list of text parts; copies only what changes."""
     if isinstance(value, str):
-        return rule(value)
+        return rule.whole(value)
     if not isinstance(value, list):
         return value
+    where = [i for i, part in enumerate(value) if _is_text_part(part)]
+    if not where:
+        return value
+    texts = rule.parts([value[i]["text"] for i in where])
     out: list[Any] | None = None
-    for i, part in enumerate(value):
-        if (
-            isinstance(part, dict)
-            and isinstance(part.get("type"), str)
-            and part["type"] in _TEXT_PART_TYPES
-            and isinstance(part.get("text"), str)
-        ):
-            text = rule(part["text"])
-            if text != part["text"]:
-                if out is None:
-                    out = list(value)
-                out[i] = {**part, "text": text}
+    for i, text in zip(where, texts, strict=True):
+        if text != value[i]["text"]:
+            if out is None:
+                out = list(value)
+            out[i] = {**value[i], "text": text}
     return value if out is None else out
 
 
 def _with_text_policy(
-    request: dict[str, Any], text_fields: tuple[str, ...], messages_field: str, rule: Callable[[str], str]
+    request: dict[str, Any], text_fields: tuple[str, ...], messages_field: str, rule: TextRule
 ) -> dict[str, Any]:
     """``request`` with message text normalised, copy-on-write: the caller's objects are never changed.
 
     Only message text is touched (``text_fields`` and the ``content`` of each message in
-    ``messages_field``): roles, tools and arguments are not. Which fields hold text is the endpoint's
-    business, decided by the caller (:mod:`promptcache._keys`).
+    ``messages_field``): roles, tools and arguments are not. A final assistant message is a prefill (or a
+    ``prefix: true`` continuation) the model continues character by character: it is kept exactly. Which
+    fields hold text is the endpoint's business, decided by the caller (:mod:`promptcache._keys`).
     """
     out = dict(request)
-    for name in text_fields:
-        if name in out:
-            out[name] = _ruled(out[name], rule)
     messages = out.get(messages_field)
+    for name in text_fields:
+        if name in out and not (name == messages_field and isinstance(messages, list)):
+            out[name] = _ruled(out[name], rule)
     if isinstance(messages, list):
         copied: list[Any] | None = None
+        last = len(messages) - 1
         for i, message in enumerate(messages):
-            if isinstance(message, dict) and "content" in message:
-                content = _ruled(message["content"], rule)
-                if content is not message["content"] and content != message["content"]:
-                    if copied is None:
-                        copied = list(messages)
-                    copied[i] = {**message, "content": content}
+            if not (isinstance(message, dict) and "content" in message):
+                continue
+            if i == last and message.get("role") == "assistant":
+                continue  # a prefill: its trailing space is what the model continues from
+            content = _ruled(message["content"], rule)
+            if content is not message["content"] and content != message["content"]:
+                if copied is None:
+                    copied = list(messages)
+                copied[i] = {**message, "content": content}
         if copied is not None:
             out[messages_field] = copied
     return out

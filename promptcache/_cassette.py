@@ -4,15 +4,17 @@ A cassette file::
 
     # promptcache cassette - recorded LLM responses, replayed by `pytest --promptcache=replay`.
     version: 1
+    key_schema: 2             # the key schema of the recordings' keys (absent: 1, re-key with migrate)
     test: tests/test_agent.py::test_classifies
     recordings:
-    - key: 3f2a...            # the production cache key's digest (schema v1)
+    - key: 3f2a...            # the production cache key's digest (schema v2)
       endpoint: chat.completions
       scope: {namespace: promptcache, agent_id: default, agent_version: '0', tenant: null}
       recorded_at: '2026-11-26T06:00:00Z'
       model: gpt-4o
       usage: {prompt_tokens: 12, completion_tokens: 5}
       request: {...}          # the canonical request, secrets scrubbed (for miss diffs)
+      route: {upstream: openai, headers: {...}}   # what else selected the answer (key schema v2)
       response: {...}         # the full body; or `chunks:` for a stream
     end: 1                    # written last: the number of recordings, so a cut-off file is refused
 
@@ -32,6 +34,7 @@ from typing import Any, Final
 
 import yaml
 
+from promptcache._keys import SCHEMA_VERSION as KEY_SCHEMA
 from promptcache.exceptions import CassetteFormatError, SecretLeakError
 
 __all__ = [
@@ -39,7 +42,9 @@ __all__ = [
     "MAX_CASSETTE_BYTES",
     "dump_cassette",
     "find_secret",
+    "key_schema_of",
     "load_cassette",
+    "old_schema_message",
     "parse_cassette",
     "request_secrets",
     "save_cassette",
@@ -310,6 +315,20 @@ def _safe_load(text: str, where: str) -> Any:  # noqa: ANN401 - YAML data, check
     except RecursionError:
         raise CassetteFormatError(f"{where}: nested too deeply") from None
     return doc
+
+
+def key_schema_of(doc: dict[str, Any]) -> int:
+    """The key schema a cassette's recordings were keyed with (files written before v2 say nothing: 1)."""
+    schema = doc.get("key_schema", 1)
+    return schema if type(schema) is int else 0
+
+
+def old_schema_message(doc: dict[str, Any]) -> str:
+    """What to say about a cassette keyed under an older key schema: how to re-key it."""
+    return (
+        f"recorded under key schema v{key_schema_of(doc)}, not v{KEY_SCHEMA}: re-key it offline with "
+        "`promptcache migrate PATH --upstream <alias or URL>` (responses are kept byte for byte)"
+    )
 
 
 def parse_cassette(text: str | bytes, where: str = "<cassette>") -> dict[str, Any]:

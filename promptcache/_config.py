@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Final
 
 from promptcache._gate import DEFAULT_FINISH_REASONS
@@ -14,7 +14,7 @@ from promptcache.exceptions import ConfigError
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["URL_ENV", "CacheConfig", "url_from_env"]
+__all__ = ["URL_ENV", "CacheConfig", "config_with", "url_from_env"]
 
 URL_ENV: Final = "PROMPTCACHE_URL"
 
@@ -103,6 +103,21 @@ class CacheConfig:
     @property
     def key_policy(self) -> KeyPolicy:
         return parse_enum(KeyPolicy, self.policy, "policy")
+
+
+def config_with(config: CacheConfig | None, options: Mapping[str, object]) -> CacheConfig:
+    """``config`` (or the defaults) with ``options`` applied, each the name of a :class:`CacheConfig` field.
+
+    Raises:
+        ConfigError: An option is not a field (the message lists the fields), or a value is invalid.
+    """
+    known = {f.name for f in fields(CacheConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) {', '.join(unknown)}; CacheConfig has: {', '.join(sorted(known))}"
+        )
+    return replace(config, **options) if config is not None else CacheConfig(**options)  # type: ignore[arg-type]
 
 
 def url_from_env(environ: Mapping[str, str] | None = None) -> str | None:

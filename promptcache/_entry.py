@@ -41,6 +41,7 @@ class Entry:
         usage: Token usage as the provider reported it.
         latency: Seconds the upstream call took (what a hit saves).
         request: The canonical request, kept for diffs when enabled; None otherwise.
+        route: The route the key was made with, in its cassette form (kept with ``request``).
     """
 
     digest: str
@@ -54,6 +55,7 @@ class Entry:
     usage: dict[str, Any] | None = None
     latency: float = 0.0
     request: Any = field(default=None, repr=False)
+    route: Any = field(default=None, repr=False)
 
 
 def scope_of(key: CacheKey) -> tuple[str, str, str, str | None]:
@@ -79,6 +81,8 @@ def encode_entry(entry: Entry, *, compress_above: int | None = 32 * 1024) -> byt
         doc["body"] = entry.body
     if entry.request is not None:
         doc["request"] = entry.request
+    if entry.route is not None:
+        doc["route"] = entry.route
     raw = orjson.dumps(doc)
     if compress_above is not None and len(raw) > compress_above:
         return _ZLIB_MAGIC + zlib.compress(raw, 1)
@@ -154,6 +158,7 @@ def _entry_of(doc: Any) -> Entry:  # noqa: ANN401 - parsed JSON, checked here
         usage=usage if isinstance(usage, dict) else None,
         latency=float(doc["latency"]) if isinstance(doc.get("latency"), int | float) else 0.0,
         request=doc.get("request"),
+        route=doc.get("route") if isinstance(doc.get("route"), dict) else None,
     )
 
 

@@ -51,7 +51,8 @@ class RequestEvent:
         output_tokens: Likewise for completion tokens.
         latency_saved: Hit: seconds the original upstream call took (what this hit saved); else 0.
         coalesced: Hit: the caller shared another caller's in-flight upstream call.
-        reason: Bypass: ``"requested"`` or ``"uncacheable"``. Miss: ``"error"`` when upstream raised.
+        reason: Bypass: ``"requested"``, ``"uncacheable"`` or ``"server-state: <field>"``. Miss: ``"error"``
+            when upstream raised.
 
     .. versionadded:: 0.1.0
     """

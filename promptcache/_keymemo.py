@@ -12,6 +12,7 @@ from promptcache._keys import CacheKey, Endpoint, KeyPolicy, make_key
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from promptcache._route import Route
     from promptcache._scope import Scope
 
 __all__ = ["KeyMemo"]
@@ -40,7 +41,12 @@ class KeyMemo:
         return len(self._keys)
 
     def key(
-        self, request: Mapping[str, Any], scope: Scope, endpoint: Endpoint | str, policy: KeyPolicy
+        self,
+        request: Mapping[str, Any],
+        scope: Scope,
+        endpoint: Endpoint | str,
+        policy: KeyPolicy,
+        route: Route | None = None,
     ) -> CacheKey:
         """:func:`~promptcache.make_key` of ``request`` in ``scope`` (its ``policy`` already resolved)."""
         memo: tuple[Any, ...] | None = None
@@ -50,7 +56,16 @@ class KeyMemo:
             except (orjson.JSONEncodeError, TypeError):
                 raw = b"null"
             if len(raw) <= MAX_REQUEST_BYTES and b"null" not in raw:
-                memo = (raw, scope.agent_id, scope.agent_version, scope.tenant, endpoint, policy)
+                memo = (
+                    raw,
+                    scope.agent_id,
+                    scope.agent_version,
+                    scope.tenant,
+                    scope.cache_server_state,
+                    endpoint,
+                    policy,
+                    route,
+                )
                 found = self._keys.get(memo)
                 if found is not None:
                     self._keys.move_to_end(memo)
@@ -63,6 +78,8 @@ class KeyMemo:
             tenant=scope.tenant,
             endpoint=endpoint,
             policy=policy,
+            route=route,
+            server_state=scope.cache_server_state,
         )
         if memo is not None:
             self._keys[memo] = key

@@ -1,18 +1,23 @@
-"""The canonical cache key (schema v1): one request, one digest, in every process and on every machine.
+"""The canonical cache key (schema v2): one request, one digest, in every process and on every machine.
 
 The same key serves the production cache and the pytest record/replay harness, so what a test records is
-exactly what production would look up. The rules (see DESIGN.md, "The key"):
+exactly what production would look up. The rules (see DESIGN.md, "The key", and docs/KEY_FIELDS.md):
 
-1. The request body minus :data:`DENY_LIST` (fields that cannot change the output) is the material; every
-   other field joins it, including ones nobody has heard of yet.
-2. The scope (namespace, agent id, agent version, tenant) and the endpoint join the material and, escaped,
+1. The request body minus the fields that cannot change the answer (:mod:`promptcache._fields`, per
+   endpoint) is the material; every other field joins it, including ones nobody has heard of yet. A
+   request that refers to mutable provider state is not keyed at all (:class:`ServerStateError`), unless
+   its scope opts in.
+2. The route (:mod:`promptcache._route`: upstream, method, query string, the answer-selecting headers),
+   when the request came through a wrapped SDK client, joins the material (schema v2).
+3. The scope (namespace, agent id, agent version, tenant) and the endpoint join the material and, escaped,
    the store key's prefix.
-3. Canonical JSON: sorted object keys, no whitespace, UTF-8, integral floats written as integers
+4. Canonical JSON: sorted object keys, no whitespace, UTF-8, integral floats written as integers
    (``0 == 0.0``), list order kept, omitted parameters left omitted (:mod:`promptcache._canonical`).
-4. The :class:`KeyPolicy` is applied to message text only (the rules are in :mod:`promptcache._canonical`;
+5. The :class:`KeyPolicy` is applied to message text only (the rules are in :mod:`promptcache._canonical`;
    which fields hold text is decided here).
-5. sha256 over the schema tag plus the canonical bytes.
+6. sha256 over the schema tag plus the canonical bytes.
 
+Schema v1 entries live under ``<namespace>:v1:`` and are simply never found by v2 lookups.
 Nothing here does I/O; it is pure and safe to call from any thread.
 """
 
@@ -27,19 +32,24 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
 from promptcache._canonical import (
+    COLLAPSE_RULE,
+    EXACT_RULE,
+    TRIM_RULE,
+    TextRule,
     _canon_checked,
     _dumps,
-    _exact_text,
     _fast_canonical,
     _with_text_policy,
-    collapse_text,
-    trim_text,
 )
+from promptcache._endpoints import Endpoint
+from promptcache._fields import FIELD_RULES, Rule, key_body, server_state_reason
 from promptcache._validate import parse_enum
-from promptcache.exceptions import InvalidScopeError, UncacheableRequestError
+from promptcache.exceptions import InvalidScopeError, ServerStateError, UncacheableRequestError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Mapping
+
+    from promptcache._route import Route
 
 __all__ = [
     "DEFAULT_AGENT_VERSION",
@@ -55,30 +65,14 @@ __all__ = [
     "store_key_for",
 ]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 """Bumped whenever any rule here changes a digest; the golden-file test enforces it."""
 
 DEFAULT_NAMESPACE: Final = "promptcache"
 DEFAULT_AGENT_VERSION: Final = "0"
 
-DENY_LIST: Final = frozenset(
-    {
-        # Delivery, not content: a streamed and a non-streamed answer to one request are the same answer.
-        "stream",
-        "stream_options",
-        # End-user / bookkeeping identifiers that providers document as not affecting generation.
-        "user",
-        "metadata",
-        "store",
-        "safety_identifier",
-        "prompt_cache_key",
-        # SDK transport options that sometimes travel inside a request dict given to get_or_call.
-        "timeout",
-        "extra_headers",
-        "extra_query",
-    }
-)
-"""Top-level request fields left out of the key. Everything not listed here is part of the key."""
+DENY_LIST: Final = frozenset(r.name for r in FIELD_RULES if r.rule is Rule.OUT)
+"""Fields left out of the key on at least one endpoint (the rules: :mod:`promptcache._fields`)."""
 
 _SAFE_ID: Final = re.compile(r"[A-Za-z0-9_.\-]+")
 _NO_TENANT: Final = "~"  # never produced by _escape, so "no tenant" cannot collide with any tenant id
@@ -102,18 +96,6 @@ class KeyPolicy(StrEnum):
     More hits, but it merges prompts that differ only in indentation."""
 
 
-class Endpoint(StrEnum):
-    """The upstream API a request is for; part of the key material.
-
-    .. versionadded:: 0.1.0
-    """
-
-    CHAT_COMPLETIONS = "chat.completions"
-    RESPONSES = "responses"
-    EMBEDDINGS = "embeddings"
-    ANTHROPIC_MESSAGES = "anthropic.messages"
-
-
 @dataclass(frozen=True, slots=True)
 class CacheKey:
     """The key of one request in one scope.
@@ -123,7 +105,9 @@ class CacheKey:
         store_key: The key under which stores keep the entry: an escaped scope prefix plus the digest in
             braces (a Redis Cluster hash tag, so an entry and its lock share a slot).
         prefix: The agent's prefix in this namespace; every key of the agent starts with it.
-        canonical: The canonical JSON bytes of the request after the deny-list and text policy.
+        canonical: The canonical JSON bytes of the request after the field rules and text policy.
+        route: The upstream, query and keyed headers (schema v2), or None for a request keyed by its
+            body alone (``get_or_call`` without ``route=``).
         model: The request's ``model`` field when it is a string (what metrics label), else None.
 
     .. versionadded:: 0.1.0
@@ -140,6 +124,7 @@ class CacheKey:
     policy: KeyPolicy
     canonical: bytes = field(repr=False)
     schema: int = SCHEMA_VERSION
+    route: Route | None = None
     # Read once from the request here, so nothing downstream parses ``canonical`` back to label an event.
     model: str | None = field(default=None, compare=False)
 
@@ -150,10 +135,10 @@ class CacheKey:
         return f"{self.store_key.partition(':')[0]}:lock:{{{self.digest}}}"
 
 
-_TEXT_RULES: Final[dict[KeyPolicy, Callable[[str], str]]] = {
-    KeyPolicy.EXACT: _exact_text,
-    KeyPolicy.TRIM: trim_text,
-    KeyPolicy.COLLAPSE: collapse_text,
+_TEXT_RULES: Final[dict[KeyPolicy, TextRule]] = {
+    KeyPolicy.EXACT: EXACT_RULE,
+    KeyPolicy.TRIM: TRIM_RULE,
+    KeyPolicy.COLLAPSE: COLLAPSE_RULE,
 }
 
 # Where each endpoint's message text lives: (top-level text fields, the field holding the messages).
@@ -212,6 +197,8 @@ def make_key(  # noqa: PLR0913 - the scope is four ids; bundling them would only
     tenant: str | None = None,
     endpoint: Endpoint | str = Endpoint.CHAT_COMPLETIONS,
     policy: KeyPolicy | str = KeyPolicy.TRIM,
+    route: Route | None = None,
+    server_state: bool = False,
 ) -> CacheKey:
     """Build the canonical key of ``request`` in a scope.
 
@@ -223,16 +210,21 @@ def make_key(  # noqa: PLR0913 - the scope is four ids; bundling them would only
         tenant: Optional; entries of different tenants never share a key.
         endpoint: Which API the request is for.
         policy: How message text is normalised.
+        route: Where the request goes and the headers/query that select its answer (a wrapped SDK
+            client passes it; see :mod:`promptcache._route`).
+        server_state: Key requests that refer to mutable provider state too (the agent opted in).
 
     Returns:
         The frozen :class:`CacheKey`.
 
     Raises:
+        ServerStateError: The request refers to mutable provider state and ``server_state`` is False.
         UncacheableRequestError: A request value has no canonical JSON form (the cache bypasses).
         InvalidScopeError: A scope id is empty, not a string or not encodable.
         ConfigError: ``endpoint`` or ``policy`` is not a known value.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.3.0 ``route`` and ``server_state`` (key schema v2).
     """
     ep = parse_enum(Endpoint, endpoint, "endpoint")
     pol = parse_enum(KeyPolicy, policy, "policy")
@@ -242,19 +234,24 @@ def make_key(  # noqa: PLR0913 - the scope is four ids; bundling them would only
         request = dict(request.items())
     prefix = agent_prefix(namespace, agent_id) + _escape(agent_version, "agent_version") + ":"
     tenant_part = _tenant_part(tenant)
-    body = {k: v for k, v in request.items() if k not in DENY_LIST}
+    if not server_state:
+        reason = server_state_reason(ep, request)
+        if reason is not None:
+            raise ServerStateError(reason)
+    body = key_body(ep, request)
     if pol is not KeyPolicy.EXACT and ep in _TEXT_FIELDS:
         text_fields, messages_field = _TEXT_FIELDS[ep]
         body = _with_text_policy(body, text_fields, messages_field, _TEXT_RULES[pol])
     canonical = _fast_canonical(body)
     if canonical is None:  # something needs normalising (or is invalid): the full walk decides
         canonical = _dumps(_canon_checked(body))
-    # The material is {"endpoint", "policy", "request", "scope"} in canonical JSON; the request's bytes
-    # are spliced in rather than serialised twice. The raw ids (not the escaped ones) go in, so the
+    # The material is {"endpoint", "policy", "request", "route", "scope"} in canonical JSON; the request's
+    # bytes are spliced in rather than serialised twice. The raw ids (not the escaped ones) go in, so the
     # digest never depends on the escaping rule.
     head = _material_head(ep, pol)
+    where = b"null" if route is None else _route_bytes(route)
     scope = _dumps([namespace, agent_id, agent_version, tenant])
-    material = b'%s,"request":%s,"scope":%s}' % (head, canonical, scope)
+    material = b'%s,"request":%s,"route":%s,"scope":%s}' % (head, canonical, where, scope)
     digest = hashlib.sha256(b"promptcache-key-v%d\n%s" % (SCHEMA_VERSION, material)).hexdigest()
     return CacheKey(
         digest=digest,
@@ -267,8 +264,14 @@ def make_key(  # noqa: PLR0913 - the scope is four ids; bundling them would only
         endpoint=ep,
         policy=pol,
         canonical=canonical,
+        route=route,
         model=_model_of(body),
     )
+
+
+@functools.lru_cache(maxsize=256)  # a client has one route per endpoint and header set
+def _route_bytes(route: Route) -> bytes:
+    return _dumps(route.material())
 
 
 def _model_of(body: dict[str, Any]) -> str | None:

@@ -28,8 +28,15 @@ class Scope:
         tenant: Optional tenant; tenants never share entries.
         ttl: Seconds to keep answers; ``None`` means the cache's ``default_ttl``.
         policy: Text policy override; ``None`` means the cache's policy.
+        upstream: An alias for the upstream a wrapped client talks to; clients with one alias share
+            entries. ``None`` keys by the upstream's URL (scheme, host, port, path prefix).
+        key_headers: Lower-case names of request headers that select the answer, on top of
+            :data:`promptcache._route.KEY_HEADERS`.
+        cache_server_state: Cache requests that refer to mutable provider state (a conversation, an
+            unversioned prompt template, a container, a background job); they bypass otherwise.
 
     .. versionadded:: 0.2.0
+    .. versionchanged:: 0.3.0 ``upstream``, ``key_headers``, ``cache_server_state``.
     """
 
     agent_id: str
@@ -37,6 +44,9 @@ class Scope:
     tenant: str | None = None
     ttl: float | None = None
     policy: KeyPolicy | None = None
+    upstream: str | None = None
+    key_headers: tuple[str, ...] = ()
+    cache_server_state: bool = False
 
     def replace(self, **changes: Any) -> Scope:  # noqa: ANN401 - the fields' own types
         """A copy with ``changes`` applied (per-request overrides such as control headers)."""

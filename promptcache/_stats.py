@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from promptcache.exceptions import ServerStateError
+
 __all__ = ["CacheStats", "Counters"]
 
 
@@ -19,6 +21,7 @@ class Counters:
     upstream_calls: int = 0
     upstream_errors: int = 0
     uncacheable: int = 0
+    server_state: int = 0
     not_stored: int = 0
     oversize: int = 0
     writes: int = 0
@@ -35,6 +38,18 @@ class Counters:
     output_tokens_saved: int = 0
     latency_saved: float = 0.0
 
+    def bypass(self, *, uncacheable: bool, reason: Exception | None) -> str:
+        """Count one bypass; returns the reason its event carries."""
+        self.requests += 1
+        self.bypasses += 1
+        if isinstance(reason, ServerStateError):
+            self.server_state += 1
+            return f"server-state: {reason.reason}"
+        if uncacheable:
+            self.uncacheable += 1
+            return "uncacheable"
+        return "requested"
+
     def snapshot(self, breaker_state: str) -> CacheStats:
         return CacheStats(**asdict(self), breaker_state=breaker_state)
 
@@ -43,7 +58,9 @@ class Counters:
 class CacheStats:
     """What one cache has done since it was created.
 
-    ``hits + misses + bypasses == requests`` always. ``coalesced`` hits are callers that shared another
+    ``hits + misses + bypasses == requests`` always. ``server_state`` bypasses are requests that refer to
+    mutable provider state (not cached unless the scope opts in); ``uncacheable`` ones have no canonical
+    JSON form. ``coalesced`` hits are callers that shared another
     caller's in-flight upstream call; ``upstream_calls`` equals ``misses`` except for callers that shared a
     failed call or gave up waiting on another process's lock.
 
@@ -58,6 +75,7 @@ class CacheStats:
     upstream_calls: int
     upstream_errors: int
     uncacheable: int
+    server_state: int
     not_stored: int
     oversize: int
     writes: int

@@ -20,6 +20,7 @@ import orjson
 from promptcache._entry import Entry, encode_entry, scope_of
 from promptcache._gate import refusal_reason, stream_refusal, stream_summary
 from promptcache._loops import PerLoop
+from promptcache._route import route_record
 from promptcache.backends._base import LoopHoldingStore
 
 if TYPE_CHECKING:
@@ -125,6 +126,7 @@ class EntryWriter:
             usage=usage if isinstance(usage, dict) else None,
             latency=latency,
             request=orjson.loads(key.canonical) if self._config.keep_request else None,
+            route=route_record(key.route) if self._config.keep_request and key.route is not None else None,
         )
         try:
             data = encode_entry(entry, compress_above=self._config.compress_above)

@@ -38,6 +38,7 @@ __all__ = [
     "InvalidScopeError",
     "PromptCacheError",
     "SecretLeakError",
+    "ServerStateError",
     "StoreError",
     "UncacheableRequestError",
 ]
@@ -66,6 +67,21 @@ class UncacheableRequestError(PromptCacheError, TypeError):
     def __init__(self, message: str, path: str = "$") -> None:
         super().__init__(f"{message} at {path}")
         self.path = path
+
+
+class ServerStateError(UncacheableRequestError):
+    """A request refers to mutable provider state (a conversation, an unversioned prompt, a container...).
+
+    The same request can get another answer tomorrow, so it is not keyed: the cache sends it upstream
+    uncached and counts it (``server_state`` in stats) unless the scope opts in with
+    ``cache_server_state=True``. ``reason`` names the field.
+
+    .. versionadded:: 0.3.0
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"refers to mutable server-side state ({reason})", "$")
+        self.reason = reason
 
 
 class EntryError(PromptCacheError, ValueError):

@@ -10,6 +10,7 @@
     promptcache export     --agent A -o FILE.yaml
     promptcache import     FILE.yaml
     promptcache verify     PATH
+    promptcache migrate    PATH [--upstream ALIAS|URL] [--header NAME=VALUE] [--check]
 
 The store is ``--url``, else ``PROMPTCACHE_URL`` (read in :mod:`._store`, through
 ``_config.url_from_env``, and nowhere else in the library), else the embedded SQLite store at
@@ -33,6 +34,7 @@ import redis.exceptions
 from promptcache._keys import DEFAULT_AGENT_VERSION
 from promptcache.cli._cassettes import cmd_export, cmd_import, cmd_verify
 from promptcache.cli._entries import cmd_explain, cmd_inspect, cmd_invalidate, cmd_stats
+from promptcache.cli._migrate import add_migrate_parser, add_route_options
 from promptcache.cli._store import DEFAULT_TIMEOUT, DEFAULT_URL, CLIError, one_line
 from promptcache.exceptions import ConfigError, PromptCacheError
 
@@ -91,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--policy", default="trim", help="text policy: exact, trim or collapse (default: %(default)s)"
     )
+    add_route_options(p)
     p.set_defaults(handler=cmd_explain)
 
     p = sub.add_parser("invalidate", parents=[store], help="delete one agent's entries")
@@ -116,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("path", metavar="PATH", help="a cassette file or a directory of them")
     p.set_defaults(handler=cmd_verify)
+
+    add_migrate_parser(sub)
     return parser
 
 

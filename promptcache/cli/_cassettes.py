@@ -16,15 +16,31 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import yaml
 
-from promptcache._cassette import CASSETTE_FORMAT, SCRUBBED, find_secret, parse_cassette, save_cassette, scrub
+from promptcache._cassette import (
+    CASSETTE_FORMAT,
+    SCRUBBED,
+    find_secret,
+    key_schema_of,
+    old_schema_message,
+    parse_cassette,
+    save_cassette,
+    scrub,
+)
 from promptcache._config import DEFAULT_COMPRESS_ABOVE
 from promptcache._entry import Entry, encode_entry
-from promptcache._keys import Endpoint, KeyPolicy, make_key, store_key_for
+from promptcache._keys import SCHEMA_VERSION, Endpoint, KeyPolicy, make_key, store_key_for
+from promptcache._route import route_from_record
 from promptcache._stores import redact_url
 from promptcache._validate import parse_enum
 from promptcache.cli._store import CLIError, agent_keys, read_all, run_on_store, store_url
 from promptcache.cli._support import Progress, echo
-from promptcache.exceptions import CassetteFormatError, EntryError, PromptCacheError, SecretLeakError
+from promptcache.exceptions import (
+    CassetteFormatError,
+    ConfigError,
+    EntryError,
+    PromptCacheError,
+    SecretLeakError,
+)
 
 if TYPE_CHECKING:
     import argparse
@@ -67,6 +83,8 @@ def to_recording(stored: StoredEntry) -> dict[str, Any]:
     }  # fmt: skip
     if entry.request is not None:
         rec["request"] = entry.request
+    if entry.route is not None:
+        rec["route"] = entry.route
     if entry.chunks is not None:
         rec["chunks"] = entry.chunks
     else:
@@ -80,6 +98,7 @@ def export_doc(
     """A cassette document of exported entries (``parse_cassette`` reads it like any other)."""
     return {
         "version": CASSETTE_FORMAT,
+        "key_schema": SCHEMA_VERSION,
         "exported": {"namespace": namespace, "agent_id": agent_id, "agent_version": version},
         "recordings": recordings,
     }
@@ -147,6 +166,7 @@ def from_recording(
         usage=usage if isinstance(usage, dict) else None,
         latency=float(latency) if isinstance(latency, int | float) and not isinstance(latency, bool) else 0.0,
         request=rec.get("request"),
+        route=rec.get("route") if isinstance(rec.get("route"), dict) else None,
     )
     compressed = rec.get("compressed")
     threshold = DEFAULT_COMPRESS_ABOVE if compressed is None else (0 if compressed else None)
@@ -175,6 +195,10 @@ def _key_matches_request(rec: dict[str, Any], scope: tuple[str, str, str, str | 
     if not isinstance(request, dict) or SCRUBBED in orjson.dumps(request).decode():
         return True  # nothing to check against (scrubbed text cannot reproduce the key)
     namespace, agent_id, agent_version, tenant = scope
+    try:
+        route = None if rec.get("route") is None else route_from_record(rec["route"])
+    except ConfigError:
+        return False
     for policy in KeyPolicy:  # the canonical request is a fixed point of the policy that made it
         key = make_key(
             request,
@@ -184,6 +208,8 @@ def _key_matches_request(rec: dict[str, Any], scope: tuple[str, str, str, str | 
             tenant=tenant,
             endpoint=rec["endpoint"],
             policy=policy,
+            route=route,
+            server_state=True,
         )
         if key.digest == rec["key"]:
             return True
@@ -210,6 +236,9 @@ def verify_cassette(text: bytes, where: str) -> tuple[int, list[str]]:
     if node is not None:
         _duplicate_keys(node, "$", dupes)
     problems.extend(f"{where}: {d}" for d in dupes)
+    if doc["recordings"] and key_schema_of(doc) != SCHEMA_VERSION:
+        problems.append(f"{where}: {old_schema_message(doc)}")
+        return len(doc["recordings"]), problems
     seen: set[tuple[object, ...]] = set()
     for i, rec in enumerate(doc["recordings"]):
         here = f"{where}: recordings[{i}]"
@@ -255,6 +284,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     path = Path(args.file)
     doc = parse_cassette(path.read_bytes(), str(path))
+    if doc["recordings"] and key_schema_of(doc) != SCHEMA_VERSION:  # keys never found: say so instead
+        raise CLIError(f"{path}: {old_schema_message(doc)}")
     now = time.time()
     # Every recording is checked before the first write: a bad file writes nothing.
     built = [

@@ -9,11 +9,14 @@ from typing import TYPE_CHECKING
 import orjson
 
 from promptcache._keys import make_key, namespace_prefix
+from promptcache._route import route_record
 from promptcache._stores import redact_url
 from promptcache.cli import _support as support
+from promptcache.cli._migrate import cli_route
 from promptcache.cli._stats import parse_prometheus, render_stats, stats_json, stored_rows
 from promptcache.cli._store import CLIError, agent_keys, read_all, run_on_store, store_url
 from promptcache.cli._support import echo
+from promptcache.exceptions import ServerStateError
 
 if TYPE_CHECKING:
     import argparse
@@ -77,14 +80,31 @@ def cmd_explain(args: argparse.Namespace) -> int:
     request = support.load_request(args.request)
     scope = {"agent_id": args.agent, "agent_version": args.agent_version, "tenant": args.tenant}
     options = {"namespace": args.namespace, "endpoint": args.endpoint, "policy": args.policy, **scope}
-    key = make_key(request, **options)
-    echo(support.explain_text(key, request))
+    route = cli_route(args.upstream, args.header, args.query)
+    bypass = None
+    try:
+        key = make_key(request, **options, route=route, server_state=args.server_state)
+    except ServerStateError as exc:  # say so, and show the key an opted-in agent would use
+        bypass = exc.reason
+        key = make_key(request, **options, route=route, server_state=True)
+    echo(support.explain_text(key, request, bypass=bypass))
     if args.against is None:
         return 0
     if Path(args.against).is_file():
-        other = make_key(support.load_request(args.against), **options)
+        their_route = cli_route(
+            args.against_upstream or args.upstream,
+            args.against_header if args.against_header is not None else args.header,
+            args.against_query if args.against_query is not None else args.query,
+        )
+        other = make_key(support.load_request(args.against), **options, route=their_route, server_state=True)
         scope_ids = (other.namespace, other.agent_id, other.agent_version, other.tenant)
-        theirs = support.Side(other.digest, orjson.loads(other.canonical), other.endpoint.value, scope_ids)
+        theirs = support.Side(
+            other.digest,
+            orjson.loads(other.canonical),
+            other.endpoint.value,
+            scope_ids,
+            None if their_route is None else route_record(their_route),
+        )
     else:
         stored = run_on_store(
             args, lambda cache: support.find_entry(cache.store, args.namespace, args.against)
@@ -97,7 +117,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 f"the entry under {args.against!r} keeps no request to compare with "
                 "(the cache that wrote it ran with keep_request=False)"
             )
-        theirs = support.Side(entry.digest, entry.request, entry.endpoint, entry.scope)
+        theirs = support.Side(entry.digest, entry.request, entry.endpoint, entry.scope, entry.route)
     echo("", support.why_text(key, theirs))
     return 0
 

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 import orjson
 
 from promptcache._entry import Entry, is_compressed, parse_entry
-from promptcache._keys import DENY_LIST, digest_of, namespace_prefix
+from promptcache._fields import OUT_OF_KEY
+from promptcache._keys import digest_of, namespace_prefix
+from promptcache._route import route_record
 from promptcache.backends import BatchReadStore, ListingStore
 from promptcache.exceptions import ConfigError, EntryError
 
@@ -281,9 +283,9 @@ def read_metrics(source: str) -> str:
     return Path(source).read_text(encoding="utf-8")
 
 
-def explain_text(key: CacheKey, request: dict[str, Any]) -> str:
-    """What ``explain`` prints: the key, its scope, what was left out, and the canonical request."""
-    left_out = sorted(k for k in request if k in DENY_LIST)
+def explain_text(key: CacheKey, request: dict[str, Any], *, bypass: str | None = None) -> str:
+    """What ``explain`` prints: the key, its scope and route, what was left out, and the canonical request."""
+    left_out = sorted(k for k in request if k in OUT_OF_KEY[key.endpoint])
     lines = [
         f"key:        {key.digest}",
         f"store key:  {key.store_key}",
@@ -293,9 +295,20 @@ def explain_text(key: CacheKey, request: dict[str, Any]) -> str:
         ),
         f"endpoint:   {key.endpoint.value}, text policy {key.policy.value}",
     ]
+    if key.route is None:
+        lines.append("route:      none (a key made by get_or_call/set; wrapped SDK clients key their route)")
+    else:
+        lines.append("route:      " + "; ".join(key.route.describe()))
     if left_out:
-        lines.append(f"left out:   {', '.join(left_out)} (deny-list: they cannot change the answer)")
-    lines.append("canonical request (hashed with the scope, endpoint and policy):")
+        lines.append(f"left out:   {', '.join(left_out)} (they cannot change the answer; docs/KEY_FIELDS.md)")
+    if bypass is not None:
+        lines.append(
+            f"bypass:     refers to mutable server-side state ({bypass}): not cached unless the agent "
+            "opts in (cache_server_state=True); the key below is the opted-in one"
+        )
+    lines.append(
+        f"canonical request (hashed with the scope, endpoint, policy and route; key schema v{key.schema}):"
+    )
     lines.append(_pretty(orjson.loads(key.canonical)))
     return "\n".join(lines)
 
@@ -308,6 +321,7 @@ class Side:
     request: Any
     endpoint: str
     scope: tuple[str, str, str, str | None]
+    route: Any = None  # the cassette form (``route_record``), or None
 
 
 def why_text(key: CacheKey, theirs: Side) -> str:
@@ -323,10 +337,13 @@ def why_text(key: CacheKey, theirs: Side) -> str:
             lines.append(f"  ~ scope.{name}: {a!r} -> {b!r}")
     if theirs.endpoint != key.endpoint.value:
         lines.append(f"  ~ endpoint: {theirs.endpoint!r} -> {key.endpoint.value!r}")
+    mine_route = None if key.route is None else route_record(key.route)
+    if mine_route != theirs.route:
+        lines.extend("  " + d for d in json_diff(theirs.route, mine_route, "route"))
     lines.extend("  " + d for d in json_diff(theirs.request, orjson.loads(key.canonical)))
     if len(lines) == 1:
         lines.append(
-            "  scope, endpoint and canonical request are equal:"
+            "  scope, endpoint, route and canonical request are equal:"
             f" the text policy differs (this one: {key.policy.value})"
         )
     else:

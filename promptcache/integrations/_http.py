@@ -9,15 +9,18 @@ async or free of I/O; sync transports reach it through :mod:`._sync`.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qsl
 
 import orjson
 
 from promptcache._gate import is_terminal
 from promptcache._keys import Endpoint
+from promptcache._route import KEY_HEADERS, Route, route_of
 from promptcache.exceptions import ConfigError
 from promptcache.integrations._sse import SSEParser, encode_events
 
@@ -36,6 +39,7 @@ __all__ = [
     "is_event_stream",
     "json_response",
     "plan_request",
+    "request_route",
     "response",
     "take_controls",
     "tee",
@@ -67,6 +71,7 @@ class Plan:
     scope: Scope
     bypass: bool
     refresh: bool
+    route: Route
 
 
 def _flag(value: str | None) -> bool:
@@ -93,12 +98,57 @@ def take_controls(headers: Any) -> dict[str, str]:  # noqa: ANN401 - httpx or ht
 
 def endpoint_for(method: str, path: str) -> Endpoint | None:
     """The cached endpoint a request goes to, or None for everything that passes through."""
+    found = _endpoint_and_prefix(method, path)
+    return None if found is None else found[0]
+
+
+def _endpoint_and_prefix(method: str, path: str) -> tuple[Endpoint, str] | None:
     if method != "POST":
         return None
     for suffix, endpoint in _ENDPOINT_SUFFIXES:
         if path.endswith(suffix):
-            return endpoint
+            return endpoint, path[: -len(suffix)]
     return None
+
+
+def request_route(request: Any, prefix: str, scope: Scope) -> Route:  # noqa: ANN401 - httpx or httpx2
+    """The route (upstream, query, keyed headers) of an SDK request whose path starts with ``prefix``."""
+    url = request.url
+    wanted = _wanted_headers(scope.key_headers)
+    # multi_items() names are lower-case in httpx and httpx2; only the keyed ones are looked at.
+    picked = tuple((name, value) for name, value in request.headers.multi_items() if name in wanted)
+    return _route(request.method, url.scheme, url.host, url.port, prefix, url.query, picked, scope)
+
+
+@functools.lru_cache(maxsize=64)
+def _wanted_headers(extra: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(KEY_HEADERS) | frozenset(extra)
+
+
+# A client sends the same route on every call: normalising it once per distinct route keeps it off the
+# hit path (the arguments are the raw parts, so equal arguments always normalise to the same Route).
+@functools.lru_cache(maxsize=1024)
+def _route(  # noqa: PLR0913 - the raw parts of one request's route
+    method: str,
+    scheme: str,
+    host: str,
+    port: int | None,
+    prefix: str,
+    query: bytes,
+    headers: tuple[tuple[str, str], ...],
+    scope: Scope,
+) -> Route:
+    return route_of(
+        method=method,
+        scheme=scheme,
+        host=host,
+        port=port,
+        prefix=prefix,
+        query=parse_qsl(query.decode("ascii", "replace"), keep_blank_values=True),
+        headers=headers,
+        alias=scope.upstream,
+        extra_headers=scope.key_headers,
+    )
 
 
 def plan_request(request: Any, scope: Scope) -> Plan | None:  # noqa: ANN401
@@ -110,9 +160,10 @@ def plan_request(request: Any, scope: Scope) -> Plan | None:  # noqa: ANN401
         ConfigError: A control header has a bad value.
     """
     controls = take_controls(request.headers)
-    endpoint = endpoint_for(request.method, request.url.path)
-    if endpoint is None:
+    found = _endpoint_and_prefix(request.method, request.url.path)
+    if found is None:
         return None
+    endpoint, prefix = found
     try:
         body = orjson.loads(request.content)
     except (orjson.JSONDecodeError, AttributeError, RuntimeError):
@@ -137,6 +188,7 @@ def plan_request(request: Any, scope: Scope) -> Plan | None:  # noqa: ANN401
         scope=scope.replace(**overrides) if overrides else scope,
         bypass=_flag(controls.get(HEADER_PREFIX + "bypass")),
         refresh=_flag(controls.get(HEADER_PREFIX + "refresh")),
+        route=request_route(request, prefix, scope),
     )
 
 

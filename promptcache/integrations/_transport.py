@@ -113,6 +113,7 @@ class CachingCore:
                 bypass=plan.bypass,
                 refresh=plan.refresh,
                 scope=plan.scope,
+                route=plan.route,
             )
         except _Passthrough as answer:
             if own:  # this request's own upstream answer: hand it back untouched
@@ -128,9 +129,9 @@ class CachingCore:
             cache.count_bypass(scope=plan.scope, request=plan.body)
             return await send(request)
         try:
-            key = cache.key(plan.body, endpoint=plan.endpoint, scope=plan.scope)
-        except UncacheableRequestError:
-            cache.count_bypass(uncacheable=True, scope=plan.scope, request=plan.body)
+            key = cache.key(plan.body, endpoint=plan.endpoint, scope=plan.scope, route=plan.route)
+        except UncacheableRequestError as exc:
+            cache.count_bypass(uncacheable=True, scope=plan.scope, request=plan.body, reason=exc)
             return await send(request)
         entry = await cache.get_entry(key, stream=True, refresh=plan.refresh)
         if entry is not None and entry.chunks is not None:

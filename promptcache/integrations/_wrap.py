@@ -6,6 +6,7 @@ import inspect
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from promptcache._keys import DEFAULT_AGENT_VERSION, KeyPolicy, agent_prefix
+from promptcache._route import check_alias, check_header_names
 from promptcache._scope import Scope
 from promptcache._validate import parse_enum
 from promptcache.exceptions import ConfigError
@@ -13,6 +14,8 @@ from promptcache.integrations._sync import handle_sync
 from promptcache.integrations._transport import CachingCore
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from promptcache._cache import PromptCache
 
 __all__ = ["AsyncCachingTransport", "CachingTransport", "wrap"]
@@ -71,6 +74,9 @@ def wrap(  # noqa: PLR0913
     tenant: str | None = None,
     ttl: float | None = None,
     policy: KeyPolicy | str | None = None,
+    upstream: str | None = None,
+    key_headers: Iterable[str] = (),
+    cache_server_state: bool = False,
 ) -> C:
     """Cache ``client``'s chat completions, responses, embeddings and Anthropic messages.
 
@@ -86,12 +92,22 @@ def wrap(  # noqa: PLR0913
         tenant: Optional tenant (``x-promptcache-tenant``).
         ttl: Seconds to keep answers (``x-promptcache-ttl``); the cache's default otherwise.
         policy: Text policy override.
+        upstream: An alias for the upstream this client talks to. By default its answers are keyed by the
+            upstream's URL (scheme, host, port, path prefix; the official APIs as ``openai`` and
+            ``anthropic``), so another host or gateway route never shares them; clients wrapped with one
+            alias share entries.
+        key_headers: Names of request headers that select the answer, on top of the built-in ones
+            (``anthropic-version``, ``anthropic-beta``, ``openai-organization``, ``openai-project``).
+        cache_server_state: Also cache requests that refer to mutable provider state (Responses
+            ``conversation``, ``prompt`` without ``version``, ``background``; Anthropic ``container``).
+            They go upstream uncached otherwise (counted as ``server_state`` bypasses).
 
     Raises:
         ConfigError: ``client`` is not an SDK client, or is already wrapped.
         InvalidScopeError: An id is empty or not a string.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.3.0 ``upstream``, ``key_headers``, ``cache_server_state``.
     """
     agent_prefix(cache.config.namespace, agent_id, agent_version)  # validates the ids now, not per call
     if tenant is not None:
@@ -102,6 +118,9 @@ def wrap(  # noqa: PLR0913
         tenant=tenant,
         ttl=cache._ttl(ttl) if ttl is not None else None,  # noqa: SLF001 - same validation as the cache
         policy=None if policy is None else parse_enum(KeyPolicy, policy, "policy"),
+        upstream=check_alias(upstream),
+        key_headers=check_header_names(key_headers),
+        cache_server_state=bool(cache_server_state),
     )
     http = getattr(client, "_client", None)
     if http is None or not hasattr(http, "_transport") or not hasattr(http, "_mounts"):

@@ -17,6 +17,7 @@ import pytest
 
 from promptcache._cassette import DEFAULT_SCRUB_FIELDS
 from promptcache._keys import DEFAULT_AGENT_VERSION, KeyPolicy
+from promptcache._route import check_alias
 from promptcache._validate import parse_enum
 from promptcache.exceptions import ConfigError
 from promptcache.pytest_plugin._recorder import Mode, Recorder
@@ -78,13 +79,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("promptcache_scrub_fields", "JSON fields scrubbed from cassettes", type="linelist")
     parser.addini("promptcache_agent_id", "agent id recordings are keyed under", default="default")
     parser.addini("promptcache_policy", "text policy of the key: exact, trim, collapse", default="trim")
+    parser.addini(
+        "promptcache_cache_server_state",
+        "record/replay requests that refer to mutable server-side state (conversation, container, ...)",
+        type="bool",
+        default=False,
+    )
+    parser.addini(
+        "promptcache_upstream",
+        "an alias keying every upstream instead of its URL, so recordings replay against another host",
+        default=None,
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "promptcache(mode=None, cassette=None, agent_id=None, agent_version=None): record/replay this "
-        "test's LLM calls; `cassette` names a shared cassette",
+        "promptcache(mode=None, cassette=None, agent_id=None, agent_version=None, upstream=None): "
+        "record/replay this test's LLM calls; `cassette` names a shared cassette; `upstream` an alias "
+        "for the upstream URL in keys",
     )
     session = Session(config)
     config.stash[_SESSION] = session
@@ -96,11 +109,15 @@ def pytest_configure(config: pytest.Config) -> None:
     session.global_mode = session.cli_mode or (_mode(ini_mode, "ini promptcache_mode") if ini_mode else None)
     try:
         policy = parse_enum(KeyPolicy, str(config.getini("promptcache_policy")), "ini promptcache_policy")
+        upstream = check_alias(config.getini("promptcache_upstream") or None)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
+    # Calls made outside any test (the _session cassette) are keyed by the ini settings.
     session.session_settings = {
         "agent_id": str(config.getini("promptcache_agent_id")),
         "policy": policy,
+        "upstream": upstream,
+        "cache_server_state": _truthy(config.getini("promptcache_cache_server_state")),
         "scrub_fields": _scrub_fields(config, {}),
     }
 
@@ -132,7 +149,7 @@ def _mode(value: object, where: str) -> Mode:
 @pytest.fixture
 def promptcache_config() -> dict[str, Any]:
     """Override in a conftest to configure record/replay: keys ``mode``, ``agent_id``, ``agent_version``,
-    ``scrub_fields``, ``policy``. Precedence: command line > marker > this fixture > ini."""
+    ``scrub_fields``, ``policy``, ``upstream``. Precedence: command line > marker > this fixture > ini."""
     return {}
 
 
@@ -171,8 +188,18 @@ def _settings(request: pytest.FixtureRequest, session: Session) -> dict[str, Any
         "agent_id": str(pick("agent_id", config.getini("promptcache_agent_id"))),
         "agent_version": str(pick("agent_version", DEFAULT_AGENT_VERSION)),
         "policy": parse_enum(KeyPolicy, str(pick("policy", config.getini("promptcache_policy"))), "policy"),
+        "upstream": check_alias(pick("upstream", config.getini("promptcache_upstream") or None)),
+        "cache_server_state": _truthy(
+            pick("cache_server_state", config.getini("promptcache_cache_server_state"))
+        ),
         "scrub_fields": _scrub_fields(config, fixture),
     }
+
+
+def _truthy(value: object) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)
 
 
 def _cassette(named: object, nodeid: str) -> str:
@@ -237,8 +264,9 @@ def pytest_runtest_makereport(
         item.stash[_MISSES_REPORTED] = len(recorder.miss_messages)
         exc = call.excinfo.value if call.excinfo else None
         alone = isinstance(exc, pytest.fail.Exception) and len(recorder.miss_messages) - reported == 1
-        raised = None if exc is None or alone else f"{type(exc).__name__}: {exc}"
-        report.longrepr = misses_report(recorder.miss_messages[reported:], raised)
+        if not alone:  # a lone miss raised as is already reads as itself
+            raised = None if exc is None else f"{type(exc).__name__}: {exc}"
+            report.longrepr = misses_report(recorder.miss_messages[reported:], raised)
     if report.failed:
         state.failed.add(item.nodeid)
     elif report.when == "call" and report.passed:

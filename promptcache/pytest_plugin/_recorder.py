@@ -23,15 +23,24 @@ import pytest
 from promptcache._cassette import (
     CASSETTE_FORMAT,
     DEFAULT_SCRUB_FIELDS,
+    key_schema_of,
     request_secrets,
     scrub,
     scrub_joined,
     scrub_values,
 )
 from promptcache._gate import stream_summary, usage_of
-from promptcache._keys import DEFAULT_AGENT_VERSION, DEFAULT_NAMESPACE, CacheKey, KeyPolicy, make_key
+from promptcache._keys import (
+    DEFAULT_AGENT_VERSION,
+    DEFAULT_NAMESPACE,
+    SCHEMA_VERSION,
+    CacheKey,
+    KeyPolicy,
+    make_key,
+)
+from promptcache._route import route_record
 from promptcache._scope import Scope
-from promptcache.exceptions import UncacheableRequestError
+from promptcache.exceptions import ServerStateError, UncacheableRequestError
 from promptcache.integrations._http import (
     event_stream_response,
     is_event_stream,
@@ -71,6 +80,8 @@ class Recorder:
         replayed: Answered from the cassette.
         recorded: Sent upstream and recorded.
         missing: Replay misses (each failed the test).
+        server_state: Requests that refer to mutable server-side state, sent upstream unrecorded (a
+            failure in replay mode) because the test did not opt in with ``cache_server_state``.
         usage: Tokens of the replayed answers (what the test did not pay for).
     """
 
@@ -82,11 +93,14 @@ class Recorder:
     agent_id: str = "default"
     agent_version: str = DEFAULT_AGENT_VERSION
     policy: KeyPolicy = KeyPolicy.TRIM
+    upstream: str | None = None
+    cache_server_state: bool = False
     scrub_fields: frozenset[str] = DEFAULT_SCRUB_FIELDS
     calls: int = 0
     replayed: int = 0
     recorded: int = 0
     missing: int = 0
+    server_state: int = 0
     usage: Counter[str] = field(default_factory=Counter)
     replayed_recordings: list[dict[str, Any]] = field(default_factory=list)
     _existing: list[dict[str, Any]] = field(default_factory=list)
@@ -97,9 +111,12 @@ class Recorder:
     miss_messages: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self._old_schema: int | None = None
         if self.mode is not Mode.REWRITE:
             doc = self.store.load(self.cassette)
             self._existing = list(doc["recordings"]) if doc else []
+            if doc and key_schema_of(doc) != SCHEMA_VERSION and self._existing:
+                self._old_schema = key_schema_of(doc)
         # Recordings by (key, kind), in order: a replayed call is one dict lookup, however big the cassette.
         self._index: dict[str, list[dict[str, Any]]] = {}
         for rec in self._existing:
@@ -108,7 +125,13 @@ class Recorder:
     # -- decisions (no I/O) -----------------------------------------------------------------------
 
     def _scope(self) -> Scope:
-        return Scope(agent_id=self.agent_id, agent_version=self.agent_version, policy=self.policy)
+        return Scope(
+            agent_id=self.agent_id,
+            agent_version=self.agent_version,
+            policy=self.policy,
+            upstream=self.upstream,
+            cache_server_state=self.cache_server_state,
+        )
 
     def _key(self, request: Any) -> tuple[CacheKey, dict[str, Any]] | None:  # noqa: ANN401
         plan = plan_request(request, self._scope())
@@ -123,7 +146,21 @@ class Recorder:
                 tenant=plan.scope.tenant,
                 endpoint=plan.endpoint,
                 policy=self.policy,
+                route=plan.route,
+                server_state=self.cache_server_state,
             )
+        except ServerStateError as exc:
+            self.server_state += 1
+            if self.mode is Mode.REPLAY:
+                self.missing += 1
+                pytest.fail(
+                    f"promptcache: {self.test_id} sent a request that refers to mutable server-side state "
+                    f"({exc.reason}); it is neither recorded nor replayed unless the test opts in with "
+                    "@pytest.mark.promptcache(cache_server_state=True) "
+                    "(or ini promptcache_cache_server_state)",
+                    pytrace=False,
+                )
+            return None
         except UncacheableRequestError:
             return None
         return key, plan.body
@@ -190,6 +227,8 @@ class Recorder:
             "status": status,
             "request": scrub(orjson.loads(key.canonical), self.scrub_fields),
         }
+        if key.route is not None:  # what besides the request selected the answer (key schema v2)
+            recording["route"] = route_record(key.route)
         if chunks is not None:
             recording["chunks"] = scrub_joined(scrub(chunks, self.scrub_fields))
         else:
@@ -238,7 +277,12 @@ class Recorder:
             self._view = recordings
             if not recordings:
                 return None
-            return {"version": CASSETTE_FORMAT, "tests": cassette_tests(recordings), "recordings": recordings}
+            return {
+                "version": CASSETTE_FORMAT,
+                "key_schema": SCHEMA_VERSION,
+                "tests": cassette_tests(recordings),
+                "recordings": recordings,
+            }
 
         self.store.update(self.cassette, change)
 
@@ -269,6 +313,18 @@ class Recorder:
         found = self._key(request)
         if found is None:
             return await send(request)
+        if self._old_schema is not None:
+            self.missing += 1
+            where = self.store.describe(self.cassette)
+            pytest.fail(
+                f"promptcache: {where} was recorded under key schema v{self._old_schema}; this promptcache "
+                f"keys requests with schema v{SCHEMA_VERSION} (the upstream and answer-selecting headers "
+                f"joined the key), so none of its recordings can match. Re-key it offline, keeping every "
+                f"response byte for byte:\n  promptcache migrate {where} --upstream <alias or URL>\n"
+                f"(see `promptcache migrate --help`), or re-record: "
+                f"pytest --promptcache=rewrite {self.test_id}",
+                pytrace=False,
+            )
         key, body = found
         self.calls += 1
         stream = body.get("stream") is True

@@ -12,6 +12,7 @@ import orjson
 from promptcache._gate import stream_summary, usage_of
 from promptcache._keys import Endpoint
 from promptcache._prices import PriceTable
+from promptcache._route import route_record
 
 if TYPE_CHECKING:
     from promptcache._keys import CacheKey
@@ -40,6 +41,25 @@ def _nearest(request_lines: list[str], recordings: list[dict[str, Any]], endpoin
         if score > best[1]:
             best = (rec, score)
     return best
+
+
+def _route_lines(key: CacheKey, nearest: dict[str, Any]) -> list[str]:
+    """What differs besides the request: the upstream, query or keyed headers (key schema v2)."""
+    mine = route_record(key.route) if key.route is not None else None
+    theirs = nearest.get("route")
+    if mine == theirs:
+        return []
+    out = ["  the route differs (upstream, query or answer-selecting headers):"]
+    out += [
+        f"    recorded:     {orjson.dumps(theirs).decode()}",
+        f"    this request: {orjson.dumps(mine).decode()}",
+    ]
+    if isinstance(theirs, dict) and isinstance(mine, dict) and theirs.get("upstream") != mine.get("upstream"):
+        out.append(
+            "    to replay against another host, key both by one alias: ini promptcache_upstream = <name> "
+            "(or @pytest.mark.promptcache(upstream=...))"
+        )
+    return out
 
 
 def _scope(key: CacheKey) -> str:
@@ -82,6 +102,7 @@ def miss_message(  # noqa: PLR0913 - every part of the message
         if len(diff) > MAX_DIFF_LINES:
             diff = [*diff[:MAX_DIFF_LINES], f"... ({len(diff) - MAX_DIFF_LINES} more diff lines)"]
         lines.extend("    " + d for d in diff)
+        lines.extend(_route_lines(key, nearest))
     if test_id == SESSION:
         lines.append("  made outside any test (a module- or session-scoped fixture, or at import);")
         lines.append("  to record it: pytest --promptcache=auto")

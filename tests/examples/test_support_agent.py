@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 MODEL = "gpt-4o-mini"
 API_KEY = "not-a-real-key"  # replay sends nothing, and the local fake server ignores it
+# Recorded against a FakeLLM on a free port, replayed against a port nothing listens on: one alias keys both
+# (the upstream's URL is part of the key otherwise).
+UPSTREAM = "fake-llm"
 
 
 def open_agent(base_url: str) -> SupportAgent:
@@ -65,7 +68,7 @@ def test_parse_label_takes_the_first_label_word(answer: str, label: str) -> None
 
 
 @pytest.mark.anyio
-@pytest.mark.promptcache(mode="replay", agent_id="support-agent")
+@pytest.mark.promptcache(mode="replay", agent_id="support-agent", upstream=UPSTREAM)
 async def test_sample_tickets_are_labelled_and_answered(
     llm_base_url: str, promptcache: Recorder, recording: bool
 ) -> None:
@@ -92,7 +95,7 @@ async def test_sample_tickets_are_labelled_and_answered(
 
 
 @pytest.mark.anyio
-@pytest.mark.promptcache(mode="replay", agent_id="support-agent")
+@pytest.mark.promptcache(mode="replay", agent_id="support-agent", upstream=UPSTREAM)
 async def test_a_repeated_ticket_is_answered_by_the_production_cache(
     llm_base_url: str, promptcache: Recorder, recording: bool
 ) -> None:
@@ -114,7 +117,7 @@ async def test_a_repeated_ticket_is_answered_by_the_production_cache(
 
 
 @pytest.mark.anyio
-@pytest.mark.promptcache(mode="replay", agent_id="support-agent")
+@pytest.mark.promptcache(mode="replay", agent_id="support-agent", upstream=UPSTREAM)
 async def test_an_edited_ticket_is_a_replay_miss_not_a_stale_answer(
     llm_base_url: str, promptcache: Recorder, recording: bool
 ) -> None:

@@ -13,6 +13,7 @@ import redis
 import yaml
 
 from promptcache import PromptCache
+from promptcache._keys import SCHEMA_VERSION
 from promptcache.cli import main
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ def populate(url: str) -> None:
     asyncio.run(go())
 
 
-def raw(url: str, pattern: str = f"{NS}:v1:*") -> dict[bytes, bytes]:
+def raw(url: str, pattern: str = f"{NS}:v{SCHEMA_VERSION}:*") -> dict[bytes, bytes]:
     """Every matching key and its exact bytes, read with a plain redis client."""
     client = redis.Redis.from_url(url)
     try:
@@ -109,7 +110,7 @@ def test_demo_on_redis_then_stats_from_its_metrics(cli: Run, redis_url: str, tmp
     total = next(line.split() for line in out.splitlines() if line.startswith("total"))
     assert total[1] == str(misses)  # every miss stored one entry
     assert (total[3], total[4]) == (str(hits), str(misses))
-    assert len(raw(redis_url, f"{DEMO_NS}:v1:*")) == misses
+    assert len(raw(redis_url, f"{DEMO_NS}:v{SCHEMA_VERSION}:*")) == misses
     code, out, _ = cli("demo", "--calls", "60", "--scale", "1000", "--url", redis_url)
     assert f"(cleared {misses} entries of earlier demo runs first)" in out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import io
+import re
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from promptcache import CacheKey, PromptCache, make_key
 from promptcache._config import url_from_env
 from promptcache._entry import Entry, encode_entry, is_compressed, scope_of
-from promptcache._keys import agent_id_of, digest_of, namespace_prefix, store_key_for
+from promptcache._keys import SCHEMA_VERSION, agent_id_of, digest_of, namespace_prefix, store_key_for
 from promptcache.cli import main
 from promptcache.cli._support import Progress, json_diff
 from promptcache.metrics import PrometheusHook, render_prometheus
@@ -242,7 +243,7 @@ def test_inspect_an_agent_shows_its_entries(cli: Run, url: str) -> None:
     populate(url)
     code, out, _ = cli("inspect", "--agent", "writer", "--url", url, "--namespace", NS, "--limit", "2")
     assert code == 0
-    assert out.count("key:       app:v1:writer:") == 2
+    assert out.count(f"key:       app:v{SCHEMA_VERSION}:writer:") == 2
     assert "... and 1 more entries" in out
     code, out, _ = cli("inspect", "--agent", "writer", "--url", url, "--namespace", NS, "--json")
     entries = orjson.loads(out)
@@ -417,6 +418,7 @@ def test_import_of_a_test_cassette_uses_the_given_ttl(cli: Run, url: str, tmp_pa
     key = make_key(request_for("q"), namespace=NS, agent_id="bot")
     doc = {
         "version": 1,
+        "key_schema": SCHEMA_VERSION,
         "test": "tests/test_x.py::test_y",
         "recordings": [
             {
@@ -473,7 +475,7 @@ def test_a_bad_cassette_imports_nothing(cli: Run, tmp_path: Path) -> None:
         "scope": {"namespace": NS, "agent_id": "", "agent_version": "1"},
     }
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump({"version": 1, "recordings": [good, bad]}))
+    path.write_text(yaml.safe_dump({"version": 1, "key_schema": SCHEMA_VERSION, "recordings": [good, bad]}))
     code, _, err = cli("import", str(path), "--url", f"sqlite:///{target}")
     assert code == 1
     assert "recordings[1]" in one_error_line(err)
@@ -550,7 +552,7 @@ def test_verify_reports_each_problem(cli: Run, url: str, tmp_path: Path) -> None
     assert code == 1
     assert "dupe.yaml: $.recordings[0]: duplicate key 'model'" in out
     assert "secret.yaml: holds a credential" in out
-    assert "edited.yaml: recordings[0]: key" in out
+    assert re.search(r"edited\.yaml: recordings\[\d\]: key", out), out
     assert "does not match its request" in out
     assert "alias.yaml: YAML anchors/aliases are not allowed" in out
     assert out.strip().endswith("4 of 4 cassettes have problems")

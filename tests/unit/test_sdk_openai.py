@@ -718,15 +718,13 @@ def test_sync_cache_close_flushes_background_writes(server: FakeLLM, tmp_path: P
     with client:
         client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "sync close"}])
     cache.close()
+    calls = server.calls
     reopened = PromptCache.from_url(f"sqlite:///{tmp_path / 'sync.db'}")
+    again = wrap(openai.OpenAI(api_key=OPENAI_TEST_KEY, base_url=server.base_url), reopened, agent_id="s")
+    with again:
+        again.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "sync close"}])
+    reopened.close()
+    assert server.calls == calls  # the reopened store answered: the write was flushed by close()
     request = {"model": "gpt-test", "messages": [{"role": "user", "content": "sync close"}]}
-    assert asyncio.run(_get_then_close(reopened, request, "s")) is not None
     with pytest.raises(PromptCacheError, match="closed"):
         asyncio.run(cache.get(request, agent_id="s"))
-
-
-async def _get_then_close(cache: PromptCache, request: dict[str, Any], agent_id: str) -> Any:
-    try:
-        return await cache.get(request, agent_id=agent_id)
-    finally:
-        await cache.aclose()

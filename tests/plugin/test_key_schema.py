@@ -1,0 +1,94 @@
+"""Key schema v2 in the plugin: portable recordings through an alias, v1 cassettes, `promptcache migrate`."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from promptcache._cassette import load_cassette, parse_cassette
+from promptcache._keys import SCHEMA_VERSION
+from promptcache.cli import main
+
+if TYPE_CHECKING:
+    import pytest
+    from fake_llm import FakeLLM
+
+CHAT_TESTS = """
+import llm
+
+
+def test_chat():
+    with llm.openai_client() as client:
+        reply = client.chat.completions.create(model="gpt-x", messages=llm.user("Name a colour"))
+    llm.note("chat", reply.choices[0].message.content)
+
+
+def test_conversation():
+    with llm.openai_client() as client:
+        reply = client.responses.create(model="gpt-x", input="next", conversation="conv_1")
+    llm.note("conversation", reply.output_text)
+"""
+
+CASSETTE = "fixtures/cassettes/test_app/test_chat.yaml"
+
+
+def as_v1(text: str) -> str:
+    """A cassette as promptcache 0.2 wrote it: no key_schema line, no route lines."""
+    return re.sub(r"^(key_schema: .*|\s+route: .*)\n", "", text, flags=re.MULTILINE)
+
+
+def test_an_alias_keeps_recordings_portable_across_hosts(
+    project: pytest.Pytester, llm_server: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recorded on one port, replayed against another: one alias keys both; without it, a clear miss."""
+    project.makepyfile(test_app=CHAT_TESTS)
+    project.makeini("[pytest]\npromptcache_upstream = fake\n")
+    project.runpytest("--promptcache=record", "-k", "test_chat").assert_outcomes(passed=1)
+    doc = load_cassette(project.path / CASSETTE)
+    assert doc is not None
+    assert doc["key_schema"] == SCHEMA_VERSION
+    assert doc["recordings"][0]["route"] == {"upstream": "fake"}
+    monkeypatch.setenv("PC_LLM_URL", "http://127.0.0.1:9/v1")  # nothing listens there
+    monkeypatch.setenv("PC_BLOCK_NETWORK", "1")
+    project.runpytest("--promptcache=replay", "-k", "test_chat").assert_outcomes(passed=1)
+    project.makeini("[pytest]\n")
+    result = project.runpytest("--promptcache=replay", "-k", "test_chat")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*the route differs*", "*promptcache_upstream*"])
+
+
+def test_a_v1_cassette_fails_once_with_the_migrate_command_and_migrate_fixes_it(
+    project: pytest.Pytester, llm_server: FakeLLM, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Replaying a v1 cassette says how to re-key it; `promptcache migrate` re-keys it to the keys a live
+    recording gets, responses byte for byte."""
+    project.makepyfile(test_app=CHAT_TESTS)
+    project.makeini("[pytest]\npromptcache_upstream = fake\n")
+    project.runpytest("--promptcache=record", "-k", "test_chat").assert_outcomes(passed=1)
+    path = project.path / CASSETTE
+    recorded = path.read_text()
+    path.write_text(as_v1(recorded))
+
+    result = project.runpytest("--promptcache=replay", "-k", "test_chat")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*recorded under key schema v1*", "*promptcache migrate*"])
+    assert main(["migrate", str(path.parent), "--upstream", "fake"]) == 0
+    assert "1 cassette (1 recordings) re-keyed to key schema v2" in capsys.readouterr().out
+    assert load_cassette(path) == parse_cassette(recorded)  # the keys a live recording gets
+    project.runpytest("--promptcache=replay", "-k", "test_chat").assert_outcomes(passed=1)
+    assert main(["migrate", str(path), "--check"]) == 0  # already current
+
+
+def test_server_state_requests_fail_replay_with_the_reason_unless_opted_in(
+    project: pytest.Pytester, llm_server: FakeLLM
+) -> None:
+    """A conversation call is neither recorded nor replayed by default; the failure names why and how."""
+    project.makepyfile(test_app=CHAT_TESTS)
+    project.runpytest("--promptcache=record", "-k", "conversation").assert_outcomes(passed=1)
+    assert not (project.path / "fixtures/cassettes/test_app/test_conversation.yaml").exists()
+    result = project.runpytest("--promptcache=replay", "-k", "conversation")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*mutable server-side state (conversation)*", "*cache_server_state=True*"])
+    project.makeini("[pytest]\npromptcache_cache_server_state = true\n")
+    project.runpytest("--promptcache=record", "-k", "conversation").assert_outcomes(passed=1)
+    project.runpytest("--promptcache=replay", "-k", "conversation").assert_outcomes(passed=1)
