@@ -55,15 +55,17 @@ from promptcache.integrations._http import (
     tee,
 )
 from promptcache.pytest_plugin._content import Note, not_recorded
+from promptcache.pytest_plugin._merge import cassette_tests, merge, tests_of
 from promptcache.pytest_plugin._report import miss_message
 from promptcache.pytest_plugin._stable import Stabiliser
+from promptcache.pytest_plugin._stores import cassette_name
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from promptcache.pytest_plugin._stores import CassetteStore
 
-__all__ = ["Mode", "Recorder"]
+__all__ = ["Mode", "Recorder", "slot_of"]
 
 
 class Mode(StrEnum):
@@ -117,6 +119,9 @@ class Recorder:
     _positions: Counter[str] = field(default_factory=Counter)
     notes: list[Note] = field(default_factory=list)
     _stable: Stabiliser | None = None
+    # The plugin's lifecycle: the cassette as last written by save(), and every replay miss's message.
+    _view: list[dict[str, Any]] | None = None
+    miss_messages: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._old_schema: int | None = None
@@ -190,6 +195,9 @@ class Recorder:
         position = self._positions[slot]
         fits = [at for at in range(position, len(matches)) if not stream or _fits(key, matches[at], usage)]
         if not fits:
+            if self.mode is Mode.AUTO and position < len(matches):
+                # Passed over (the wrong usage shape): what auto records now goes after them, not onto them.
+                self._positions[slot] = len(matches)
             return None
         self._positions[slot] = fits[0] + 1
         self.replayed += 1
@@ -303,42 +311,68 @@ class Recorder:
         left = Counter(self._positions)
         out = []
         for rec in self._existing:
-            slot = _slot(rec.get("key", ""), stream=is_stream_recording(rec))
+            slot = slot_of(rec)
             if left[slot] > 0:
                 left[slot] -= 1
             else:
                 out.append(rec)
         return out
 
-    def save(self, *, prune: bool = False) -> None:
-        """Write what this test recorded (or drop unused recordings when pruning)."""
-        if not self._new and not (prune and self.unused()) and self.mode is not Mode.REWRITE:
+    def save(self) -> None:
+        """Write what this test recorded (and, in auto mode, its use of other tests' recordings).
+
+        How the test's recordings join a cassette other tests may share is :func:`_merge.merge`;
+        nothing is pruned here (the session decides that, once it knows every user of a cassette).
+        """
+        unattributed = self.mode is Mode.AUTO and any(
+            self.test_id not in (tests_of(r) or ()) for r in self.replayed_recordings
+        )
+        if not self._new and self.mode is not Mode.REWRITE and not unattributed:
             return
-        new, mode = list(self._new), self.mode
-        called = {r["key"] for r in new}
-        unused_ids = {id(r) for r in self.unused()} if prune else set()
-        kept_ids = {id(r) for r in self._existing if id(r) not in unused_ids}
+        new, replayed = list(self._new), Counter(self._positions)
+        own = self.cassette == cassette_name(self.test_id)
 
         def change(current: dict[str, Any] | None) -> dict[str, Any] | None:
-            old = list(current["recordings"]) if current and mode is not Mode.REWRITE else []
-            if mode is Mode.RECORD:
-                old = [r for r in old if r.get("key") not in called]
-            if prune:
-                # Keep what another writer added since we loaded, and what this test did use.
-                mine = {_fingerprint(r) for r in self._existing if id(r) in kept_ids}
-                theirs = {_fingerprint(r) for r in self._existing}
-                old = [r for r in old if _fingerprint(r) in mine or _fingerprint(r) not in theirs]
-            recordings = old + new
+            recordings = merge(
+                list(current["recordings"]) if current else [],
+                new,
+                test=self.test_id,
+                mode=self.mode.value,
+                own=own,
+                replayed=replayed,
+                slot_of=slot_of,
+            )
+            self._view = recordings
             if not recordings:
                 return None
             return {
                 "version": CASSETTE_FORMAT,
                 "key_schema": SCHEMA_VERSION,
-                "test": self.test_id,
+                "tests": cassette_tests(recordings),
                 "recordings": recordings,
             }
 
         self.store.update(self.cassette, change)
+
+    def report(self) -> dict[str, Any]:
+        """What the session needs to judge this test's cassette: plain data (it crosses xdist workers).
+
+        ``consumed``: per slot, how many recordings the test's calls reach (replayed and recorded);
+        ``totals``: per slot, the recordings in the cassette as the test last saw it; ``named``: the
+        tests that cassette names; ``legacy``: it holds recordings without attribution.
+        """
+        consumed = Counter(self._positions)
+        consumed.update(slot_of(r) for r in self._new)
+        view = self._existing if self._view is None else self._view
+        return {
+            "test": self.test_id,
+            "cassette": self.cassette,
+            "mode": self.mode.value,
+            "consumed": dict(consumed),
+            "totals": dict(Counter(slot_of(r) for r in view)),
+            "named": cassette_tests(view),
+            "legacy": any(tests_of(r) is None for r in view),
+        }
 
     # -- I/O: one async shell; sync transports reach it through integrations._sync ------------------
 
@@ -392,8 +426,9 @@ def _slot(digest: str, *, stream: bool) -> str:
     return f"{digest}:{'stream' if stream else 'body'}"
 
 
-def _fingerprint(recording: dict[str, Any]) -> bytes:
-    return orjson.dumps(recording, option=orjson.OPT_SORT_KEYS)
+def slot_of(recording: dict[str, Any]) -> str:
+    """The replay slot a recording answers in (its key and kind)."""
+    return _slot(str(recording.get("key", "")), stream=is_stream_recording(recording))
 
 
 def _fits(key: CacheKey, recording: dict[str, Any], usage: bool) -> bool:  # noqa: FBT001
