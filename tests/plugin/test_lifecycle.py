@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
-import httpx2
+import openai
 import pytest
 import redis
 from helpers import outputs
+from sdk_driver import sdk_http
 
 from promptcache._cassette import dump_cassette, load_cassette
 from promptcache.pytest_plugin._prune import Outcome
@@ -196,17 +197,18 @@ def test_recorders_of_two_workers_recording_one_request_keep_one_recording_and_a
     """Two tests sharing a cassette both miss the same request at once (two xdist workers, both having
     loaded the cassette before either saved): the cassette keeps one recording naming both tests, and
     its header is the same whichever test saves first."""
-    request = httpx2.Request(
+    http = sdk_http(openai)  # httpx2 for current releases, httpx for older ones
+    request = http.Request(
         "POST",
         "https://api.openai.com/v1/chat/completions",
         json={"model": "gpt-x", "messages": [{"role": "user", "content": "same question"}]},
     )
 
     def answer(text: str) -> Any:
-        async def send(req: httpx2.Request) -> httpx2.Response:
+        async def send(req: Any) -> Any:
             message = {"role": "assistant", "content": text}
             body = {"model": "gpt-x", "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
-            return httpx2.Response(200, json=body, request=req)
+            return http.Response(200, json=body, request=req)
 
         return send
 
