@@ -25,7 +25,8 @@ def test_chat():
 
 def test_conversation():
     with llm.openai_client() as client:
-        reply = client.responses.create(model="gpt-x", input="next", conversation="conv_1")
+        # extra_body: the oldest supported openai has no conversation= parameter yet
+        reply = client.responses.create(model="gpt-x", input="next", extra_body={"conversation": "conv_1"})
     llm.note("conversation", reply.output_text)
 """
 
