@@ -121,8 +121,6 @@ class PromptCache:
     def __repr__(self) -> str:
         return f"PromptCache({self.store!r}, namespace={self.config.namespace!r})"
 
-    # -- keys --------------------------------------------------------------------------------------
-
     def key(  # noqa: PLR0913 - the documented scope keywords, or one scope
         self,
         request: Mapping[str, Any],
@@ -324,9 +322,8 @@ class PromptCache:
         """Gate and write an entry for ``key``: a response ``body``, or a stream's complete ``chunks``
         (under ``key.stream_store_key``, beside the body). The TTL is ``scope.ttl`` (the scope ``key`` was
         made in), or ``ttl``; not both. Chunks are ``{"event": name | None, "data": JSON}`` (or ``"text"``)
-        SSE events, stored only when the stream reached its terminal event and its outcome is storable.
-        With ``wait=False`` the write runs in the background (drained by :meth:`aclose`). True when
-        written (or scheduled)."""
+        SSE events, stored only when the stream completed and is storable. ``wait=False``: written in the
+        background (see :meth:`drain`). True when written (or scheduled)."""
         self._check_open()
         if scope is not None:
             if ttl is not None:
@@ -383,13 +380,16 @@ class PromptCache:
         """A snapshot of this cache's counters."""
         return self._counters.snapshot(self.breaker.state.value)
 
-    async def drain(self) -> None:
-        """Wait until this loop's background writes (and retried lock releases) have finished."""
+    async def drain(self, key: CacheKey | None = None) -> None:
+        """Wait until this loop's background writes (and retried lock releases) have finished; with
+        ``key``, only that key's writes (a stream's entry, before its caller can ask again)."""
+        if key is not None:
+            return await self._writer.settle({key.store_key, key.stream_store_key})
         while True:
             await self._writer.drain()
             await self._flight.drain_releases()
             if not (self._writer.pending_here or self._flight.releasing):
-                return
+                return None
 
     async def aclose(self) -> None:
         """Finish pending writes, release held locks, then close the store (if owned). Idempotent.
@@ -434,8 +434,6 @@ class PromptCache:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-    # -- internals ---------------------------------------------------------------------------------
 
     @property
     def closed(self) -> bool:

@@ -173,6 +173,13 @@ class EntryWriter:
         writes.unwritten[task] = (store_key, data, ttl, then)
         task.add_done_callback(lambda t: _settled(writes, t))
 
+    async def settle(self, store_keys: set[str]) -> None:
+        """Wait for this loop's background writes of ``store_keys`` (each bounded by its deadline)."""
+        writes = self._loops.get()
+        pending = [t for t, (key, *_) in writes.unwritten.items() if key in store_keys and not t.done()]
+        if pending:
+            await asyncio.wait(pending)
+
     async def drain(self) -> None:
         """Wait until every background write (and its follow-up) of this event loop has finished."""
         writes = self._loops.current()

@@ -156,4 +156,8 @@ class CachingCore:
                 wait=False,
             )
 
-        return tee(request, upstream, plan.endpoint, on_complete, marker="miss")
+        # The stream's entry is written in the background as soon as it completes, and awaited when the
+        # SDK closes the stream: a caller repeating the request at once finds it.
+        return tee(
+            request, upstream, plan.endpoint, on_complete, marker="miss", settle=lambda: cache.drain(key)
+        )
