@@ -97,9 +97,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "promptcache(mode=None, cassette=None, agent_id=None, agent_version=None, upstream=None, "
-        "record_errors=False, allow_secrets=()): record/replay this test's LLM calls; `cassette` names a "
-        "shared cassette; `upstream` an alias for the upstream URL in keys; `record_errors` records "
-        "answers the production cache would not store (errors); `allow_secrets` lists values never scrubbed",
+        "record_errors=False, allow_secrets=(), production_cache=False): record/replay this test's LLM "
+        "calls; `cassette` names a shared cassette; `upstream` an alias for the upstream URL in keys; "
+        "`record_errors` records answers the production cache would not store (errors); `allow_secrets` "
+        "lists values never scrubbed; `production_cache` lets wrapped clients' own cache answer",
     )
     session = Session(config)
     config.stash[_SESSION] = session
@@ -197,6 +198,7 @@ def _settings(request: pytest.FixtureRequest, session: Session) -> dict[str, Any
         ),
         "scrub_fields": _scrub_fields(config, fixture),
         "record_errors": bool(pick("record_errors", False)),  # noqa: FBT003 - the ini-level default
+        "production_cache": bool(pick("production_cache", False)),  # noqa: FBT003 - off unless asked
         "allow_secrets": frozenset(
             str(v) for source in (fixture, marked) for v in source.get("allow_secrets") or ()
         ),

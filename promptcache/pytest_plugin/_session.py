@@ -21,6 +21,7 @@ import pytest
 
 from promptcache.exceptions import ConfigError
 from promptcache.integrations._sync import handle_sync
+from promptcache.integrations._transport import recording
 from promptcache.pytest_plugin._prune import SESSION_CASSETTE, Facts, Outcome, judge, module_of
 from promptcache.pytest_plugin._recorder import Mode, Recorder
 from promptcache.pytest_plugin._stores import CassetteStore, open_cassette_store
@@ -64,9 +65,13 @@ _TRANSPORT_METHODS = (
 @contextlib.contextmanager
 def intercept(route: Callable[[], Recorder | None]) -> Iterator[None]:
     """Route the SDK transports of httpx2 and httpx (whichever are installed) through ``route()``'s
-    recorder at each request; None sends the request untouched."""
+    recorder at each request; None sends the request untouched. Meanwhile a client wrapped by
+    promptcache sends every request on (its production cache neither answers nor stores)."""
+    stack = contextlib.ExitStack()
     patched: list[tuple[type, str, Any]] = []
     try:
+        # Wrapped clients' own caches step aside for a recorder, unless its test keeps them.
+        stack.enter_context(recording(lambda: _steps_aside(route())))
         for module_name in ("httpx2", "httpx"):
             try:
                 module = importlib.import_module(module_name)
@@ -81,6 +86,11 @@ def intercept(route: Callable[[], Recorder | None]) -> Iterator[None]:
     finally:
         for cls, method, original in reversed(patched):
             setattr(cls, method, original)
+        stack.close()
+
+
+def _steps_aside(recorder: Recorder | None) -> bool:
+    return recorder is not None and not recorder.production_cache
 
 
 async def _answer(recorder: Recorder, request: Any, send: Any) -> Any:  # noqa: ANN401
