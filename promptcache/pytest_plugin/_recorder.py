@@ -104,9 +104,7 @@ class Recorder:
     policy: KeyPolicy = KeyPolicy.TRIM
     upstream: str | None = None
     cache_server_state: bool = False
-    # The code under test's own promptcache (wrapped clients) answers as in production; by default it
-    # steps aside so that every call is recorded or replayed.
-    production_cache: bool = False
+    production_cache: bool = False  # the code under test's own wrapped cache answers (default: aside)
     scrub_fields: frozenset[str] = DEFAULT_SCRUB_FIELDS
     record_errors: bool = False  # record every answer as it came, errors included
     allow_secrets: frozenset[str] = frozenset()  # values kept on purpose: never scrubbed, never refused
