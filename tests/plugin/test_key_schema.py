@@ -77,7 +77,7 @@ def test_a_v1_cassette_fails_once_with_the_migrate_command_and_migrate_fixes_it(
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*recorded under key schema v1*", "*promptcache migrate*"])
     assert main(["migrate", str(path.parent), "--upstream", "fake"]) == 0
-    assert "1 cassette (1 recordings) re-keyed to key schema v2" in capsys.readouterr().out
+    assert "1 cassette (1 recording) re-keyed to key schema v2" in capsys.readouterr().out
     assert load_cassette(path) == parse_cassette(recorded)  # the keys a live recording gets
     project.runpytest("--promptcache=replay", "-k", "test_chat").assert_outcomes(passed=1)
     assert main(["migrate", str(path), "--check"]) == 0  # already current
