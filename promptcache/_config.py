@@ -61,6 +61,10 @@ class CacheConfig:
             in the store (a store that supports it: memory, SQLite, Redis, Redis Cluster), batched off the
             response path and flushed every 2 s per event loop, so ``promptcache stats`` shows every
             worker's sum with no metrics endpoint.
+        convert_kinds: When only the other kind of answer is stored, serve a streamed request a stream
+            synthesised from the stored body, and a plain request the body assembled from the stored
+            stream (counted in ``stats().converted``, marked ``x-promptcache: hit-converted``). When
+            False a request is answered only from its own kind.
 
     .. versionadded:: 0.1.0
     """
@@ -83,6 +87,7 @@ class CacheConfig:
     invalidate_timeout: float = 30.0
     finish_reasons: frozenset[str] = field(default_factory=lambda: DEFAULT_FINISH_REASONS)
     count_in_store: bool = False
+    convert_kinds: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.namespace, str) or not self.namespace:

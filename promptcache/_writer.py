@@ -22,6 +22,7 @@ from promptcache._entry import Entry, encode_entry, scope_of
 from promptcache._gate import refusal_reason, stream_refusal, stream_summary
 from promptcache._loops import PerLoop
 from promptcache._route import route_record
+from promptcache._tally import StoreTally, store_tally
 from promptcache.backends._base import LoopHoldingStore
 
 if TYPE_CHECKING:
@@ -78,6 +79,10 @@ class EntryWriter:
         # Tasks belong to the loop that made them: each loop has its own, finished before it closes.
         self._loops: PerLoop[_LoopWrites] = PerLoop(self._open_loop, self._finish_loop)
         self.closed = False
+        # count_in_store: the tally batches request counts and flushes them in the background, like the
+        # writes; the cache adds it to its hooks, and aclose flushes it before the guard closes.
+        self.tally = store_tally(store, guard, config)
+        self.hooks: tuple[StoreTally, ...] = () if self.tally is None else (self.tally,)
 
     @property
     def pending(self) -> int:
@@ -185,6 +190,13 @@ class EntryWriter:
         writes.unwritten[task] = (store_key, data, ttl, then)
         task.add_done_callback(lambda t: _settled(writes, t))
 
+    async def settle(self, store_keys: set[str]) -> None:
+        """Wait for this loop's background writes of ``store_keys`` (each bounded by its deadline)."""
+        writes = self._loops.get()
+        pending = [t for t, (key, *_) in writes.unwritten.items() if key in store_keys and not t.done()]
+        if pending:
+            await asyncio.wait(pending)
+
     async def drain(self) -> None:
         """Wait until every background write (and its follow-up) of this event loop has finished."""
         writes = self._loops.current()
@@ -194,6 +206,8 @@ class EntryWriter:
     async def aclose(self) -> None:
         """Finish every loop's writes (each in its own loop); later answers are not written."""
         await self._loops.aclose()
+        if self.tally is not None:
+            await self.tally.aclose()
         self.closed = True
 
     def _open_loop(self) -> _LoopWrites:

@@ -214,8 +214,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     echo(*failed)
     verb = "need re-keying" if args.check else "re-keyed"
     echo(
-        f"{migrated} cassette{'s' * (migrated != 1)} ({recordings} recordings) {verb} to key schema "
-        f"v{SCHEMA_VERSION}; {current} already current; {len(failed)} failed"
+        f"{migrated} cassette{'s' * (migrated != 1)} ({recordings} recording{'s' * (recordings != 1)}) "
+        f"{verb} to key schema v{SCHEMA_VERSION}; {current} already current; {len(failed)} failed"
     )
     if failed or (args.check and migrated):
         return 1

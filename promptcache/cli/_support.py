@@ -191,11 +191,12 @@ async def find_entry(store: Store, namespace: str | None, key: str) -> StoredEnt
         candidates = [
             k for k in await list_keys(store, prefix) if digest_of(k).startswith(digest) and _is_entry_key(k)
         ]
-        if len(candidates) > 1:
-            shown = ", ".join(digest_of(k)[:16] for k in candidates[:5])
+        digests = sorted({digest_of(k) for k in candidates})  # a body and its stream share a digest
+        if len(digests) > 1:
+            shown = ", ".join(d[:16] for d in digests[:5])
             raise ConfigError(
-                f"digest prefix {digest!r} matches {len(candidates)} entries in {where}"
-                f" ({shown}{', ...' if len(candidates) > 5 else ''}): give more characters"
+                f"digest prefix {digest!r} matches {len(digests)} entries in {where}"
+                f" ({shown}{', ...' if len(digests) > 5 else ''}): give more characters"
             )
     else:
         raise ConfigError(

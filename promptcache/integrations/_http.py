@@ -224,35 +224,39 @@ def event_stream_response(request: Any, events: list[dict[str, Any]], marker: st
     return response(request, 200, headers, encode_events(events))
 
 
-def tee(
+def tee(  # noqa: PLR0913 - the stream, where it goes, and what to do when it completes
     request: Any,  # noqa: ANN401
     upstream: Any,  # noqa: ANN401
     endpoint: Endpoint,
     on_complete: Callable[[list[dict[str, Any]]], Awaitable[None]],
     marker: str | None = None,
+    settle: Callable[[], Awaitable[None]] | None = None,
 ) -> Any:  # noqa: ANN401
     """``upstream``'s event stream as a new response that collects the events while passing the bytes on.
 
     Chunks reach the caller as they arrive. The events are handed to ``on_complete`` as soon as the
     terminal event has arrived (the sync OpenAI SDK stops reading right there); a stream abandoned or
-    broken before it completes nothing.
+    broken before it completes nothing. ``settle`` runs when a completed stream is closed.
     """
     mod = httpx_module(request)
 
     class TeeStream(mod.AsyncByteStream):  # type: ignore[misc,name-defined]
+        done = False
+
         async def __aiter__(self) -> AsyncIterator[bytes]:
             parser = SSEParser()
-            done = False
             async for chunk in upstream.aiter_bytes():
                 seen = len(parser.events)
                 parser.feed(chunk)
-                if not done and any(is_terminal(endpoint, e) for e in parser.events[seen:]):
-                    done = True
+                if not self.done and any(is_terminal(endpoint, e) for e in parser.events[seen:]):
+                    self.done = True
                     await on_complete(parser.events)
                 yield chunk
 
         async def aclose(self) -> None:
             await upstream.aclose()
+            if self.done and settle is not None:
+                await settle()  # the completed stream's write, so a repeat of the request finds it
 
     headers = clean_headers(upstream.headers)
     if marker is not None:

@@ -11,18 +11,22 @@ by a sync client therefore lives on the portal loop; use a separate ``PromptCach
 on your own loop.
 
 Streams: on a miss, chunks reach the caller as they arrive and the complete event list is stored only when
-the stream reaches its terminal event; an abandoned or failed stream stores nothing. A streaming request is
-served only from a stream entry and a non-streaming one only from a body entry (the key is the same, since
-``stream`` is on the deny-list; the latest answer of either kind replaces the other).
+the stream reaches its terminal event; an abandoned or failed stream stores nothing. The key is the same
+for a streamed and a plain request (``stream`` is on the deny-list), but each kind is stored under its own
+store key, so neither replaces the other. A request is answered from its own kind, or, when only the other
+kind is stored, from that one converted (``x-promptcache: hit-converted``; ``CacheConfig.convert_kinds``).
+A chat stream is served in the shape the caller asked for (with or without the usage chunk).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
+from promptcache._convert import wants_usage
 from promptcache.exceptions import ConfigError, InvalidScopeError, UncacheableRequestError
 from promptcache.integrations._http import (
     CONTROL_HEADERS,
@@ -37,12 +41,12 @@ from promptcache.integrations._http import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterator
 
     from promptcache._cache import PromptCache
     from promptcache._scope import Scope
 
-__all__ = ["CONTROL_HEADERS", "CachingCore"]
+__all__ = ["CONTROL_HEADERS", "CachingCore", "recording"]
 
 
 class _Passthrough(Exception):  # noqa: N818 - carries a non-cacheable upstream answer, not an error
@@ -53,6 +57,30 @@ class _Passthrough(Exception):  # noqa: N818 - carries a non-cacheable upstream 
         self.status = status
         self.headers = headers
         self.content = content
+
+
+class _Recording:
+    """The pytest plugin's interceptions active in this process: each says whether the request being
+    made now belongs to a test that records or replays without the production cache."""
+
+    active: ClassVar[list[Callable[[], bool]]] = []
+
+    @classmethod
+    def steps_aside(cls) -> bool:
+        return any(wants() for wants in cls.active)
+
+
+@contextlib.contextmanager
+def recording(steps_aside: Callable[[], bool]) -> Iterator[None]:
+    """While the pytest plugin records or replays, wrapped clients send requests on to it (when
+    ``steps_aside()``): a production cache in the code under test must neither answer a request the
+    plugin should record (the cassette would miss it) nor keep what the plugin replays (a cassette's
+    answer in a real store). A test that means to exercise the production cache opts out."""
+    _Recording.active.append(steps_aside)
+    try:
+        yield
+    finally:
+        _Recording.active.remove(steps_aside)
 
 
 class CachingCore:
@@ -71,6 +99,9 @@ class CachingCore:
         try:
             plan = plan_request(request, self.scope)
             if plan is None:
+                return await send(request)
+            if _Recording.active and _Recording.steps_aside():  # the pytest plugin records/replays it
+                self.cache.count_bypass(scope=plan.scope, request=plan.body)
                 return await send(request)
             if self.cache.closed:
                 # The cache was closed while the client lives on: answer uncached (an error raised here
@@ -106,13 +137,13 @@ class CachingCore:
             return body
 
         try:
-            body = await self.cache.get_or_call(
+            body, converted = await self.cache.answer(
                 plan.body,
                 call,
-                endpoint=plan.endpoint,
+                plan.scope,
+                plan.endpoint,
                 bypass=plan.bypass,
                 refresh=plan.refresh,
-                scope=plan.scope,
                 route=plan.route,
             )
         except _Passthrough as answer:
@@ -121,7 +152,7 @@ class CachingCore:
             return response(request, answer.status, answer.headers, answer.content)
         if own:
             return own[0]
-        return json_response(request, body, "hit")
+        return json_response(request, body, "hit-converted" if converted else "hit")
 
     async def _stream(self, plan: Plan, request: Any, send: Callable[[Any], Awaitable[Any]]) -> Any:  # noqa: ANN401
         cache = self.cache
@@ -133,9 +164,10 @@ class CachingCore:
         except UncacheableRequestError as exc:
             cache.count_bypass(uncacheable=True, scope=plan.scope, request=plan.body, reason=exc)
             return await send(request)
-        entry = await cache.get_entry(key, stream=True, refresh=plan.refresh)
+        usage = wants_usage(plan.endpoint, plan.body)
+        entry = await cache.get_entry(key, stream=True, refresh=plan.refresh, include_usage=usage)
         if entry is not None and entry.chunks is not None:
-            return event_stream_response(request, entry.chunks, "hit")
+            return event_stream_response(request, entry.chunks, "hit-converted" if entry.converted else "hit")
         started = time.monotonic()
         upstream = await send(request)
         cache.count_upstream_call()
@@ -152,4 +184,8 @@ class CachingCore:
                 wait=False,
             )
 
-        return tee(request, upstream, plan.endpoint, on_complete, marker="miss")
+        # The stream's entry is written in the background as soon as it completes, and awaited when the
+        # SDK closes the stream: a caller repeating the request at once finds it.
+        return tee(
+            request, upstream, plan.endpoint, on_complete, marker="miss", settle=lambda: cache.drain(key)
+        )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+import uuid
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 from promptcache._events import declare_agent
 from promptcache._keys import DEFAULT_AGENT_VERSION, KeyPolicy, agent_prefix
@@ -11,6 +12,7 @@ from promptcache._route import check_alias, check_header_names
 from promptcache._scope import Scope
 from promptcache._validate import parse_enum
 from promptcache.exceptions import ConfigError
+from promptcache.integrations._http import take_controls
 from promptcache.integrations._sync import handle_sync
 from promptcache.integrations._transport import CachingCore
 
@@ -24,15 +26,36 @@ __all__ = ["AsyncCachingTransport", "CachingTransport", "wrap"]
 C = TypeVar("C")
 
 
+CLIENT_HEADER: Final = "x-promptcache-client"
+"""Set on each wrapped SDK client (its default headers): which scope its requests are cached in.
+
+The transport lives on the SDK's HTTP client, which SDK clients may share (one ``http_client=`` for
+pooling): each wrapped SDK client registers its own scope under its own token, and a request without a
+registered token (an unwrapped client on the same HTTP client) passes through untouched."""
+
+Cores = dict[str, CachingCore]
+
+
+def _core_for(cores: Cores, request: Any) -> CachingCore | None:  # noqa: ANN401 - httpx or httpx2
+    token = request.headers.get(CLIENT_HEADER)
+    core = cores.get(token) if token is not None else None
+    if core is None:
+        take_controls(request.headers)  # never sent upstream, whoever set them
+    return core
+
+
 class AsyncCachingTransport:
     """An httpx/httpx2 async transport answering cached endpoints from a PromptCache."""
 
-    def __init__(self, inner: Any, core: CachingCore) -> None:  # noqa: ANN401
+    def __init__(self, inner: Any, cores: Cores) -> None:  # noqa: ANN401
         self.inner = inner
-        self.core = core
+        self.cores = cores
 
     async def handle_async_request(self, request: Any) -> Any:  # noqa: ANN401
-        return await self.core.handle(request, self.inner.handle_async_request)
+        core = _core_for(self.cores, request)
+        if core is None:
+            return await self.inner.handle_async_request(request)
+        return await core.handle(request, self.inner.handle_async_request)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -48,12 +71,15 @@ class AsyncCachingTransport:
 class CachingTransport:
     """The sync transport: the same :class:`CachingCore`, through the one sync adapter (``_sync``)."""
 
-    def __init__(self, inner: Any, core: CachingCore) -> None:  # noqa: ANN401
+    def __init__(self, inner: Any, cores: Cores) -> None:  # noqa: ANN401
         self.inner = inner
-        self.core = core
+        self.cores = cores
 
     def handle_request(self, request: Any) -> Any:  # noqa: ANN401
-        return handle_sync(self.core.handle, request, self.inner.handle_request)
+        core = _core_for(self.cores, request)
+        if core is None:
+            return self.inner.handle_request(request)
+        return handle_sync(core.handle, request, self.inner.handle_request)
 
     def close(self) -> None:
         self.inner.close()
@@ -130,15 +156,23 @@ def wrap(  # noqa: PLR0913
     # The SDKs subclass the httpx(2) clients in their own modules; an async client has a coroutine send().
     transport_cls = AsyncCachingTransport if inspect.iscoroutinefunction(http.send) else CachingTransport
     core = CachingCore(cache, scope)
-
-    def around(inner: Any) -> Any:  # noqa: ANN401
-        if isinstance(inner, AsyncCachingTransport | CachingTransport):
+    headers = getattr(client, "_custom_headers", None)
+    if not isinstance(headers, dict):
+        raise ConfigError(f"cannot wrap {type(client).__name__}: it has no default headers")
+    installed = http._transport  # noqa: SLF001 - the SDKs expose no transport setter
+    if isinstance(installed, AsyncCachingTransport | CachingTransport):
+        # Another SDK client on this HTTP client is wrapped already: this one gets its own scope.
+        if headers.get(CLIENT_HEADER) in installed.cores:
             raise ConfigError(f"this {type(client).__name__} is already wrapped by promptcache")
-        return transport_cls(inner, core)
-
-    http._transport = around(http._transport)  # noqa: SLF001 - the SDKs expose no transport setter
-    http._mounts = {  # noqa: SLF001 - proxies configured through mounts get the cache too
-        pattern: None if inner is None else around(inner)
-        for pattern, inner in http._mounts.items()  # noqa: SLF001
-    }
+        cores = installed.cores
+    else:
+        cores = {}
+        http._transport = transport_cls(installed, cores)  # noqa: SLF001
+        http._mounts = {  # noqa: SLF001 - proxies configured through mounts get the cache too
+            pattern: None if inner is None else transport_cls(inner, cores)
+            for pattern, inner in http._mounts.items()  # noqa: SLF001
+        }
+    token = uuid.uuid4().hex
+    cores[token] = core
+    headers[CLIENT_HEADER] = token  # the SDK adds it to every request (and to with_options copies)
     return client

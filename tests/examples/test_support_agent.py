@@ -68,7 +68,7 @@ def test_parse_label_takes_the_first_label_word(answer: str, label: str) -> None
 
 
 @pytest.mark.anyio
-@pytest.mark.promptcache(mode="replay", agent_id="support-agent", upstream=UPSTREAM)
+@pytest.mark.promptcache(mode="replay", agent_id="support-agent", upstream=UPSTREAM, production_cache=True)
 async def test_sample_tickets_are_labelled_and_answered(
     llm_base_url: str, promptcache: Recorder, recording: bool
 ) -> None:
@@ -95,7 +95,7 @@ async def test_sample_tickets_are_labelled_and_answered(
 
 
 @pytest.mark.anyio
-@pytest.mark.promptcache(mode="replay", agent_id="support-agent", upstream=UPSTREAM)
+@pytest.mark.promptcache(mode="replay", agent_id="support-agent", upstream=UPSTREAM, production_cache=True)
 async def test_a_repeated_ticket_is_answered_by_the_production_cache(
     llm_base_url: str, promptcache: Recorder, recording: bool
 ) -> None:
@@ -117,7 +117,7 @@ async def test_a_repeated_ticket_is_answered_by_the_production_cache(
 
 
 @pytest.mark.anyio
-@pytest.mark.promptcache(mode="replay", agent_id="support-agent", upstream=UPSTREAM)
+@pytest.mark.promptcache(mode="replay", agent_id="support-agent", upstream=UPSTREAM, production_cache=True)
 async def test_an_edited_ticket_is_a_replay_miss_not_a_stale_answer(
     llm_base_url: str, promptcache: Recorder, recording: bool
 ) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from helpers import outputs
+
 from promptcache._cassette import load_cassette, parse_cassette
 from promptcache._keys import SCHEMA_VERSION
 from promptcache.cli import main
@@ -25,7 +27,8 @@ def test_chat():
 
 def test_conversation():
     with llm.openai_client() as client:
-        reply = client.responses.create(model="gpt-x", input="next", conversation="conv_1")
+        # extra_body: the oldest supported openai has no conversation= parameter yet
+        reply = client.responses.create(model="gpt-x", input="next", extra_body={"conversation": "conv_1"})
     llm.note("conversation", reply.output_text)
 """
 
@@ -74,7 +77,7 @@ def test_a_v1_cassette_fails_once_with_the_migrate_command_and_migrate_fixes_it(
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*recorded under key schema v1*", "*promptcache migrate*"])
     assert main(["migrate", str(path.parent), "--upstream", "fake"]) == 0
-    assert "1 cassette (1 recordings) re-keyed to key schema v2" in capsys.readouterr().out
+    assert "1 cassette (1 recording) re-keyed to key schema v2" in capsys.readouterr().out
     assert load_cassette(path) == parse_cassette(recorded)  # the keys a live recording gets
     project.runpytest("--promptcache=replay", "-k", "test_chat").assert_outcomes(passed=1)
     assert main(["migrate", str(path), "--check"]) == 0  # already current
@@ -93,3 +96,54 @@ def test_server_state_requests_fail_replay_with_the_reason_unless_opted_in(
     project.makeini("[pytest]\npromptcache_cache_server_state = true\n")
     project.runpytest("--promptcache=record", "-k", "conversation").assert_outcomes(passed=1)
     project.runpytest("--promptcache=replay", "-k", "conversation").assert_outcomes(passed=1)
+
+
+APP_CACHE_TESTS = """
+import llm
+from promptcache import PromptCache
+from promptcache.openai import wrap
+
+CACHE = PromptCache.from_url("memory://")  # the app's module-level production cache
+
+
+def ask():
+    with wrap(llm.openai_client(), CACHE, agent_id="app") as client:
+        reply = client.chat.completions.create(model="gpt-x", messages=llm.user("Same question"))
+    return reply.choices[0].message.content
+
+
+def test_a():
+    llm.note("a", ask())
+
+
+def test_b():
+    llm.note("b", ask())
+    llm.note("app_cache", [CACHE.stats().hits, CACHE.stats().bypasses])
+"""
+
+
+def test_a_wrapped_production_cache_steps_aside_for_the_recorder(
+    project: pytest.Pytester, llm_server: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The code under test's own cache neither hides a call from the cassette (each test records its own)
+    nor keeps what a replay answers; a test can keep it with production_cache=True."""
+    project.makepyfile(test_app=APP_CACHE_TESTS)
+    project.makeini("[pytest]\npromptcache_upstream = fake\n")
+    project.runpytest("--promptcache=auto").assert_outcomes(passed=2)
+    for name in ("test_a", "test_b"):
+        doc = load_cassette(project.path / f"fixtures/cassettes/test_app/{name}.yaml")
+        assert doc is not None
+        assert len(doc["recordings"]) == 1, name
+    assert outputs(project)["app_cache"] == [0, 2]  # both calls bypassed the app cache
+    monkeypatch.setenv("PC_LLM_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("PC_BLOCK_NETWORK", "1")
+    project.runpytest("--promptcache=replay", "test_app.py::test_b").assert_outcomes(passed=1)
+    project.makepyfile(
+        test_keep=APP_CACHE_TESTS.replace(
+            "def test_", "@__import__('pytest').mark.promptcache(production_cache=True)\ndef test_"
+        )
+    )
+    monkeypatch.delenv("PC_BLOCK_NETWORK")
+    monkeypatch.setenv("PC_LLM_URL", llm_server.base_url)
+    project.runpytest("--promptcache=auto", "test_keep.py").assert_outcomes(passed=2)
+    assert outputs(project)["app_cache"] == [1, 0]  # test_b was answered by the app's cache

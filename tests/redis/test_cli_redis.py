@@ -109,11 +109,14 @@ def test_demo_on_redis_then_stats_from_its_metrics(cli: Run, redis_url: str, tmp
     code, out, _ = cli("stats", "--url", redis_url, "--namespace", DEMO_NS, "--metrics", str(metrics))
     assert code == 0
     total = next(line.split() for line in out.splitlines() if line.startswith("total"))
-    assert total[1] == str(misses)  # every miss stored one entry
+    # Each miss stores one entry, unless its write missed the store's deadline on a loaded machine
+    # (fail-open: counted, the answer still served): stats shows exactly what the store holds.
+    stored = len(raw(redis_url, f"{DEMO_NS}:v{SCHEMA_VERSION}:*"))
+    assert 0 < stored <= misses
+    assert total[1] == str(stored)
     assert (total[3], total[4]) == (str(hits), str(misses))
-    assert len(raw(redis_url, f"{DEMO_NS}:v{SCHEMA_VERSION}:*")) == misses
     code, out, _ = cli("demo", "--calls", "60", "--scale", "1000", "--url", redis_url)
-    assert f"(cleared {misses} entries of earlier demo runs first)" in out
+    assert f"(cleared {stored} entries of earlier demo runs first)" in out
 
 
 def test_inspect_explain_and_invalidate_on_redis(cli: Run, redis_url: str, tmp_path: Path) -> None:

@@ -247,7 +247,7 @@ def test_a_failed_counter_flush_fails_open_and_keeps_its_counts(
 
     async def go() -> None:
         cache = PromptCache.from_url(server.url, namespace="down", count_in_store=True)
-        tally = cache._tally
+        tally = cache._writer.tally  # the flush is what is under test
         assert tally is not None
         for _ in range(3):
             await cache.get_or_call(body, call, agent_id="a")  # 1 miss, 2 hits

@@ -14,7 +14,7 @@ import openai
 import pytest
 from fake_llm import ANTHROPIC_TEST_KEY, OPENAI_TEST_KEY, FakeLLM
 
-from promptcache import PromptCache
+from promptcache import ConfigError, PromptCache
 from promptcache.metrics import RequestEvent
 from promptcache.openai import wrap
 
@@ -172,3 +172,31 @@ def test_async_clients_key_the_route_too(server: FakeLLM, cache: PromptCache) ->
 
     asyncio.run(go())
     assert server.calls == 2
+
+
+def test_sdk_clients_sharing_one_http_client_keep_their_own_scope(
+    server: FakeLLM, cache: PromptCache
+) -> None:
+    """One http_client shared for pooling: each wrapped client caches under its own agent, an unwrapped
+    one is never answered from the cache (a user trial found it served another agent's entry)."""
+    shared = openai.DefaultHttpxClient()
+
+    def build() -> openai.OpenAI:
+        return openai.OpenAI(api_key=OPENAI_TEST_KEY, base_url=server.base_url, http_client=shared)
+
+    classifier = wrap(build(), cache, agent_id="classifier")
+    writer = wrap(build(), cache, agent_id="writer")  # not "already wrapped": another client
+    bare = build()
+    assert chat(classifier) == chat(classifier)  # a hit
+    assert server.calls == 1
+    chat(writer)  # another agent: its own entry
+    assert server.calls == 2
+    raw = bare.chat.completions.with_raw_response.create(model="gpt-test", messages=MESSAGES)
+    assert raw.headers.get("x-promptcache") is None
+    assert server.calls == 3
+    assert "x-promptcache-client" not in server.requests[-1].headers  # never sent upstream
+    with pytest.raises(ConfigError, match="already wrapped"):
+        wrap(classifier, cache, agent_id="again")
+    chat(classifier.with_options(timeout=5))  # a copy keeps its client's scope: a hit
+    assert server.calls == 3
+    shared.close()
