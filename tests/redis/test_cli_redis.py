@@ -344,3 +344,33 @@ def test_the_default_entry_keeps_no_prompt_text_yet_explain_names_each_differenc
     assert code == 0
     assert "request (compact: texts hashed" in out
     assert "4111" not in out
+
+
+def test_a_digest_naming_a_body_and_its_stream_is_one_entry(cli: Run, redis_url: str) -> None:
+    """A body and a stream of one request share a digest (two store keys): its prefix is not ambiguous,
+    and the stream's own store key is accepted too."""
+    chunks = [
+        {"event": None, "data": {"model": MODEL, "choices": [{"index": 0, "delta": {"content": "hi"}}]}},
+        {
+            "event": None,
+            "data": {"model": MODEL, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        },
+        {"event": None, "text": "[DONE]"},
+    ]
+
+    async def go() -> tuple[str, str]:
+        cache = PromptCache.from_url(redis_url, namespace=NS)
+        key = cache.key(request_for("both"), agent_id="triage")
+        assert await cache.put_entry(key, request_for("both"), body=answer("both"), ttl=60)
+        assert await cache.put_entry(key, request_for("both"), chunks=chunks, ttl=60)
+        await cache.aclose()
+        return key.digest, key.stream_store_key
+
+    digest, stream_key = asyncio.run(go())
+    assert len(raw(redis_url)) == 2
+    code, out, err = cli("inspect", digest[:12], "--url", redis_url)
+    assert (code, err) == (0, "")
+    assert "re: both" in out
+    code, out, err = cli("inspect", stream_key, "--url", redis_url)
+    assert (code, err) == (0, "")
+    assert "a stream of 3 events" in out
