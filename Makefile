@@ -11,7 +11,7 @@ UV     := $(TOOLS)/bin/uv
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS := --extra dev --extra openai --extra anthropic --extra prometheus
+EXTRAS := --extra dev --extra openai --extra anthropic --extra prometheus --extra langchain --extra frameworks --extra prices
 # uv finds python3 on PATH instead of downloading an interpreter.
 export UV_PYTHON_DOWNLOADS := never
 
