@@ -7,6 +7,10 @@ from typing import TYPE_CHECKING
 
 import orjson
 import pytest
+
+pytest.importorskip(
+    "langchain_core", reason="the frameworks extras (make test installs them; matrix-oldest does not)"
+)
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.load import dumpd
 from langchain_core.messages import AIMessage

@@ -10,6 +10,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
+
+pytest.importorskip(
+    "langchain_core", reason="the frameworks extras (make test installs them; matrix-oldest does not)"
+)
+pytest.importorskip(
+    "langchain_tests", reason="the frameworks extras (make test installs them; matrix-oldest does not)"
+)
 from langchain_tests.integration_tests import AsyncCacheTestSuite, SyncCacheTestSuite
 
 from promptcache import PromptCache
