@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from promptcache._keys import CacheKey
+    from promptcache._stats import CacheStats
 
 __all__ = ["LLM_STRING_FIELD", "MODEL", "PromptCacheLangChain"]
 
@@ -132,6 +133,10 @@ class PromptCacheLangChain(BaseCache):
 
     def __repr__(self) -> str:
         return f"PromptCacheLangChain({self.cache!r}, agent_id={self.scope.agent_id!r})"
+
+    def stats(self) -> CacheStats:
+        """The counters of the cache underneath (shared with everything else that uses it)."""
+        return self.cache.stats()
 
     def key(self, prompt: str, llm_string: str) -> CacheKey:
         """The promptcache key of a LangChain ``(prompt, llm_string)`` pair in this cache's scope."""

@@ -63,7 +63,8 @@ async def test_a_chat_generation_round_trips_through_json_and_a_hit_counts_its_t
     assert doc["body"]["generations"] == [dumpd(generation)]
 
     assert await lc.alookup(PROMPT, LLM) == [generation]
-    stats = cache.stats()
+    stats = lc.stats()
+    assert stats == cache.stats()
     assert (stats.hits, stats.writes) == (1, 1)
     assert (stats.input_tokens_saved, stats.output_tokens_saved) == (11, 7)
 
