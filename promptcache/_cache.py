@@ -15,25 +15,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from typing import TYPE_CHECKING, Any, Self
 
 from promptcache._config import CacheConfig, config_with
 from promptcache._events import Emitter, Result
 from promptcache._flight import SingleFlight
-from promptcache._guard import StoreGuard
+from promptcache._guard import StoreGuard, delete_prefix
 from promptcache._keymemo import KeyMemo
 from promptcache._keys import DEFAULT_AGENT_VERSION, CacheKey, Endpoint, KeyPolicy, agent_prefix
+from promptcache._kinds import KindReader
 from promptcache._scope import Scope, scope_from_keywords
 from promptcache._stats import CacheStats, Counters
 from promptcache._stores import open_store
+from promptcache._validate import ttl_seconds
 from promptcache._writer import EntryWriter
-from promptcache.exceptions import (
-    PromptCacheError,
-    StoreError,
-    UncacheableRequestError,
-)
+from promptcache.exceptions import PromptCacheError, UncacheableRequestError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -60,10 +57,9 @@ class PromptCache:
         hooks: Called with a frozen :mod:`promptcache.metrics` event for every request (exactly one hit,
             miss or bypass each), store call and breaker transition; see :class:`~promptcache.metrics.Hook`.
 
-    One cache serves every caller of a process: any event loop (successive ``asyncio.run`` calls, a
-    loop per test), any thread, sync SDK clients (on promptcache's portal thread) and async code at once.
-    What is bound to a loop (store connections, shared calls, background writes) is kept per loop and
-    finished before that loop closes; counters, the breaker and the store's contents are shared.
+    One cache serves every caller of a process: any event loop, any thread, sync SDK clients (on
+    promptcache's portal thread) and async code at once. What is bound to a loop (store connections,
+    shared calls, background writes) is kept per loop and finished before that loop closes.
 
     .. versionadded:: 0.1.0
     """
@@ -99,6 +95,7 @@ class PromptCache:
             clock=clock,
             monotonic=monotonic,
         )
+        self._kinds = KindReader(self._flight, self.config, self._counters, self._guard, store)
         self._closed = False
 
     @classmethod
@@ -185,7 +182,7 @@ class PromptCache:
             endpoint: The API the request is for.
             policy: Text policy override for this call.
             bypass: Call upstream and neither read nor write the cache.
-            refresh: Call upstream and overwrite the entry.
+            refresh: Call upstream and overwrite the entry (and delete a stored stream of the request).
             route: The upstream, query and keyed headers (what a wrapped SDK client passes).
 
         Raises:
@@ -195,34 +192,54 @@ class PromptCache:
 
         .. versionchanged:: 0.2.0 ``scope``. .. versionchanged:: 0.3.0 ``route``.
         """
-        self._check_open()
         if bypass and scope is None:
             policy = None  # a bypass builds no key, so its policy is never looked at
         who = scope_from_keywords("get_or_call", scope, agent_id, agent_version, tenant, ttl, policy)
-        ttl_s = self._ttl(who.ttl)
+        return (await self.answer(request, call, who, endpoint, bypass=bypass, refresh=refresh, route=route))[
+            0
+        ]
+
+    async def answer(  # noqa: PLR0913 - get_or_call's arguments with the scope as one value
+        self,
+        request: Mapping[str, Any],
+        call: Callable[[], Awaitable[Any]],
+        scope: Scope,
+        endpoint: Endpoint | str = Endpoint.CHAT_COMPLETIONS,
+        *,
+        bypass: bool = False,
+        refresh: bool = False,
+        route: Route | None = None,
+    ) -> tuple[Any, bool]:
+        """:meth:`get_or_call` for integrations: the body, and whether it was assembled from a stored
+        stream (when no body is stored; ``CacheConfig.convert_kinds``, counted in ``stats().converted``)."""
+        self._check_open()
+        ttl_s = self._ttl(scope.ttl)
         counters = self._counters
         if bypass:
-            self.count_bypass(scope=who, request=request)
-            return await call()
+            self.count_bypass(scope=scope, request=request)
+            return await call(), False
         try:
-            key = self._key(request, who, endpoint, route)
+            key = self._key(request, scope, endpoint, route)
         except UncacheableRequestError as exc:
             log.debug("promptcache: request bypasses the cache: %s", exc)
-            self.count_bypass(uncacheable=True, scope=who, request=request, reason=exc)
-            return await call()
+            self.count_bypass(uncacheable=True, scope=scope, request=request, reason=exc)
+            return await call(), False
         counters.requests += 1  # counted once the key exists, so bad input never skews the invariant
-        if not refresh:
+        if refresh:
+            await self._kinds.forget_other(key, stream=False)  # the old stream must not outlive this
+        else:
             try:
-                entry = await self._flight.lookup(key)
+                entry = await self._kinds.body(key)  # the stored stream only on a miss
             except BaseException:  # cancelled, or StoreError with fail_open=False: still one request
                 counters.misses += 1
                 if self._hooks:
                     self._events.request(Result.MISS, key, reason="error")
                 raise
-            if entry is not None and entry.chunks is None:
+            if entry is not None:
+                counters.converted += entry.converted
                 self._flight.count_hit(entry, key)
-                return entry.body
-        return await self._flight.join(key, request, call, ttl_s, refresh=refresh)
+                return entry.body, entry.converted
+        return await self._flight.join(key, request, call, ttl_s, refresh=refresh), False
 
     async def get(  # noqa: PLR0913 - the documented scope keywords, or one scope
         self,
@@ -268,20 +285,27 @@ class PromptCache:
         data = self._writer.encode(key, request, response, None, latency, ttl_s)
         return data is not None and await self._writer.write(key.store_key, data, ttl_s)
 
-    async def get_entry(self, key: CacheKey, *, stream: bool = False, refresh: bool = False) -> Entry | None:
-        """The live entry under ``key`` of the asked kind (body, or stream chunks), counted as hit or miss.
+    async def get_entry(
+        self, key: CacheKey, *, stream: bool = False, refresh: bool = False, include_usage: bool = False
+    ) -> Entry | None:
+        """The live answer under ``key`` of the asked kind (body, or stream chunks), counted as hit or miss.
 
-        An entry of the other kind counts as a miss. With ``refresh`` the store is not read (a counted miss).
-        The key carries its scope's ids; nothing else about the scope matters to a read.
+        Its own kind first; on a miss the other kind, converted (``entry.converted``) if ``convert_kinds``.
+        A stream comes in the caller's shape (``include_usage``: the chat ``stream_options`` flag). With
+        ``refresh`` the store is not read (a counted miss). Only the key's scope ids matter to a read.
         """
         self._check_open()
         self._counters.requests += 1
-        entry = None if refresh else await self._flight.lookup(key)
-        if entry is None or (entry.chunks is not None) != stream:
+        if stream:
+            entry = await self._kinds.stream(key, include_usage=include_usage, refresh=refresh)
+        else:
+            entry = None if refresh else await self._kinds.body(key)
+        if entry is None:
             self._counters.misses += 1
             if self._hooks:
                 self._events.request(Result.MISS, key)
             return None
+        self._counters.converted += entry.converted
         self._flight.count_hit(entry, key)
         return entry
 
@@ -297,13 +321,12 @@ class PromptCache:
         latency: float = 0.0,
         wait: bool = True,
     ) -> bool:
-        """Gate and write an entry for ``key``: a response ``body``, or a stream's complete ``chunks``.
-
-        The TTL is ``scope.ttl`` (the scope ``key`` was made in), or ``ttl``; not both. Chunks are
-        ``{"event": name | None, "data": JSON}`` (or ``"text"``) SSE events, stored only when the stream
-        reached its terminal event and its outcome is storable. With ``wait=False`` the write runs in the
-        background (tracked, drained by :meth:`aclose`). True when written (or scheduled).
-        """
+        """Gate and write an entry for ``key``: a response ``body``, or a stream's complete ``chunks``
+        (under ``key.stream_store_key``, beside the body). The TTL is ``scope.ttl`` (the scope ``key`` was
+        made in), or ``ttl``; not both. Chunks are ``{"event": name | None, "data": JSON}`` (or ``"text"``)
+        SSE events, stored only when the stream reached its terminal event and its outcome is storable.
+        With ``wait=False`` the write runs in the background (drained by :meth:`aclose`). True when
+        written (or scheduled)."""
         self._check_open()
         if scope is not None:
             if ttl is not None:
@@ -313,10 +336,11 @@ class PromptCache:
         data = self._writer.encode(key, request, body, chunks, latency, ttl_s)
         if data is None:
             return False
+        store_key = key.store_key if chunks is None else key.stream_store_key
         if not wait:
-            self._writer.spawn(key.store_key, data, ttl_s)
+            self._writer.spawn(store_key, data, ttl_s)
             return True
-        return await self._writer.write(key.store_key, data, ttl_s)
+        return await self._writer.write(store_key, data, ttl_s)
 
     def count_upstream_call(self) -> None:
         """Count an upstream call an integration made itself (a streamed miss)."""
@@ -352,15 +376,8 @@ class PromptCache:
         """
         self._check_open()
         prefix = agent_prefix(self.config.namespace, agent_id, agent_version)
-        try:
-            async with asyncio.timeout(self.config.invalidate_timeout):
-                return await self.store.delete_prefix(prefix)
-        except TimeoutError as exc:
-            raise StoreError(
-                f"invalidating agent {agent_id!r} did not finish within {self.config.invalidate_timeout} s"
-            ) from exc
-        except Exception as exc:
-            raise StoreError(f"invalidating agent {agent_id!r} failed: {type(exc).__name__}: {exc}") from exc
+        timeout = self.config.invalidate_timeout
+        return await delete_prefix(self.store, prefix, timeout, f"invalidating agent {agent_id!r}")
 
     def stats(self) -> CacheStats:
         """A snapshot of this cache's counters."""
@@ -378,11 +395,10 @@ class PromptCache:
         """Finish pending writes, release held locks, then close the store (if owned). Idempotent.
 
         Writes pending in other event loops (a sync client's, on promptcache's portal thread) are finished
-        in their own loops first. Upstream calls still in flight are not waited for: their callers get
-        their answers, which are neither written nor sent to the store (counted as dropped writes and
-        skipped store calls), and their locks are released now. After this, new calls raise
-        :class:`PromptCacheError`. Background retries of lock releases are cancelled (each lock's TTL ends
-        it).
+        in their own loops first. Upstream calls still in flight are not waited for: their answers are
+        neither written nor sent to the store (counted as dropped writes and skipped store calls), their
+        locks are released now; background retries of lock releases are cancelled (each lock's TTL ends
+        it). After this, new calls raise :class:`PromptCacheError`.
         """
         if self._closed:
             return
@@ -431,8 +447,4 @@ class PromptCache:
             raise PromptCacheError(f"{self!r} is closed")
 
     def _ttl(self, ttl: float | None) -> float:
-        if ttl is None:
-            return self.config.default_ttl
-        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not (ttl > 0 and math.isfinite(ttl)):
-            raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
-        return float(ttl)
+        return self.config.default_ttl if ttl is None else ttl_seconds(ttl)

@@ -15,8 +15,21 @@ A cassette file::
       usage: {prompt_tokens: 12, completion_tokens: 5}
       request: {...}          # the canonical request, secrets scrubbed (for miss diffs)
       route: {upstream: openai, headers: {...}}   # what else selected the answer (key schema v2)
-      response: {...}         # the full body; or `chunks:` for a stream
+      response: {...}         # the full body; or `stream:` for a stream (below)
     end: 1                    # written last: the number of recordings, so a cut-off file is refused
+
+A streamed answer is kept compact (:func:`promptcache._convert.compact_stream`)::
+
+      stream:
+        response: {...}       # the final body assembled from the chunks: the answer, readable
+        pieces: [7, 7, 7, 4]  # the lengths of the text deltas, so replay cuts the text where it came
+        include_usage: true   # (chat) recorded with stream_options.include_usage
+        inputs: {...}         # (Anthropic) tool input JSON as streamed, where not json.dumps' spelling
+        patches:              # only what the stream synthesised from the above does not reproduce:
+          '3':                # by event: [path, value] sets a field, [path] removes one
+          - [data/obfuscation, x9Lq]
+
+Older cassettes keep every event as ``chunks:`` (still read; :func:`recorded_events` reads both).
 
 Loading refuses anything that is not plain data: python tags, anchors and aliases (alias bombs), files
 over :data:`MAX_CASSETTE_BYTES`, deep nesting; and what ``promptcache verify`` reports (duplicate YAML
@@ -43,6 +56,8 @@ from promptcache._cassette_checks import (
     key_schema_of,
     old_schema_message,
 )
+from promptcache._convert import expand_stream
+from promptcache._keys import Endpoint
 from promptcache._secrets import (
     DEFAULT_SCRUB_FIELDS,
     SCRUBBED,
@@ -66,10 +81,12 @@ __all__ = [
     "dump_cassette",
     "find_secret",
     "inspect_cassette",
+    "is_stream_recording",
     "key_schema_of",
     "load_cassette",
     "old_schema_message",
     "parse_cassette",
+    "recorded_events",
     "refusal",
     "request_secrets",
     "save_cassette",
@@ -115,6 +132,36 @@ def _str_representer(dumper: yaml.SafeDumper, text: str) -> yaml.Node:
 
 
 _Dumper.add_representer(str, _str_representer)
+
+
+def _list_representer(dumper: yaml.SafeDumper, items: list[Any]) -> yaml.Node:
+    # Short lists of numbers, nulls or short words (stream piece lengths, patches) on one line.
+    flow = len(items) <= 64 and all(
+        i is None or isinstance(i, int | float) or (isinstance(i, str) and len(i) <= 40 and i.isprintable())
+        for i in items
+    )
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", items, flow_style=flow or None)
+
+
+_Dumper.add_representer(list, _list_representer)
+
+
+def is_stream_recording(rec: dict[str, Any]) -> bool:
+    """Whether a recording holds a streamed answer (``stream:``, or the older ``chunks:``)."""
+    return "stream" in rec or "chunks" in rec
+
+
+def recorded_events(rec: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The SSE events of a stream recording (the compact ``stream:`` form expanded); None for a body."""
+    if "chunks" in rec:
+        return list(rec["chunks"])
+    compact = rec.get("stream")
+    if not isinstance(compact, dict):
+        return None
+    try:
+        return expand_stream(Endpoint(str(rec.get("endpoint"))), compact)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return None
 
 
 def dump_cassette(doc: dict[str, Any]) -> str:
@@ -167,14 +214,21 @@ def _check_recording(where: str, index: int, rec: object) -> None:
         raise CassetteFormatError(f"{where}: recordings[{index}] has no string 'key'")
     if not isinstance(rec.get("endpoint"), str):
         raise CassetteFormatError(f"{where}: recordings[{index}] has no string 'endpoint'")
-    if "response" not in rec and not isinstance(rec.get("chunks"), list):
-        raise CassetteFormatError(f"{where}: recordings[{index}] has neither 'response' nor 'chunks'")
+    if "stream" in rec and recorded_events(rec) is None:
+        raise CassetteFormatError(
+            f"{where}: recordings[{index}] 'stream' is malformed"
+            " (its response, pieces or patches make no stream)"
+        )
+    if "response" not in rec and not is_stream_recording(rec):
+        raise CassetteFormatError(f"{where}: recordings[{index}] has neither 'response' nor 'stream'")
+    if "chunks" in rec and not isinstance(rec.get("chunks"), list):
+        raise CassetteFormatError(f"{where}: recordings[{index}] 'chunks' must be a list of mappings")
     status = rec.get("status", 200)
     if type(status) is not int or not 100 <= status <= 599:
         raise CassetteFormatError(f"{where}: recordings[{index}] 'status' must be an HTTP status code")
     if "chunks" in rec and not all(isinstance(c, dict) for c in rec["chunks"]):
         raise CassetteFormatError(f"{where}: recordings[{index}] 'chunks' must be a list of mappings")
-    if "chunks" not in rec and not isinstance(rec.get("response"), dict | str | list):
+    if not is_stream_recording(rec) and not isinstance(rec.get("response"), dict | str | list):
         raise CassetteFormatError(f"{where}: recordings[{index}] 'response' must be a mapping or text")
 
 

@@ -163,7 +163,7 @@ def cassette_problems(doc: dict[str, Any], text: str, where: str, duplicates: li
         except (CassetteFormatError, PromptCacheError) as exc:
             problems.append(str(exc) if str(exc).startswith(where) else f"{here}: {exc}")
             continue
-        ident = (*scope, rec["key"])
+        ident = (*scope, rec["key"], "stream" in rec or "chunks" in rec)  # a body and a stream may share it
         if "exported" in doc and ident in seen:
             problems.append(f"{here}: key {rec['key'][:12]}... appears twice in an exported cassette")
         seen.add(ident)

@@ -55,6 +55,10 @@ class CacheConfig:
         invalidate_timeout: Seconds an invalidation may take before it raises StoreError.
         keep_request: Store the canonical request in each entry (for diffs and ``promptcache inspect``).
         finish_reasons: Finishing reasons whose answers may be stored.
+        convert_kinds: When only the other kind of answer is stored, serve a streamed request a stream
+            synthesised from the stored body, and a plain request the body assembled from the stored
+            stream (counted in ``stats().converted``, marked ``x-promptcache: hit-converted``). When
+            False a request is answered only from its own kind.
 
     .. versionadded:: 0.1.0
     """
@@ -76,6 +80,7 @@ class CacheConfig:
     keep_request: bool = False
     invalidate_timeout: float = 30.0
     finish_reasons: frozenset[str] = field(default_factory=lambda: DEFAULT_FINISH_REASONS)
+    convert_kinds: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.namespace, str) or not self.namespace:

@@ -42,6 +42,8 @@ class Entry:
         latency: Seconds the upstream call took (what a hit saves).
         request: The canonical request, kept for diffs when enabled; None otherwise.
         route: The route the key was made with, in its cassette form (kept with ``request``).
+        converted: Built from the other kind of stored answer (a stream from a body, or a body from a
+            stream) for this read; never stored.
     """
 
     digest: str
@@ -56,6 +58,7 @@ class Entry:
     latency: float = 0.0
     request: Any = field(default=None, repr=False)
     route: Any = field(default=None, repr=False)
+    converted: bool = field(default=False, compare=False)
 
 
 def scope_of(key: CacheKey) -> tuple[str, str, str, str | None]:

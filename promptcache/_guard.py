@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from promptcache._events import Emitter
     from promptcache._stats import Counters
 
-__all__ = ["StoreGuard"]
+__all__ = ["StoreGuard", "delete_prefix"]
 
 log = logging.getLogger("promptcache")
 
@@ -199,3 +199,17 @@ class StoreGuard:
             "timed out" if timed_out else "failed",
             describe(exc),
         )
+
+
+async def delete_prefix(store: Any, prefix: str, within: float, what: str) -> int:  # noqa: ANN401 - a Store
+    """``store.delete_prefix(prefix)`` within ``within`` seconds; every failure raised as StoreError.
+
+    Invalidation errors are never swallowed: ``what`` ("invalidating agent 'x'") names it in the message.
+    """
+    try:
+        async with asyncio.timeout(within):
+            return int(await store.delete_prefix(prefix))
+    except TimeoutError as exc:
+        raise StoreError(f"{what} did not finish within {within} s") from exc
+    except Exception as exc:
+        raise StoreError(f"{what} failed: {type(exc).__name__}: {exc}") from exc

@@ -69,6 +69,8 @@ SCHEMA_VERSION: Final = 2
 """Bumped whenever any rule here changes a digest; the golden-file test enforces it."""
 
 DEFAULT_NAMESPACE: Final = "promptcache"
+STREAM_SUFFIX: Final = ":stream"
+"""Ends a streamed answer's store key (after the ``{digest}`` hash tag; no escaped id contains it there)."""
 DEFAULT_AGENT_VERSION: Final = "0"
 
 DENY_LIST: Final = frozenset(r.name for r in FIELD_RULES if r.rule is Rule.OUT)
@@ -133,6 +135,12 @@ class CacheKey:
         """The single-flight lock's key: outside every agent prefix (invalidation never counts it), and
         in the entry's Redis Cluster slot (same ``{digest}`` hash tag)."""
         return f"{self.store_key.partition(':')[0]}:lock:{{{self.digest}}}"
+
+    @property
+    def stream_store_key(self) -> str:
+        """Where the streamed answer is kept, beside the body under :attr:`store_key`: same agent prefix
+        (invalidation deletes both) and same ``{digest}`` hash tag (same Redis Cluster slot)."""
+        return self.store_key + STREAM_SUFFIX
 
 
 _TEXT_RULES: Final[dict[KeyPolicy, TextRule]] = {
@@ -355,5 +363,10 @@ def agent_id_of(store_key: str) -> str:
 
 
 def digest_of(store_key: str) -> str:
-    """The digest an entry's store key ends with (inside its ``{...}`` hash tag)."""
-    return store_key.rpartition(":")[2].removeprefix("{").removesuffix("}")
+    """The digest inside an entry's ``{...}`` hash tag (a body's or a stream's store key)."""
+    return store_key[store_key.rfind("{") + 1 : store_key.rfind("}")]
+
+
+def is_stream_key(store_key: str) -> bool:
+    """Whether a store key is a streamed answer's (:attr:`CacheKey.stream_store_key`)."""
+    return store_key.endswith(STREAM_SUFFIX)

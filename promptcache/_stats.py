@@ -15,6 +15,7 @@ class Counters:
 
     requests: int = 0
     hits: int = 0
+    converted: int = 0
     misses: int = 0
     bypasses: int = 0
     coalesced: int = 0
@@ -62,13 +63,15 @@ class CacheStats:
     mutable provider state (not cached unless the scope opts in); ``uncacheable`` ones have no canonical
     JSON form. ``coalesced`` hits are callers that shared another
     caller's in-flight upstream call; ``upstream_calls`` equals ``misses`` except for callers that shared a
-    failed call or gave up waiting on another process's lock.
+    failed call or gave up waiting on another process's lock. ``converted`` hits were answered from the
+    other kind of stored answer (a stream synthesised from a body, or a body assembled from a stream).
 
     .. versionadded:: 0.1.0
     """
 
     requests: int
     hits: int
+    converted: int
     misses: int
     bypasses: int
     coalesced: int

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from typing import TypeVar
 
 from promptcache.exceptions import ConfigError
 
-__all__ = ["parse_enum", "positive"]
+__all__ = ["parse_enum", "positive", "ttl_seconds"]
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -30,3 +31,10 @@ def positive(value: float, what: str, *, allow_zero: bool = False) -> float:
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{what} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
     return value
+
+
+def ttl_seconds(ttl: object) -> float:
+    """``ttl`` as float seconds if it is a positive finite number, else ValueError naming it."""
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not (ttl > 0 and math.isfinite(ttl)):
+        raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
+    return float(ttl)

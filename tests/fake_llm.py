@@ -158,6 +158,8 @@ class FakeLLM:
         self.delay = 0.0
         self.stream_hang_after: int | None = None
         self.stream_drop_after: int | None = None
+        self.sse_line_end = b"\n"  # what ends each SSE line: LF, CRLF or CR are all valid
+        self.stream_pieces = STREAM_PIECES  # deltas a streamed text or tool input is cut into
         self.hang_timeout = 30.0
         self.stream_hung.clear()
         self.numbered = True  # False: the text leaves out the call number (ids and times still change)
@@ -450,21 +452,20 @@ class _Handler(BaseHTTPRequestHandler):
             turn = _turn(n, body, body.get("messages"), _tool_name(body, "chat"), forced, fake)
             if stream:
                 include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-                self._send_sse(
-                    n, [(None, c) for c in _chat_chunks(turn, include_usage=include_usage)], done=True
-                )
+                chunks = _chat_chunks(turn, include_usage=include_usage, pieces=fake.stream_pieces)
+                self._send_sse(n, [(None, c) for c in chunks], done=True)
             else:
                 self._send_json(200, _chat_completion(turn), self._id_headers(n))
         elif path == RESPONSES_PATH:
             turn = _turn(n, body, body.get("input"), _tool_name(body, "responses"), forced, fake)
             if stream:
-                self._send_sse(n, _response_events(turn, body))
+                self._send_sse(n, _response_events(turn, body, pieces=fake.stream_pieces))
             else:
                 self._send_json(200, _response(turn, body), self._id_headers(n))
         else:
             turn = _turn(n, body, body.get("messages"), _tool_name(body, "anthropic"), forced, fake)
             if stream:
-                self._send_sse(n, _anthropic_events(turn))
+                self._send_sse(n, _anthropic_events(turn, pieces=fake.stream_pieces))
             else:
                 self._send_json(200, _anthropic_message(turn), self._id_headers(n))
 
@@ -539,12 +540,13 @@ class _Handler(BaseHTTPRequestHandler):
         for header, value in self._id_headers(n).items():
             self.send_header(header, value)
         self.end_headers()
+        end = fake.sse_line_end
         for name, payload in events:
-            prefix = f"event: {name}\n".encode() if name else b""
-            write_chunk(prefix + b"data: " + _dumps(payload) + b"\n\n")
+            prefix = b"event: " + name.encode() + end if name else b""
+            write_chunk(prefix + b"data: " + _dumps(payload) + end + end)
             sent += 1
         if done:
-            write_chunk(b"data: [DONE]\n\n")
+            write_chunk(b"data: [DONE]" + end + end)
             sent += 1
         checkpoint()
         self.wfile.write(b"0\r\n\r\n")
@@ -683,7 +685,7 @@ def _chat_completion(turn: _Turn) -> JSON:
     }
 
 
-def _chat_chunks(turn: _Turn, *, include_usage: bool) -> list[JSON]:
+def _chat_chunks(turn: _Turn, *, include_usage: bool, pieces: int = STREAM_PIECES) -> list[JSON]:
     created = turn.created
 
     def chunk(delta: JSON, finish: str | None = None) -> JSON:
@@ -704,11 +706,11 @@ def _chat_chunks(turn: _Turn, *, include_usage: bool) -> list[JSON]:
         function = {"name": turn.tool, "arguments": ""}
         call = {"index": 0, "id": f"call_{turn.n}", "type": "function", "function": function}
         chunks = [chunk({"role": "assistant", "content": None, "tool_calls": [call], "refusal": None})]
-        pieces = _pieces(turn.arguments)
-        chunks += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}) for p in pieces]
+        cut = _pieces(turn.arguments, pieces)
+        chunks += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}) for p in cut]
     else:
         chunks = [chunk({"role": "assistant", "content": "", "refusal": None})]
-        chunks += [chunk({"content": piece}) for piece in _pieces(turn.text)]
+        chunks += [chunk({"content": piece}) for piece in _pieces(turn.text, pieces)]
     chunks.append(chunk({}, _chat_finish(turn)))
     if include_usage:
         last = chunk({})
@@ -781,7 +783,9 @@ def _response(turn: _Turn, body: JSON, *, done: bool = True) -> JSON:
     }
 
 
-def _response_events(turn: _Turn, body: JSON) -> list[tuple[str | None, JSON]]:
+def _response_events(
+    turn: _Turn, body: JSON, *, pieces: int = STREAM_PIECES
+) -> list[tuple[str | None, JSON]]:
     events: list[tuple[str | None, JSON]] = []
 
     def emit(kind: str, **fields: Any) -> None:
@@ -794,7 +798,7 @@ def _response_events(turn: _Turn, body: JSON) -> list[tuple[str | None, JSON]]:
     where: JSON = {"item_id": item_id, "output_index": 0}
     emit("response.output_item.added", output_index=0, item=_response_item(turn, done=False))
     if turn.tool:
-        for piece in _pieces(turn.arguments):
+        for piece in _pieces(turn.arguments, pieces):
             emit("response.function_call_arguments.delta", **where, delta=piece)
         emit("response.function_call_arguments.done", **where, name=turn.tool, arguments=turn.arguments)
     else:
@@ -804,7 +808,7 @@ def _response_events(turn: _Turn, body: JSON) -> list[tuple[str | None, JSON]]:
             **where,
             part={"type": "output_text", "text": "", "annotations": []},
         )
-        for piece in _pieces(turn.text):
+        for piece in _pieces(turn.text, pieces):
             emit("response.output_text.delta", **where, delta=piece, logprobs=[])
         emit("response.output_text.done", **where, text=turn.text, logprobs=[])
         part = {"type": "output_text", "text": turn.text, "annotations": []}
@@ -880,7 +884,7 @@ def _anthropic_message(turn: _Turn, *, done: bool = True) -> JSON:
     }
 
 
-def _anthropic_events(turn: _Turn) -> list[tuple[str | None, JSON]]:
+def _anthropic_events(turn: _Turn, *, pieces: int = STREAM_PIECES) -> list[tuple[str | None, JSON]]:
     events: list[tuple[str | None, JSON]] = []
 
     def emit(kind: str, **fields: Any) -> None:
@@ -889,10 +893,10 @@ def _anthropic_events(turn: _Turn) -> list[tuple[str | None, JSON]]:
     emit("message_start", message=_anthropic_message(turn, done=False))
     emit("content_block_start", index=0, content_block=_anthropic_block(turn, done=False))
     if turn.tool:
-        for piece in _pieces(turn.arguments):
+        for piece in _pieces(turn.arguments, pieces):
             emit("content_block_delta", index=0, delta={"type": "input_json_delta", "partial_json": piece})
     else:
-        for piece in _pieces(turn.text):
+        for piece in _pieces(turn.text, pieces):
             emit("content_block_delta", index=0, delta={"type": "text_delta", "text": piece})
     emit("content_block_stop", index=0)
     stop_reason = _TO_ANTHROPIC.get(turn.finish, turn.finish)

@@ -1,8 +1,9 @@
 """The Redis Cluster store (``redis.asyncio.cluster.RedisCluster``): the same Store, spread over shards.
 
 Every command touches one key, so every command lives in one slot; nothing here ever sends a multi-key
-command across slots. Entries are keyed ``<ns>:v1:<agent>:<version>:<tenant>:{<digest>}`` and locks
-``<ns>:lock:{<digest>}``: the ``{digest}`` hash tag puts an entry and its lock in the same slot, while the
+command across slots. Entries are keyed ``<ns>:v1:<agent>:<version>:<tenant>:{<digest>}`` (a streamed
+answer with ``:stream`` after it) and locks ``<ns>:lock:{<digest>}``: the ``{digest}`` hash tag puts an
+entry, the stream of its request and its lock in the same slot, while the
 digests of different requests (even of one agent) spread evenly over all slots and so over all primaries.
 Invalidating an agent therefore has to look everywhere: :meth:`RedisClusterStore.delete_prefix` SCANs
 every primary and UNLINKs what it finds one slot at a time.

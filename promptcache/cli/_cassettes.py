@@ -19,13 +19,14 @@ from promptcache._cassette import (
     key_schema_of,
     old_schema_message,
     parse_cassette,
+    recorded_events,
     save_cassette,
     scrub,
 )
 from promptcache._cassette_checks import scope_of
 from promptcache._config import DEFAULT_COMPRESS_ABOVE
 from promptcache._entry import Entry, encode_entry
-from promptcache._keys import SCHEMA_VERSION, Endpoint, store_key_for
+from promptcache._keys import SCHEMA_VERSION, STREAM_SUFFIX, Endpoint, store_key_for
 from promptcache._stores import redact_url
 from promptcache._validate import parse_enum
 from promptcache.cli._store import CLIError, agent_keys, read_all, run_on_store, store_url
@@ -129,6 +130,9 @@ def from_recording(
     try:
         endpoint = parse_enum(Endpoint, rec["endpoint"], "endpoint")
         store_key = store_key_for(*scope, digest)
+        chunks = recorded_events(rec)
+        if chunks is not None:
+            store_key += STREAM_SUFFIX  # a stream lives beside the body of its key
     except PromptCacheError as exc:
         raise CassetteFormatError(f"{where}: {exc}") from None
     expires = rec.get("expires_at")
@@ -144,8 +148,8 @@ def from_recording(
         endpoint=endpoint.value,
         created_at=_created_at(rec, now),
         expires_at=expires_at,
-        body=None if "chunks" in rec else rec.get("response"),
-        chunks=rec.get("chunks"),
+        body=None if chunks is not None else rec.get("response"),
+        chunks=chunks,
         model=model if isinstance(model, str) else None,
         usage=usage if isinstance(usage, dict) else None,
         latency=float(latency) if isinstance(latency, int | float) and not isinstance(latency, bool) else 0.0,

@@ -11,9 +11,11 @@ by a sync client therefore lives on the portal loop; use a separate ``PromptCach
 on your own loop.
 
 Streams: on a miss, chunks reach the caller as they arrive and the complete event list is stored only when
-the stream reaches its terminal event; an abandoned or failed stream stores nothing. A streaming request is
-served only from a stream entry and a non-streaming one only from a body entry (the key is the same, since
-``stream`` is on the deny-list; the latest answer of either kind replaces the other).
+the stream reaches its terminal event; an abandoned or failed stream stores nothing. The key is the same
+for a streamed and a plain request (``stream`` is on the deny-list), but each kind is stored under its own
+store key, so neither replaces the other. A request is answered from its own kind, or, when only the other
+kind is stored, from that one converted (``x-promptcache: hit-converted``; ``CacheConfig.convert_kinds``).
+A chat stream is served in the shape the caller asked for (with or without the usage chunk).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from promptcache._convert import wants_usage
 from promptcache.exceptions import ConfigError, InvalidScopeError, UncacheableRequestError
 from promptcache.integrations._http import (
     CONTROL_HEADERS,
@@ -106,13 +109,13 @@ class CachingCore:
             return body
 
         try:
-            body = await self.cache.get_or_call(
+            body, converted = await self.cache.answer(
                 plan.body,
                 call,
-                endpoint=plan.endpoint,
+                plan.scope,
+                plan.endpoint,
                 bypass=plan.bypass,
                 refresh=plan.refresh,
-                scope=plan.scope,
                 route=plan.route,
             )
         except _Passthrough as answer:
@@ -121,7 +124,7 @@ class CachingCore:
             return response(request, answer.status, answer.headers, answer.content)
         if own:
             return own[0]
-        return json_response(request, body, "hit")
+        return json_response(request, body, "hit-converted" if converted else "hit")
 
     async def _stream(self, plan: Plan, request: Any, send: Callable[[Any], Awaitable[Any]]) -> Any:  # noqa: ANN401
         cache = self.cache
@@ -133,9 +136,10 @@ class CachingCore:
         except UncacheableRequestError as exc:
             cache.count_bypass(uncacheable=True, scope=plan.scope, request=plan.body, reason=exc)
             return await send(request)
-        entry = await cache.get_entry(key, stream=True, refresh=plan.refresh)
+        usage = wants_usage(plan.endpoint, plan.body)
+        entry = await cache.get_entry(key, stream=True, refresh=plan.refresh, include_usage=usage)
         if entry is not None and entry.chunks is not None:
-            return event_stream_response(request, entry.chunks, "hit")
+            return event_stream_response(request, entry.chunks, "hit-converted" if entry.converted else "hit")
         started = time.monotonic()
         upstream = await send(request)
         cache.count_upstream_call()

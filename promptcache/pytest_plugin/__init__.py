@@ -11,24 +11,20 @@ Fixtures are synchronous, so the plugin works under pytest-asyncio, anyio or nei
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from promptcache._cassette import DEFAULT_SCRUB_FIELDS
-from promptcache._gate import usage_of
 from promptcache._keys import DEFAULT_AGENT_VERSION, KeyPolicy
-from promptcache._prices import PriceTable
 from promptcache._route import check_alias
 from promptcache._validate import parse_enum
 from promptcache.exceptions import ConfigError
-from promptcache.integrations._sync import handle_sync
 from promptcache.pytest_plugin._content import Note, summary_lines, warn_scrubbed
 from promptcache.pytest_plugin._recorder import Mode, Recorder
-from promptcache.pytest_plugin._stores import CassetteStore, cassette_name, open_cassette_store
+from promptcache.pytest_plugin._report import misses_report, recordings_totals, summary_line
+from promptcache.pytest_plugin._session import Session, placeholder_credentials
+from promptcache.pytest_plugin._stores import cassette_name
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterator
@@ -69,8 +65,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="NAME",
         help="a JSON field scrubbed from cassettes; repeatable (ini: promptcache_scrub_fields)",
     )
+    group.addoption(
+        "--promptcache-redis-prefix",
+        dest="promptcache_redis_prefix",
+        metavar="PREFIX",
+        default=None,
+        help="key prefix of cassettes in a redis:// store (default promptcache:cassette:<rootdir name>:; "
+        "ini: promptcache_redis_prefix)",
+    )
     parser.addini("promptcache_mode", f"record/replay mode for every test: {_MODES}", default=None)
     parser.addini("promptcache_store", "cassette folder or redis:// URL", default="fixtures/cassettes")
+    parser.addini("promptcache_redis_prefix", "key prefix of cassettes in a redis:// store", default=None)
     parser.addini("promptcache_prune", "drop recordings no passing test used", type="bool", default=False)
     parser.addini("promptcache_scrub_fields", "JSON fields scrubbed from cassettes", type="linelist")
     parser.addini("promptcache_agent_id", "agent id recordings are keyed under", default="default")
@@ -96,46 +101,44 @@ def pytest_configure(config: pytest.Config) -> None:
         "shared cassette; `upstream` an alias for the upstream URL in keys; `record_errors` records "
         "answers the production cache would not store (errors); `allow_secrets` lists values never scrubbed",
     )
-    session = _Session(config)
+    session = Session(config)
     config.stash[_SESSION] = session
     cli_mode = config.getoption("promptcache_mode")
     if cli_mode is not None:
         session.cli_mode = _mode(cli_mode, "--promptcache")
     # Bad ini values are one usage error at start-up, not an error in every test.
     ini_mode = config.getini("promptcache_mode")
-    if ini_mode:
-        _mode(ini_mode, "ini promptcache_mode")
+    session.global_mode = session.cli_mode or (_mode(ini_mode, "ini promptcache_mode") if ini_mode else None)
     try:
-        parse_enum(KeyPolicy, str(config.getini("promptcache_policy")), "ini promptcache_policy")
+        policy = parse_enum(KeyPolicy, str(config.getini("promptcache_policy")), "ini promptcache_policy")
+        upstream = check_alias(config.getini("promptcache_upstream") or None)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
+    # Calls made outside any test (the _session cassette) are keyed by the ini settings.
+    session.session_settings = {
+        "agent_id": str(config.getini("promptcache_agent_id")),
+        "policy": policy,
+        "upstream": upstream,
+        "cache_server_state": _truthy(config.getini("promptcache_cache_server_state")),
+        "scrub_fields": _scrub_fields(config, {}),
+    }
 
 
-@dataclass
-class _Session:
-    config: pytest.Config
-    cli_mode: Mode | None = None
-    recorders: list[Recorder] = field(default_factory=list)
-    passed: set[str] = field(default_factory=set)
-    worker_totals: list[dict[str, float]] = field(default_factory=list)
-    worker_notes: list[Note] = field(default_factory=list)
-    cassettes_collected: set[str] = field(default_factory=set)
-    modules_collected: set[str] = field(default_factory=set)
-    _store: CassetteStore | None = None
-
-    def store(self) -> CassetteStore:
-        if self._store is None:
-            # CLI > ini: the only settings without a marker or fixture form.
-            spec = self.config.getoption("promptcache_store") or self.config.getini("promptcache_store")
-            self._store = open_cassette_store(str(spec), self.config.rootpath)
-        return self._store
-
-    def prune(self) -> bool:
-        cli = self.config.getoption("promptcache_prune")
-        return bool(cli if cli is not None else self.config.getini("promptcache_prune"))
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With a mode set for the run: check the store (one usage error if unusable), intercept from here."""
+    state = session.config.stash.get(_SESSION, None)
+    if state is not None:
+        state.start()
 
 
-_SESSION = pytest.StashKey[_Session]()
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(_SESSION, None)
+    if state is not None:
+        state.stop()
+
+
+_SESSION = pytest.StashKey[Session]()
+_RECORDER = pytest.StashKey[Recorder]()
 
 
 def _mode(value: object, where: str) -> Mode:
@@ -153,7 +156,14 @@ def promptcache_config() -> dict[str, Any]:
     return {}
 
 
-def _settings(request: pytest.FixtureRequest, session: _Session) -> dict[str, Any] | None:
+def _scrub_fields(config: pytest.Config, fixture: dict[str, Any]) -> frozenset[str]:
+    scrub = set(DEFAULT_SCRUB_FIELDS) | {f.lower() for f in config.getini("promptcache_scrub_fields")}
+    scrub |= {f.lower() for f in config.getoption("promptcache_scrub_fields") or []}
+    scrub |= {str(f).lower() for f in fixture.get("scrub_fields") or []}
+    return frozenset(scrub)
+
+
+def _settings(request: pytest.FixtureRequest, session: Session) -> dict[str, Any] | None:
     """The effective settings for this test, or None when record/replay is not enabled for it."""
     config = request.config
     marker = request.node.get_closest_marker("promptcache")
@@ -175,9 +185,6 @@ def _settings(request: pytest.FixtureRequest, session: _Session) -> dict[str, An
         return ini
 
     mode = session.cli_mode or _mode(pick("mode", ini_mode or Mode.REPLAY.value), "promptcache mode")
-    scrub = set(DEFAULT_SCRUB_FIELDS) | {f.lower() for f in config.getini("promptcache_scrub_fields")}
-    scrub |= {f.lower() for f in config.getoption("promptcache_scrub_fields") or []}
-    scrub |= {str(f).lower() for f in fixture.get("scrub_fields") or []}
     return {
         "mode": mode,
         "cassette": _cassette(marked.get("cassette"), request.node.nodeid),
@@ -188,7 +195,7 @@ def _settings(request: pytest.FixtureRequest, session: _Session) -> dict[str, An
         "cache_server_state": _truthy(
             pick("cache_server_state", config.getini("promptcache_cache_server_state"))
         ),
-        "scrub_fields": frozenset(scrub),
+        "scrub_fields": _scrub_fields(config, fixture),
         "record_errors": bool(pick("record_errors", False)),  # noqa: FBT003 - the ini-level default
         "allow_secrets": frozenset(
             str(v) for source in (fixture, marked) for v in source.get("allow_secrets") or ()
@@ -210,65 +217,30 @@ def _cassette(named: object, nodeid: str) -> str:
     return safe.rsplit("/", 1)[0] if safe.endswith("/module") else safe
 
 
-_TRANSPORT_METHODS = (
-    ("HTTPTransport", "handle_request", False),
-    ("AsyncHTTPTransport", "handle_async_request", True),
-)
-
-
-@contextlib.contextmanager
-def _intercept(recorder: Recorder) -> Iterator[None]:
-    """Route the SDK transports of httpx2 and httpx (whichever are installed) through ``recorder``."""
-    patched: list[tuple[type, str, Any]] = []
-    try:
-        for module_name in ("httpx2", "httpx"):
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError:
-                continue
-            for class_name, method, is_async in _TRANSPORT_METHODS:
-                cls = getattr(module, class_name)
-                original = cls.__dict__[method]
-                patched.append((cls, method, original))
-                setattr(cls, method, _routed(recorder, original, is_async=is_async))
-        yield
-    finally:
-        for cls, method, original in reversed(patched):
-            setattr(cls, method, original)
-
-
-def _routed(recorder: Recorder, original: Any, *, is_async: bool) -> Any:  # noqa: ANN401
-    """``original`` (a transport's send method) answered through ``recorder``; sync via the one adapter."""
-    if is_async:
-
-        @functools.wraps(original)
-        async def handle_async_request(self: Any, request: Any) -> Any:  # noqa: ANN401
-            return await recorder.handle(request, functools.partial(original, self))
-
-        return handle_async_request
-
-    @functools.wraps(original)
-    def handle_request(self: Any, request: Any) -> Any:  # noqa: ANN401
-        return handle_sync(recorder.handle, request, functools.partial(original, self))
-
-    return handle_request
-
-
 @pytest.fixture(autouse=True)
 def _promptcache_recorder(request: pytest.FixtureRequest) -> Iterator[Recorder | None]:
     session = request.config.stash[_SESSION]
     settings = _settings(request, session)
     if settings is None or settings["mode"] is Mode.OFF:
-        yield None
+        with session.test_scope(None):
+            yield None
         return
-    recorder = Recorder(test_id=request.node.nodeid, store=session.store(), **settings)
+    try:
+        store = session.store()
+    except ConfigError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    recorder = Recorder(test_id=request.node.nodeid, store=store, **settings)
     session.recorders.append(recorder)
-    with _intercept(recorder):
+    request.node.stash[_RECORDER] = recorder
+    with contextlib.ExitStack() as stack:
+        if recorder.mode is Mode.REPLAY:
+            stack.enter_context(placeholder_credentials())
+        stack.enter_context(session.test_scope(recorder))
         yield recorder
     for note in recorder.notes:  # warned here, in the test's own thread, not inside a transport
         if note.kind == "scrubbed":
             warn_scrubbed(note)
-    recorder.save(prune=session.prune() and request.node.nodeid in session.passed)
+    recorder.save()
 
 
 @pytest.fixture
@@ -280,121 +252,76 @@ def promptcache(_promptcache_recorder: Recorder | None) -> Recorder:
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
-    """Remember every collected test's cassette (deselected ones too), to spot cassettes of gone tests."""
+    """Remember every collected test's cassette (deselected ones too): prune judges by them."""
     state = item.config.stash.get(_SESSION, None)
     if state is None:
         return
     marker = item.get_closest_marker("promptcache")
-    own = cassette_name(item.nodeid)
-    state.modules_collected.add(own.rpartition("/")[0])
-    state.cassettes_collected.add(_cassette(marker.kwargs.get("cassette") if marker else None, item.nodeid))
-
-
-def _stale_cassettes(session: _Session) -> list[str]:
-    """Cassettes of tests that no longer exist, in modules this run collected (others are not judged)."""
-    if not session.recorders or not session.modules_collected:
-        return []
-    try:
-        names = session.store().names()
-    except Exception:  # noqa: BLE001 - a report line must not fail the run; the store's error is shown
-        return []
-    return [
-        n
-        for n in names
-        if n not in session.cassettes_collected and n.rpartition("/")[0] in session.modules_collected
-    ]
+    state.collected(item, _cassette(marker.kwargs.get("cassette") if marker else None, item.nodeid))
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
-    item: pytest.Item,
-    call: pytest.CallInfo[None],  # noqa: ARG001 - part of the hook's signature
+    item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    if report.when == "call" and report.passed:
-        item.config.stash[_SESSION].passed.add(item.nodeid)
+    state = item.config.stash[_SESSION]
+    recorder = item.stash.get(_RECORDER, None)
+    reported = item.stash.get(_MISSES_REPORTED, 0)
+    if report.failed and recorder is not None and len(recorder.miss_messages) > reported:
+        # Every miss of the failed test, however the test code wrapped them (a task group's exception
+        # group, an error of the code under test). A miss the test expected (pytest.raises) is its own.
+        item.stash[_MISSES_REPORTED] = len(recorder.miss_messages)
+        exc = call.excinfo.value if call.excinfo else None
+        alone = isinstance(exc, pytest.fail.Exception) and len(recorder.miss_messages) - reported == 1
+        if not alone:  # a lone miss raised as is already reads as itself
+            raised = None if exc is None else f"{type(exc).__name__}: {exc}"
+            report.longrepr = misses_report(recorder.miss_messages[reported:], raised)
+    if report.failed:
+        state.failed.add(item.nodeid)
+    elif report.when == "call" and report.passed:
+        state.passed.add(item.nodeid)
     return report
 
 
-def _totals(session: _Session) -> dict[str, float]:
-    recs = session.recorders
-    cost = _cost(recs)
-    return {
-        "tests": len(recs),
-        "replayed": sum(r.replayed for r in recs),
-        "recorded": sum(r.recorded for r in recs),
-        "missing": sum(r.missing for r in recs),
-        "tokens": sum(sum(r.usage.values()) for r in recs),
-        "cost": cost or 0.0,
-        "priced": 0.0 if cost is None else 1.0,
-        "unused": sum(len(r.unused()) for r in recs if r.test_id in session.passed and r.mode is Mode.REPLAY),
-    }
+_MISSES_REPORTED = pytest.StashKey[int]()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Under pytest-xdist, each worker hands its totals to the controller, which prints the summary."""
-    workeroutput = getattr(session.config, "workeroutput", None)
+    """Save the session cassette; under pytest-xdist, each worker hands its counts and what it saw to the
+    controller, which judges the cassettes (or the only process does) before the summary."""
     state = session.config.stash.get(_SESSION, None)
-    if workeroutput is not None and state is not None:
-        workeroutput["promptcache"] = _totals(state)
-        workeroutput["promptcache_notes"] = [n.as_dict() for r in state.recorders for n in r.notes]
+    if state is None:
+        return
+    part = state.finish()
+    part["totals"] = recordings_totals(state.all_recorders())
+    part["notes"] = [n.as_dict() for r in state.all_recorders() for n in r.notes]
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["promptcache"] = part
+        return
+    state.conclude()
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: object) -> None:  # noqa: ANN401, ARG001 - xdist's hook signature
-    totals = getattr(node, "workeroutput", {}).get("promptcache")
+    part = getattr(node, "workeroutput", {}).get("promptcache")
     state = node.config.stash.get(_SESSION, None)
-    if totals and state is not None:
-        state.worker_totals.append(totals)
-        notes = getattr(node, "workeroutput", {}).get("promptcache_notes") or []
-        state.worker_notes.extend(Note(**n) for n in notes)
+    if part and state is not None:
+        state.worker_totals.append(part["totals"])
+        state.worker_notes.extend(Note(**n) for n in part.get("notes") or [])
+        state.facts.add(part)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:  # noqa: ANN401
     session = config.stash.get(_SESSION, None)
-    if session is None or (not session.recorders and not session.worker_totals):
+    if session is None:
         return
-    parts = [_totals(session), *session.worker_totals]
-    if not sum(p["tests"] for p in parts):
+    parts = [recordings_totals(session.all_recorders()), *session.worker_totals]
+    if not sum(p["tests"] + p["replayed"] + p["recorded"] + p["missing"] for p in parts):
         return
-
-    def total(name: str) -> float:
-        return sum(p.get(name, 0) for p in parts)
-
-    replayed, recorded, missing = int(total("replayed")), int(total("recorded")), int(total("missing"))
-    tokens, unused = int(total("tokens")), int(total("unused"))
-    line = (
-        f"promptcache: {replayed} replayed, {recorded} recorded, {missing} missing; "
-        f"{tokens} tokens not paid for"
-    )
-    if total("priced"):
-        line += f" (~${total('cost'):.4f})"
-    if unused:
-        pruned = " (pruned)" if session.prune() else " (--promptcache-prune drops them)"
-        line += f"; {unused} unused recordings{pruned}"
-    stale = _stale_cassettes(session)
-    if stale:
-        if session.prune():
-            for name in stale:
-                session.store().update(name, lambda _current: None)
-        pruned = " (pruned)" if session.prune() else " (--promptcache-prune deletes them)"
-        line += f"; {len(stale)} cassettes of tests that no longer exist{pruned}"
     terminalreporter.write_sep("-", "promptcache")
-    terminalreporter.write_line(line)
-    notes = [n for r in session.recorders for n in r.notes] + session.worker_notes
+    terminalreporter.write_line(summary_line(parts, session.outcome, prune=session.prune()))
+    notes = [n for r in session.all_recorders() for n in r.notes] + session.worker_notes
     for extra in summary_lines(notes):
         terminalreporter.write_line(extra)
-
-
-def _cost(recorders: list[Recorder]) -> float | None:
-    """Money the replayed calls would have cost, when the price table knows at least one of their models."""
-    table = PriceTable()
-    total: float | None = None
-    for rec in recorders:
-        for recording in rec.replayed_recordings:
-            inp, out = usage_of({"usage": recording.get("usage")})
-            model = recording.get("model")
-            value = table.cost(model if isinstance(model, str) else None, inp, out)
-            if value is not None:
-                total = (total or 0.0) + value
-    return total

@@ -23,7 +23,9 @@ import pytest
 from promptcache._cassette import (
     CASSETTE_FORMAT,
     DEFAULT_SCRUB_FIELDS,
+    is_stream_recording,
     key_schema_of,
+    recorded_events,
     request_secrets,
     scrub,
     scrub_joined,
@@ -31,6 +33,7 @@ from promptcache._cassette import (
     scrub_values,
 )
 from promptcache._cassette_checks import ALLOWED_FIELD
+from promptcache._convert import compact_stream, shape_stream, wants_usage
 from promptcache._gate import stream_summary, usage_of
 from promptcache._keys import (
     DEFAULT_AGENT_VERSION,
@@ -52,15 +55,17 @@ from promptcache.integrations._http import (
     tee,
 )
 from promptcache.pytest_plugin._content import Note, not_recorded
+from promptcache.pytest_plugin._merge import cassette_tests, merge, tests_of
 from promptcache.pytest_plugin._report import miss_message
 from promptcache.pytest_plugin._stable import Stabiliser
+from promptcache.pytest_plugin._stores import cassette_name
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from promptcache.pytest_plugin._stores import CassetteStore
 
-__all__ = ["Mode", "Recorder"]
+__all__ = ["Mode", "Recorder", "slot_of"]
 
 
 class Mode(StrEnum):
@@ -114,6 +119,9 @@ class Recorder:
     _positions: Counter[str] = field(default_factory=Counter)
     notes: list[Note] = field(default_factory=list)
     _stable: Stabiliser | None = None
+    # The plugin's lifecycle: the cassette as last written by save(), and every replay miss's message.
+    _view: list[dict[str, Any]] | None = None
+    miss_messages: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._old_schema: int | None = None
@@ -125,7 +133,9 @@ class Recorder:
         # Recordings by (key, kind), in order: a replayed call is one dict lookup, however big the cassette.
         self._index: dict[str, list[dict[str, Any]]] = {}
         for rec in self._existing:
-            self._index.setdefault(_slot(str(rec.get("key")), stream="chunks" in rec), []).append(rec)
+            self._index.setdefault(_slot(str(rec.get("key")), stream=is_stream_recording(rec)), []).append(
+                rec
+            )
 
     # -- decisions (no I/O) -----------------------------------------------------------------------
 
@@ -170,42 +180,52 @@ class Recorder:
             return None
         return key, plan.body
 
-    def _replay(self, key: CacheKey, *, stream: bool) -> dict[str, Any] | None:
+    def _replay(self, key: CacheKey, *, stream: bool, usage: bool = False) -> dict[str, Any] | None:
         """The next recording for ``key`` in order (the n-th identical request gets the n-th answer).
 
-        A streaming request replays only a recorded stream and a plain one only a recorded body, as in
-        the production cache; the other kind is a miss.
+        A streaming request replays only a recorded stream and a plain one only a recorded body (exact
+        kinds, unlike the production cache's conversions); the other kind is a miss. A chat stream
+        recorded without usage does not answer a request asking for it (``usage``): it is passed over
+        for a later recording of the key, or is a miss.
         """
         if self.mode in (Mode.RECORD, Mode.REWRITE):
             return None
         slot = _slot(key.digest, stream=stream)
         matches = self._index.get(slot, ())
         position = self._positions[slot]
-        if position >= len(matches):
+        fits = [at for at in range(position, len(matches)) if not stream or _fits(key, matches[at], usage)]
+        if not fits:
+            if self.mode is Mode.AUTO and position < len(matches):
+                # Passed over (the wrong usage shape): what auto records now goes after them, not onto them.
+                self._positions[slot] = len(matches)
             return None
-        self._positions[slot] += 1
+        self._positions[slot] = fits[0] + 1
         self.replayed += 1
-        recording = matches[position]
+        recording = matches[fits[0]]
         self.replayed_recordings.append(recording)
         inp, out = usage_of({"usage": recording.get("usage")})
         self.usage.update(input_tokens=inp, output_tokens=out)
         return recording
 
-    def _miss(self, key: CacheKey, *, stream: bool) -> None:
+    def _miss(self, key: CacheKey, *, stream: bool, usage: bool = False) -> None:
         if self.mode is Mode.REPLAY:
             self.missing += 1
             request = scrub(orjson.loads(key.canonical), self.scrub_fields)
-            pytest.fail(
-                miss_message(
-                    test_id=self.test_id,
-                    where=self.store.describe(self.cassette),
-                    key=key,
-                    request=request,
-                    recordings=self._existing,
-                    times_seen=self._positions[_slot(key.digest, stream=stream)],
-                ),
-                pytrace=False,
+            slot = _slot(key.digest, stream=stream)
+            message = miss_message(
+                test_id=self.test_id,
+                where=self.store.describe(self.cassette),
+                key=key,
+                request=request,
+                recordings=self._existing,
+                times_seen=self._positions[slot],
             )
+            if stream and usage and self._index.get(slot):
+                message += (
+                    "\n  a stream of this request was recorded without usage, and this request asks for it"
+                    " (stream_options.include_usage): re-record it with usage"
+                )
+            pytest.fail(message, pytrace=False)
 
     def _record(
         self,
@@ -248,7 +268,13 @@ class Recorder:
         scrubbed = scrub_values(answer, secrets)
         if chunks is not None:
             scrubbed = scrub_joined(scrubbed, secrets)
-        recording["chunks" if chunks is not None else "response"] = scrubbed
+            compact = compact_stream(key.endpoint, scrubbed)  # the answer readable, not a chunk each
+            if compact is None:
+                recording["chunks"] = scrubbed
+            else:
+                recording["stream"] = compact
+        else:
+            recording["response"] = scrubbed
         if scrubbed != answer:
             self.notes.append(Note(self.test_id, "scrubbed", "a credential the request carried"))
         # Providers echo what they were sent (an org or project id in a 401, a cookie, a query token):
@@ -274,7 +300,9 @@ class Recorder:
                 previous = list(doc["recordings"]) if doc else []
             by_slot: dict[str, list[dict[str, Any]]] = {}
             for rec in previous:
-                by_slot.setdefault(_slot(str(rec.get("key")), stream="chunks" in rec), []).append(rec)
+                by_slot.setdefault(_slot(str(rec.get("key")), stream=is_stream_recording(rec)), []).append(
+                    rec
+                )
             self._stable = Stabiliser(by_slot)
         return self._stable
 
@@ -283,42 +311,68 @@ class Recorder:
         left = Counter(self._positions)
         out = []
         for rec in self._existing:
-            slot = _slot(rec.get("key", ""), stream="chunks" in rec)
+            slot = slot_of(rec)
             if left[slot] > 0:
                 left[slot] -= 1
             else:
                 out.append(rec)
         return out
 
-    def save(self, *, prune: bool = False) -> None:
-        """Write what this test recorded (or drop unused recordings when pruning)."""
-        if not self._new and not (prune and self.unused()) and self.mode is not Mode.REWRITE:
+    def save(self) -> None:
+        """Write what this test recorded (and, in auto mode, its use of other tests' recordings).
+
+        How the test's recordings join a cassette other tests may share is :func:`_merge.merge`;
+        nothing is pruned here (the session decides that, once it knows every user of a cassette).
+        """
+        unattributed = self.mode is Mode.AUTO and any(
+            self.test_id not in (tests_of(r) or ()) for r in self.replayed_recordings
+        )
+        if not self._new and self.mode is not Mode.REWRITE and not unattributed:
             return
-        new, mode = list(self._new), self.mode
-        called = {r["key"] for r in new}
-        unused_ids = {id(r) for r in self.unused()} if prune else set()
-        kept_ids = {id(r) for r in self._existing if id(r) not in unused_ids}
+        new, replayed = list(self._new), Counter(self._positions)
+        own = self.cassette == cassette_name(self.test_id)
 
         def change(current: dict[str, Any] | None) -> dict[str, Any] | None:
-            old = list(current["recordings"]) if current and mode is not Mode.REWRITE else []
-            if mode is Mode.RECORD:
-                old = [r for r in old if r.get("key") not in called]
-            if prune:
-                # Keep what another writer added since we loaded, and what this test did use.
-                mine = {_fingerprint(r) for r in self._existing if id(r) in kept_ids}
-                theirs = {_fingerprint(r) for r in self._existing}
-                old = [r for r in old if _fingerprint(r) in mine or _fingerprint(r) not in theirs]
-            recordings = old + new
+            recordings = merge(
+                list(current["recordings"]) if current else [],
+                new,
+                test=self.test_id,
+                mode=self.mode.value,
+                own=own,
+                replayed=replayed,
+                slot_of=slot_of,
+            )
+            self._view = recordings
             if not recordings:
                 return None
             return {
                 "version": CASSETTE_FORMAT,
                 "key_schema": SCHEMA_VERSION,
-                "test": self.test_id,
+                "tests": cassette_tests(recordings),
                 "recordings": recordings,
             }
 
         self.store.update(self.cassette, change)
+
+    def report(self) -> dict[str, Any]:
+        """What the session needs to judge this test's cassette: plain data (it crosses xdist workers).
+
+        ``consumed``: per slot, how many recordings the test's calls reach (replayed and recorded);
+        ``totals``: per slot, the recordings in the cassette as the test last saw it; ``named``: the
+        tests that cassette names; ``legacy``: it holds recordings without attribution.
+        """
+        consumed = Counter(self._positions)
+        consumed.update(slot_of(r) for r in self._new)
+        view = self._existing if self._view is None else self._view
+        return {
+            "test": self.test_id,
+            "cassette": self.cassette,
+            "mode": self.mode.value,
+            "consumed": dict(consumed),
+            "totals": dict(Counter(slot_of(r) for r in view)),
+            "named": cassette_tests(view),
+            "legacy": any(tests_of(r) is None for r in view),
+        }
 
     # -- I/O: one async shell; sync transports reach it through integrations._sync ------------------
 
@@ -342,10 +396,11 @@ class Recorder:
         key, body = found
         self.calls += 1
         stream = body.get("stream") is True
-        recording = self._replay(key, stream=stream)
+        usage = wants_usage(key.endpoint, body)
+        recording = self._replay(key, stream=stream, usage=usage)
         if recording is not None:
-            return _replay_response(request, recording)
-        self._miss(key, stream=stream)
+            return _replay_response(request, recording, key, usage=usage)
+        self._miss(key, stream=stream, usage=usage)
         upstream = await send(request)
         secrets = request_secrets(request)
         if stream and is_event_stream(upstream):
@@ -371,14 +426,23 @@ def _slot(digest: str, *, stream: bool) -> str:
     return f"{digest}:{'stream' if stream else 'body'}"
 
 
-def _fingerprint(recording: dict[str, Any]) -> bytes:
-    return orjson.dumps(recording, option=orjson.OPT_SORT_KEYS)
+def slot_of(recording: dict[str, Any]) -> str:
+    """The replay slot a recording answers in (its key and kind)."""
+    return _slot(str(recording.get("key", "")), stream=is_stream_recording(recording))
 
 
-def _replay_response(request: Any, recording: dict[str, Any]) -> Any:  # noqa: ANN401
+def _fits(key: CacheKey, recording: dict[str, Any], usage: bool) -> bool:  # noqa: FBT001
+    """Whether a stream recording can answer in the shape asked (with or without chat usage)."""
+    events = recorded_events(recording)
+    return events is not None and shape_stream(key.endpoint, events, include_usage=usage) is not None
+
+
+def _replay_response(request: Any, recording: dict[str, Any], key: CacheKey, *, usage: bool) -> Any:  # noqa: ANN401
     status = int(recording.get("status", 200))
-    if "chunks" in recording:
-        return event_stream_response(request, recording["chunks"], "replay")
+    events = recorded_events(recording)
+    if events is not None:
+        shaped = shape_stream(key.endpoint, events, include_usage=usage)
+        return event_stream_response(request, events if shaped is None else shaped, "replay")
     if isinstance(recording.get("response"), str):
         headers = [("x-promptcache", "replay"), ("content-type", "text/plain")]
         return response(request, status, headers, recording["response"].encode())

@@ -47,7 +47,12 @@ def _normalised(value: Any) -> Any:  # noqa: ANN401 - JSON
 
 
 def _content(recording: dict[str, Any]) -> bytes:
-    body = {k: v if k in _EXACT else _normalised(v) for k, v in recording.items() if k != "recorded_at"}
+    # recorded_at is volatile; tests (which tests used the recording) is attribution, kept by the merge.
+    body = {
+        k: v if k in _EXACT else _normalised(v)
+        for k, v in recording.items()
+        if k not in {"recorded_at", "tests"}
+    }
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
@@ -98,10 +103,14 @@ class Stabiliser:
         self._taken[slot] += 1
         candidates = self.previous.get(slot, [])
         old = candidates[position] if position < len(candidates) else None
-        if old is None or old.keys() != recording.keys() or _content(old) != _content(recording):
+        if (
+            old is None
+            or old.keys() - {"tests"} != recording.keys() - {"tests"}
+            or _content(old) != _content(recording)
+        ):
             out.append(recording)
             return
-        out.append({k: old[k] for k in recording})
+        out.append({k: old.get(k, recording[k]) for k in recording})  # ``tests`` is the merge's to set
         ids: set[str] = set()
         _ids({k: v for k, v in recording.items() if k not in _EXACT}, ids)
         for value in ids:

@@ -225,13 +225,15 @@ async def test_hit_after_miss(cluster: LocalRedisCluster) -> None:
 
 
 async def test_entry_and_lock_share_a_slot_while_requests_spread(cluster: LocalRedisCluster) -> None:
-    """An entry and its lock hash to one slot (so they live on one node), and different requests do not."""
+    """An entry, the stream of the same request and its lock hash to one slot (so they live on one node),
+    and different requests do not."""
     cache = open_cache(cluster)
     try:
         client = store_of(cache).client
         keys = [cache.key(request_for(f"q{i}"), agent_id="agent") for i in range(20)]
         for key in keys:
             assert client.keyslot(key.store_key) == client.keyslot(key.lock_key)
+            assert client.keyslot(key.stream_store_key) == client.keyslot(key.store_key)
         assert len({client.keyslot(key.store_key) for key in keys}) == 20
     finally:
         await cache.aclose()

@@ -30,6 +30,7 @@ _ALIKE_BUT_MISS: Final = {
     "responses/store-true-then-false": "store=false is its own key (docs/KEY_FIELDS.md)",
     "responses/prompt-latest": "the latest prompt version may change at any time (bypass)",
     "responses/background": "a background job's state moves on (bypass)",
+    "responses/background/opt-in": "a queued job is never stored, opted in or not (write gate)",
     "upstream/other-alias-same-host": "the agent says these are two upstreams",
     "agent/agent-id": "agents never share entries",
     "agent/agent-version": "a new agent version starts afresh",

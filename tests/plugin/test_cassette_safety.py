@@ -7,7 +7,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from promptcache._cassette import MAX_CASSETTE_BYTES, find_secret, load_cassette, save_cassette
+from promptcache._cassette import (
+    MAX_CASSETTE_BYTES,
+    find_secret,
+    load_cassette,
+    recorded_events,
+    save_cassette,
+)
 from promptcache.exceptions import CassetteFormatError, SecretLeakError
 from promptcache.pytest_plugin._stores import REDIS_PREFIX, RedisCassetteStore
 
@@ -115,7 +121,8 @@ def test_secret_echoed_in_a_stream_is_not_left_split_across_chunks(project: pyte
     path = project.path / "fixtures/cassettes/test_stream_secret/test_echo_stream.yaml"
     doc = load_cassette(path)
     assert doc is not None
-    chunks = doc["recordings"][0]["chunks"]
+    chunks = recorded_events(doc["recordings"][0])
+    assert chunks is not None
     streamed = "".join(
         c["data"]["choices"][0]["delta"].get("content") or ""
         for c in chunks

@@ -12,7 +12,7 @@ import redis
 from helpers import outputs
 
 from promptcache._cassette import load_cassette, parse_cassette
-from promptcache.pytest_plugin._stores import REDIS_PREFIX
+from promptcache.pytest_plugin._stores import REDIS_PREFIX, default_redis_prefix
 
 if TYPE_CHECKING:
     from fake_llm import FakeLLM
@@ -173,7 +173,8 @@ def test_openai_sync_async_stream_and_inner_clients_replay_with_server_stopped_a
             "client_built_by_code_under_test",
         )
     )
-    assert "chunks" in cassette(project, "test_openai/test_stream_async")["recordings"][0]
+    streamed = cassette(project, "test_openai/test_stream_async")["recordings"][0]["stream"]
+    assert streamed["response"]["choices"][0]["message"]["content"] == live["stream_async"]
 
     go_offline(llm_server, monkeypatch)
     replayed = project.runpytest("--promptcache=replay")
@@ -342,9 +343,7 @@ def test_summary_line_prices_the_replayed_tokens_of_known_models(
     project.runpytest("--promptcache=auto").assert_outcomes(passed=1)
     result = project.runpytest("--promptcache=replay")
     result.assert_outcomes(passed=1)
-    assert (
-        summary(result) == "promptcache: 1 replayed, 0 recorded, 0 missing; 9 tokens not paid for (~$0.0001)"
-    )
+    assert summary(result) == "promptcache: 1 replayed, 0 recorded, 0 missing; 9 tokens not paid for (<$0.01)"
     assert llm_server.calls == 1
 
 
@@ -562,7 +561,9 @@ def test_redis_store_records_and_replays_like_yaml(
     project.runpytest("--promptcache=auto", store).assert_outcomes(passed=1)
     live = outputs(project)
     client = redis.Redis.from_url(redis_url)
-    raw = client.get(REDIS_PREFIX + "test_redis/test_chat")
+    prefix = default_redis_prefix(project.path)
+    assert prefix == f"{REDIS_PREFIX}{project.path.name}:"
+    raw = client.get(prefix + "test_redis/test_chat")
     assert isinstance(raw, bytes)
     from_redis = parse_cassette(raw)["recordings"][0]
     for field in ("key", "endpoint", "scope", "request"):
@@ -577,7 +578,7 @@ def test_redis_store_records_and_replays_like_yaml(
     project.makepyfile(test_redis=REDIS_TESTS.replace("the sea", "the ocean"))
     missed = project.runpytest("--promptcache=replay", store)
     missed.assert_outcomes(failed=1)
-    missed.stdout.fnmatch_lines([f"*cassette: *key {REDIS_PREFIX}test_redis/test_chat*"])
+    missed.stdout.fnmatch_lines([f"*cassette: *key {prefix}test_redis/test_chat*"])
     assert re.search(r'\+\s+"content": "Describe the ocean"', missed.stdout.str())
     assert not (project.path / "connects.log").exists()
 
@@ -607,13 +608,13 @@ def test_cassettes_of_removed_tests_are_reported_and_pruned(
     reported = project.runpytest("--promptcache=replay", "test_prune.py")
     reported.assert_outcomes(passed=1)
     assert summary(reported).endswith(
-        "; 1 cassettes of tests that no longer exist (--promptcache-prune deletes them)"
+        "; 1 cassette of a test that no longer exists (--promptcache-prune deletes it)"
     )
     assert gone.exists()
 
     pruned = project.runpytest("--promptcache=replay", "--promptcache-prune", "test_prune.py")
     pruned.assert_outcomes(passed=1)
-    assert summary(pruned).endswith("; 1 cassettes of tests that no longer exist (pruned)")
+    assert summary(pruned).endswith("; 1 cassette of a test that no longer exists (pruned)")
     assert not gone.exists()
     assert other.exists()  # its module was not collected, so it was not judged
     assert llm_server.calls == 4  # the recording run only

@@ -42,7 +42,7 @@ def test_changed_text_status_or_a_new_field_is_recorded_anew() -> None:
     changed = [
         recording("k1", "hello!", answer_id="chatcmpl-2", created=2),
         {**recording("k1", "hello", answer_id="chatcmpl-2", created=2), "status": 201},
-        {**recording("k1", "hello", answer_id="chatcmpl-2", created=2), "tests": ["t"]},
+        {**recording("k1", "hello", answer_id="chatcmpl-2", created=2), "allowed_secrets": ["x"]},
     ]
     for new in changed:
         out: list[dict[str, Any]] = []

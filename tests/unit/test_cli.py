@@ -688,3 +688,27 @@ def test_json_diff_names_every_changed_path() -> None:
     old = {"a": 1, "b": [1, 2, 3], "c": {"d": "x"}}
     new = {"a": 2, "b": [1, 2], "c": {"d": "x", "e": None}}
     assert json_diff(old, new) == ["~ $.a: 1 -> 2", "- $.b[2]: 3", "+ $.c.e: null"]
+
+
+def test_a_body_and_a_stream_of_one_key_export_verify_and_import(cli: Run, url: str, tmp_path: Path) -> None:
+    """Both kinds of answer to one request are exported, pass verify (not a repeated key) and import back
+    under their own store keys, byte for byte."""
+
+    async def store_both() -> CacheKey:
+        cache = PromptCache.from_url(url, namespace=NS)
+        key = cache.key(request_for("both"), agent_id="kinds")
+        await cache.put_entry(key, request_for("both"), body=answer("both"))
+        await cache.put_entry(key, request_for("both"), chunks=stream_chunks("both"))
+        await cache.aclose()
+        return key
+
+    key = asyncio.run(store_both())
+    assert set(raw_values(url)) == {key.store_key, key.stream_store_key}
+    exported = tmp_path / "kinds.yaml"
+    code, out, _ = cli("export", "--agent", "kinds", "-o", str(exported), "--url", url, "--namespace", NS)
+    assert (code, out.strip()) == (0, f"exported 2 entries of agent 'kinds' to {exported}")
+    code, out, _ = cli("verify", str(exported))
+    assert (code, out.splitlines()[-1].startswith("ok: 1 cassettes, 2 recordings")) == (0, True)
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert cli("import", str(exported), "--url", other, "--namespace", NS)[0] == 0
+    assert raw_values(other) == raw_values(url)

@@ -22,7 +22,7 @@ from sdk_driver import (
     bare_raises,
 )
 
-from promptcache import ConfigError
+from promptcache import ConfigError, PromptCache
 from promptcache.integrations._http import CONTROL_HEADERS
 
 if TYPE_CHECKING:
@@ -147,17 +147,23 @@ def test_stream_cut_at_the_token_limit_is_not_stored(drv: ProviderDriver, server
     assert drv.cache.stats().writes == 1
 
 
-def test_stream_and_body_entries_are_separate(drv: ProviderDriver, server: FakeLLM) -> None:
-    """As documented, a stream is served only from a stream entry and a plain call only from a body entry."""
-    p = drv.provider
-    drv.run(p.create("kinds"))
-    first = drv.events(p.create("kinds", stream=True))
-    assert p.streamed_text(first) == "answer #2 to: kinds"
-    drv.drain()
-    assert server.calls == 2
-    replay = drv.events(p.create("kinds", stream=True))
-    assert p.streamed_text(replay) == "answer #2 to: kinds"
-    assert server.calls == 2
+def test_stream_and_body_entries_are_separate(provider: Provider, kind: str, server: FakeLLM) -> None:
+    """With conversion off, a stream is served only from a stream entry and a plain call only from a body
+    entry, and the two kinds no longer evict each other: alternating callers hit after one call each."""
+    drv = ProviderDriver(provider, kind, server, PromptCache.from_url("memory://", convert_kinds=False))
+    try:
+        p = drv.provider
+        drv.run(p.create("kinds"))
+        first = drv.events(p.create("kinds", stream=True))
+        assert p.streamed_text(first) == "answer #2 to: kinds"
+        drv.drain()
+        for _ in range(2):
+            assert p.text(drv.run(p.create("kinds"))) == "answer #1 to: kinds"
+            assert p.streamed_text(drv.events(p.create("kinds", stream=True))) == "answer #2 to: kinds"
+        assert server.calls == 2
+        assert drv.cache.stats().converted == 0
+    finally:
+        drv.close()
 
 
 # --- failures are never cached ---------------------------------------------------------------------
