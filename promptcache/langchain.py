@@ -24,7 +24,8 @@ and read back with ``langchain_core.load.load`` restricted to the generation and
 (``allowed_objects``; never environment secrets). That is the form LangChain's own Redis and SQL caches
 store, and it round-trips what a chat model returns exactly: a ``ChatGeneration`` with its ``AIMessage``,
 tool calls, usage and response metadata (pydantic's ``model_dump`` would lose which classes they were). An
-entry that does not load is a miss, counted as a corrupt entry in the logs, never an exception.
+entry that does not load (or names another class) is answered as a miss, with a logged warning, never an
+exception.
 
 **What is stored.** The engine's write gate judges the generations as the choices of one chat answer: an
 empty list is never stored, nor a list with a generation that errored (``generation_info["error"]``),
@@ -104,6 +105,7 @@ class PromptCacheLangChain(BaseCache):
         tenant: Optional tenant; tenants never share entries.
         ttl: Seconds to keep answers; defaults to the cache's ``default_ttl``.
         policy: How prompt text is normalised in the key; ``exact`` (LangChain's own behaviour) by default.
+            A given ``scope`` brings its own policy (None there: the cache's).
 
     Raises:
         TypeError: ``cache`` is not a PromptCache, or both ``scope`` and scope keywords, or neither.
