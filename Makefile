@@ -11,7 +11,8 @@ UV     := $(TOOLS)/bin/uv
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS := --extra dev --extra openai --extra anthropic --extra prometheus
+EXTRAS := --extra dev --extra openai --extra anthropic --extra prometheus --extra langchain --extra frameworks --extra prices \
+	--extra standard-tests
 # uv finds python3 on PATH instead of downloading an interpreter.
 export UV_PYTHON_DOWNLOADS := never
 
@@ -53,7 +54,11 @@ lock: | $(UV)
 MATRIX_TESTS := tests/unit/test_sdk_common.py tests/unit/test_sdk_openai.py tests/unit/test_sdk_anthropic.py \
 	tests/unit/test_cached_agent.py \
 	tests/unit/test_fake_llm.py tests/unit/test_store_contract.py tests/unit/test_metrics.py \
-	tests/plugin tests/examples tests/redis tests/cluster tests/loops
+	tests/plugin tests/examples tests/redis tests/cluster tests/loops tests/langchain tests/frameworks
+# The frameworks (LangChain, Pydantic AI, the Agents SDK) join the newest set only: their own dependencies
+# need newer SDKs and orjson than the oldest set pins, so their tests skip there (pytest.importorskip).
+MATRIX_EXTRAS_newest := dev,openai,anthropic,prometheus,langchain,frameworks,prices,standard-tests
+MATRIX_EXTRAS_oldest := dev,openai,anthropic,prometheus
 
 matrix: matrix-newest matrix-oldest
 
@@ -62,7 +67,7 @@ matrix-newest matrix-oldest: matrix-%: | $(UV)
 	$(UV) venv --quiet --python $(PYTHON) .venv-$*
 	$(PYTHON) .ci/versions.py $* > .venv-$*/constraints.txt
 	$(UV) pip install --quiet --python .venv-$*/bin/python --upgrade \
-		-c .venv-$*/constraints.txt -e '.[dev,openai,anthropic,prometheus]'
+		-c .venv-$*/constraints.txt -e '.[$(MATRIX_EXTRAS_$*)]'
 	@.venv-$*/bin/python .ci/versions.py report
 	.venv-$*/bin/python -m pytest -p no:cacheprovider $(MATRIX_TESTS)
 

@@ -16,7 +16,22 @@ from pathlib import Path
 
 # The extras whose lower bounds are claims to users; dev/bench are our tools, not claims.
 CLAIMED_EXTRAS = ("openai", "anthropic", "prometheus")
-REPORTED = ("openai", "anthropic", "httpx", "httpx2", "redis", "pyyaml", "orjson", "prometheus-client")
+REPORTED = (
+    "openai",
+    "anthropic",
+    "httpx",
+    "httpx2",
+    "redis",
+    "pyyaml",
+    "orjson",
+    "prometheus-client",
+    "langchain-core",  # the frameworks: matrix-newest only (see the Makefile)
+    "langchain-openai",
+    "langchain-anthropic",
+    "pydantic-ai-slim",
+    "openai-agents",
+    "genai-prices",
+)
 _LOWER = re.compile(r"^\s*([A-Za-z0-9._-]+)(?:\[[^\]]*\])?\s*>=\s*([0-9][^,;\s]*)")
 
 

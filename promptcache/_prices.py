@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
+from promptcache import _genai_prices
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -88,6 +90,9 @@ class PriceTable:
             per million tokens. Names are matched case-insensitively.
         include_defaults: Start from :data:`DEFAULT_PRICES` (the default) or from nothing.
         as_of: The date your figures were taken; defaults to :data:`PRICES_AS_OF`.
+        genai_prices: Price the models this table does not know with ``genai-prices``
+            (``promptcache[prices]``): None (the default) does when it is installed, False never. The table
+            stays the override: a model it knows is priced by it.
 
     Example::
 
@@ -104,6 +109,7 @@ class PriceTable:
         *,
         include_defaults: bool = True,
         as_of: str | None = None,
+        genai_prices: bool | None = None,
     ) -> None:
         table: dict[str, ModelPrice] = dict(DEFAULT_PRICES) if include_defaults else {}
         for name, price in (prices or {}).items():
@@ -111,6 +117,7 @@ class PriceTable:
         self._table = table
         self.as_of = PRICES_AS_OF if as_of is None else as_of
         self._resolved: dict[str, ModelPrice | None] = {}
+        self.genai_prices = _genai_prices.available() if genai_prices is None else genai_prices
 
     def __repr__(self) -> str:
         return f"PriceTable({len(self._table)} models, as_of={self.as_of!r})"
@@ -136,6 +143,13 @@ class PriceTable:
         return found
 
     def cost(self, model: str | None, input_tokens: int, output_tokens: int) -> float | None:
-        """Dollars for the tokens, or None when the model has no price (counted as unpriced, not zero)."""
+        """Dollars for the tokens, or None when the model has no price (counted as unpriced, not zero).
+
+        A model the table does not know is priced by ``genai-prices`` when this table uses it.
+        """
         price = self.lookup(model)
-        return None if price is None else price.cost(input_tokens, output_tokens)
+        if price is not None:
+            return price.cost(input_tokens, output_tokens)
+        if model and self.genai_prices:
+            return _genai_prices.cost(model, input_tokens, output_tokens)
+        return None

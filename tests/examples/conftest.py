@@ -15,6 +15,7 @@ import errno
 import os
 import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,7 @@ if str(ROOT) not in sys.path:
 RECORD_ENV = "PROMPTCACHE_EXAMPLES_RECORD"
 RECORDING_MODES = frozenset({"auto", "record", "rewrite"})
 REPLAY_BASE_URL = "http://127.0.0.1:9/v1"  # valid, and nothing answers there: replay never sends
+REPLAY_ANTHROPIC_URL = "http://127.0.0.1:9"  # the Anthropic SDK adds /v1 itself
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +55,25 @@ def llm_base_url(recording: bool) -> Iterator[str]:
         return
     with FakeLLM() as server:
         yield server.base_url
+    assert server.errors == []
+
+
+@dataclass(frozen=True, slots=True)
+class LLMUrls:
+    """The API roots of one upstream for both SDKs: OpenAI's (with ``/v1``) and Anthropic's (without)."""
+
+    openai: str
+    anthropic: str
+
+
+@pytest.fixture
+def llm_urls(recording: bool) -> Iterator[LLMUrls]:
+    """Where the framework recipes' OpenAI and Anthropic clients point: one FakeLLM when recording."""
+    if not recording:
+        yield LLMUrls(REPLAY_BASE_URL, REPLAY_ANTHROPIC_URL)
+        return
+    with FakeLLM() as server:
+        yield LLMUrls(server.base_url, server.anthropic_base_url)
     assert server.errors == []
 
 
