@@ -63,6 +63,10 @@ ANTHROPIC_KEY = "not-a-real-key"
 QUESTION = "Where is my order #1042?"
 ANSWER = f"answer #1 to: {QUESTION}"
 replayed = pytest.mark.promptcache(mode="replay", agent_id="frameworks", upstream="fake-llm")
+# The recipes show their own production cache answering the second run: it must not step aside.
+recipe = pytest.mark.promptcache(
+    mode="replay", agent_id="frameworks", upstream="fake-llm", production_cache=True
+)
 
 
 class LLMUrls(Protocol):
@@ -128,7 +132,7 @@ async def test_langchain_chat_anthropic_plain(
     assert_one_call(promptcache, recording=recording)
 
 
-@replayed
+@recipe
 async def test_langchain_recipe(
     llm_urls: LLMUrls, cache: PromptCache, promptcache: Recorder, recording: bool
 ) -> None:
@@ -176,7 +180,7 @@ async def test_pydantic_ai_anthropic_plain(llm_urls: LLMUrls, promptcache: Recor
     assert_one_call(promptcache, recording=recording)
 
 
-@replayed
+@recipe
 async def test_pydantic_ai_recipe(
     llm_urls: LLMUrls, cache: PromptCache, promptcache: Recorder, recording: bool
 ) -> None:
@@ -214,7 +218,7 @@ async def test_openai_agents_sdk_plain(llm_urls: LLMUrls, promptcache: Recorder,
     assert_one_call(promptcache, recording=recording)
 
 
-@replayed
+@recipe
 async def test_openai_agents_sdk_recipe(
     llm_urls: LLMUrls, cache: PromptCache, promptcache: Recorder, recording: bool
 ) -> None:
