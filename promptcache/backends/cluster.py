@@ -36,9 +36,11 @@ from promptcache.backends._loopclient import LoopClients
 from promptcache.backends.redis import (
     DEFAULT_SOCKET_TIMEOUT,
     SCAN_COUNT,
+    add_counts,
     glob_escape,
     is_reply_error,
     is_timeout,
+    read_counts,
     redact_url,
 )
 
@@ -219,17 +221,10 @@ class RedisClusterStore:
         await self.client.set(key, value, px=max(1, int(positive(ttl, "ttl") * 1000)))
 
     async def add_counts(self, key: str, counts: Mapping[str, int]) -> None:
-        """HINCRBY each field, pipelined: one round trip (one key, so one slot on a cluster)."""
-        if not counts:
-            return
-        pipe = self.client.pipeline(transaction=False)
-        for name, n in counts.items():
-            pipe.hincrby(key, name, int(n))
-        await pipe.execute()
+        await add_counts(self.client, key, counts)
 
     async def read_counts(self, key: str) -> dict[str, int]:
-        found = await self.client.hgetall(key)
-        return {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in found.items()}
+        return await read_counts(self.client, key)
 
     async def delete(self, key: str) -> bool:
         if getattr(self.client, self._stale_flag, False):

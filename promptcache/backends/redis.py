@@ -97,6 +97,22 @@ def glob_escape(text: str) -> str:
     return _GLOB_SPECIAL.sub(r"\\\1", text)
 
 
+async def add_counts(client: Any, key: str, counts: Mapping[str, int]) -> None:  # noqa: ANN401 - redis or cluster
+    """HINCRBY each field, pipelined: one round trip (one key, so one slot on a cluster)."""
+    if not counts:
+        return
+    pipe = client.pipeline(transaction=False)
+    for name, n in counts.items():
+        pipe.hincrby(key, name, int(n))
+    await pipe.execute()
+
+
+async def read_counts(client: Any, key: str) -> dict[str, int]:  # noqa: ANN401 - redis or cluster
+    """The counter hash under ``key``, names decoded."""
+    found = await client.hgetall(key)
+    return {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in found.items()}
+
+
 class RedisStore:
     """A store on one Redis server (or a Sentinel/proxy that looks like one).
 
@@ -177,17 +193,10 @@ class RedisStore:
         return [v if v is None or isinstance(v, bytes) else str(v).encode() for v in values]
 
     async def add_counts(self, key: str, counts: Mapping[str, int]) -> None:
-        """HINCRBY each field, pipelined: one round trip (one key, so one slot on a cluster)."""
-        if not counts:
-            return
-        pipe = self.client.pipeline(transaction=False)
-        for name, n in counts.items():
-            pipe.hincrby(key, name, int(n))
-        await pipe.execute()
+        await add_counts(self.client, key, counts)
 
     async def read_counts(self, key: str) -> dict[str, int]:
-        found = await self.client.hgetall(key)
-        return {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in found.items()}
+        return await read_counts(self.client, key)
 
     async def delete(self, key: str) -> bool:
         return bool(await self.client.delete(key))
