@@ -4,16 +4,17 @@
 * :class:`~promptcache._guard.StoreGuard`: every store call under its deadline and the circuit breaker.
 * :class:`~promptcache._writer.EntryWriter`: write gating, encoding, bounded background writes.
 * :class:`~promptcache._flight.SingleFlight`: shared reads, shared upstream calls, the cross-process lock.
+* :class:`~promptcache._tier.HotTier`: entries kept in process while Redis pushes every change to them.
 
-The hit path is one guarded store GET, one JSON parse and a scope check. Everything that can go wrong with
-the store turns into a counted, logged miss (fail-open); nothing that goes wrong upstream is ever stored.
-Who an answer belongs to travels as one :class:`~promptcache.Scope`; the public methods also take its
-fields as keywords and turn them into a Scope at the door.
+A hit is a hot-tier lookup or one guarded store GET, then one JSON parse and a scope check. A store fault
+is a counted, logged miss (fail-open); nothing that goes wrong upstream is ever stored. Who an answer
+belongs to travels as one :class:`~promptcache.Scope` (public methods also take its fields as keywords).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Self
@@ -28,6 +29,7 @@ from promptcache._kinds import KindReader
 from promptcache._scope import Scope, scope_from_keywords
 from promptcache._stats import CacheStats, Counters
 from promptcache._stores import open_store
+from promptcache._tier import tier_for
 from promptcache._validate import ttl_seconds
 from promptcache._writer import EntryWriter
 from promptcache.exceptions import PromptCacheError, UncacheableRequestError
@@ -84,6 +86,7 @@ class PromptCache:
         self._keys = KeyMemo(self.config.namespace)
         self._guard = StoreGuard(store, self.config, self._counters, self._events, monotonic=monotonic)
         self.breaker = self._guard.breaker
+        self._guard.tier = tier = tier_for(store, self.config)
         self._writer = EntryWriter(store, self._guard, self.config, self._counters, clock=clock)
         self._hooks = self._events.hooks = (*self._hooks, *self._writer.hooks)  # count_in_store's tally
         self._flight = SingleFlight(
@@ -95,6 +98,7 @@ class PromptCache:
             self._events,
             clock=clock,
             monotonic=monotonic,
+            tier=tier,
         )
         self._kinds = KindReader(self._flight, self.config, self._counters, self._guard, store)
         self._closed = False
@@ -374,8 +378,8 @@ class PromptCache:
         """
         self._check_open()
         prefix = agent_prefix(self.config.namespace, agent_id, agent_version)
-        timeout = self.config.invalidate_timeout
-        return await delete_prefix(self.store, prefix, timeout, f"invalidating agent {agent_id!r}")
+        what = f"invalidating agent {agent_id!r}"
+        return await delete_prefix(self.store, prefix, self.config.invalidate_timeout, what, self._guard.tier)
 
     def stats(self) -> CacheStats:
         """A snapshot of this cache's counters."""
@@ -420,11 +424,8 @@ class PromptCache:
 
         .. versionadded:: 0.1.0
         """
-        try:
+        with contextlib.suppress(RuntimeError):
             asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        else:
             raise PromptCacheError("cache.close() would block this event loop; use `await cache.aclose()`")
         from promptcache.integrations import _portal  # noqa: PLC0415 - only sync users need the portal
 

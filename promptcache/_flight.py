@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from promptcache._guard import StoreGuard
     from promptcache._keys import CacheKey
     from promptcache._stats import Counters
+    from promptcache._tier import HotTier
     from promptcache._writer import EntryWriter
     from promptcache.backends import Store
 
@@ -77,6 +78,7 @@ class SingleFlight:
         events: The cache's hook emitter; used only when it has hooks.
         clock: Wall-clock seconds (entry expiry); injectable for tests.
         monotonic: Monotonic seconds (upstream latency, lock waits); injectable for tests.
+        tier: The hot tier read before the store and filled by store reads (None: no tier).
     """
 
     def __init__(  # noqa: PLR0913 - the parts single-flight works with, clocks keyword-only
@@ -90,8 +92,10 @@ class SingleFlight:
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        tier: HotTier | None = None,
     ) -> None:
         self._store = store
+        self._tier = tier
         self._locks = store if isinstance(store, LockingStore) else None
         self._guard = guard
         self._writer = writer
@@ -126,6 +130,14 @@ class SingleFlight:
         Concurrent first reads of one key share a single store GET (a burst of identical requests costs
         one round trip and one connection, not one each); every caller decodes its own copy.
         """
+        tier = self._tier
+        if tier is not None:
+            raw = tier.get(key.store_key)
+            if raw is not None:
+                found = self._decode(key, raw, again=True, from_tier=True)
+                if found is not None:
+                    return found
+                tier.discard(key.store_key)  # expired (or unreadable): read the store
         if again:
             return self._decode(key, await self._fetch(key), again=True)
         reads = self._loops.get().reads
@@ -149,15 +161,26 @@ class SingleFlight:
         return self._decode(key, raw, again=again)
 
     async def _fetch(self, key: CacheKey) -> bytes | None:
-        store = self._store
-        ok, raw = await self._guard.run("get", lambda: store.get(key.store_key))
-        return raw if ok else None
+        store, tier, store_key = self._store, self._tier, key.store_key
+        ticket = None if tier is None else tier.begin(store_key)
+        if ticket is None:
+            ok, raw = await self._guard.run("get", lambda: store.get(store_key))
+            return raw if ok else None
+        found: bytes | None = None
+        try:
+            ok, raw = await self._guard.run("get", lambda: store.get(store_key))
+            found = raw if ok else None
+        finally:
+            tier.offer(store_key, found, ticket)  # type: ignore[union-attr] # a ticket means a tier
+        return found
 
-    def _decode(self, key: CacheKey, raw: bytes | None, *, again: bool) -> Entry | None:
+    def _decode(
+        self, key: CacheKey, raw: bytes | None, *, again: bool, from_tier: bool = False
+    ) -> Entry | None:
         if raw is None:
             return None
         try:
-            return decode_entry(raw, key, self._clock())
+            return decode_entry(raw, key, self._clock(), from_tier=from_tier)
         except EntryError as exc:
             if again:
                 return None
@@ -169,12 +192,16 @@ class SingleFlight:
         """Count a caller answered by the stored ``entry`` (what it saved, and the hooks' hit event)."""
         counters = self._counters
         counters.hits += 1
+        if entry.from_tier:
+            counters.tier_hits += 1
         inp, out = usage_of({"usage": entry.usage})
         counters.input_tokens_saved += inp
         counters.output_tokens_saved += out
         counters.latency_saved += entry.latency
         if self._events.hooks:
-            self._events.request(Result.HIT, key, tokens=(inp, out), latency_saved=entry.latency)
+            self._events.request(
+                Result.HIT, key, tokens=(inp, out), latency_saved=entry.latency, tier=entry.from_tier
+            )
 
     # -- shared calls ------------------------------------------------------------------------------
 
