@@ -194,10 +194,12 @@ class RedisTracking:
         except rex.ResponseError as exc:
             retry = UNSUPPORTED_RETRY
             log.warning("promptcache: the server refused CLIENT TRACKING, hot tier off: %s", exc)
-            conn = _dropped(conn)
+            _dropped(conn)
+            conn = None
         except Exception as exc:  # noqa: BLE001 - anything that stops the subscription is retried later
             log.debug("promptcache: hot tier subscription failed: %s", exc)
-            conn = _dropped(conn)
+            _dropped(conn)
+            conn = None
         with self._lock:
             self._connecting = False
             if conn is None or self._closed or self._pid != os.getpid():
