@@ -113,14 +113,12 @@ class SingleFlight:
     @property
     def flights(self) -> dict[str, Flight]:
         """The running loop's calls in flight, by store key (empty outside a loop)."""
-        state = self._loops.current()
-        return {} if state is None else state.flights
+        return {} if (state := self._loops.current()) is None else state.flights
 
     @property
     def reads(self) -> dict[str, asyncio.Future[Any]]:
         """The running loop's shared store reads in flight, by store key (empty outside a loop)."""
-        state = self._loops.current()
-        return {} if state is None else state.reads
+        return {} if (state := self._loops.current()) is None else state.reads
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -130,14 +128,10 @@ class SingleFlight:
         Concurrent first reads of one key share a single store GET (a burst of identical requests costs
         one round trip and one connection, not one each); every caller decodes its own copy.
         """
-        tier = self._tier
-        if tier is not None:
-            raw = tier.get(key.store_key)
-            if raw is not None:
-                found = self._decode(key, raw, again=True, from_tier=True)
-                if found is not None:
-                    return found
-                tier.discard(key.store_key)  # expired (or unreadable): read the store
+        if self._tier is not None and (raw := self._tier.get(key.store_key)) is not None:
+            if (found := self._decode(key, raw, again=True, tier=True)) is not None:
+                return found
+            self._tier.discard(key.store_key)  # expired (or unreadable): read the store
         if again:
             return self._decode(key, await self._fetch(key), again=True)
         reads = self._loops.get().reads
@@ -163,24 +157,20 @@ class SingleFlight:
     async def _fetch(self, key: CacheKey) -> bytes | None:
         store, tier, store_key = self._store, self._tier, key.store_key
         ticket = None if tier is None else tier.begin(store_key)
-        if ticket is None:
-            ok, raw = await self._guard.run("get", lambda: store.get(store_key))
-            return raw if ok else None
         found: bytes | None = None
         try:
             ok, raw = await self._guard.run("get", lambda: store.get(store_key))
             found = raw if ok else None
         finally:
-            tier.offer(store_key, found, ticket)  # type: ignore[union-attr] # a ticket means a tier
+            if ticket is not None:
+                tier.offer(store_key, found, ticket)  # type: ignore[union-attr] # a ticket means a tier
         return found
 
-    def _decode(
-        self, key: CacheKey, raw: bytes | None, *, again: bool, from_tier: bool = False
-    ) -> Entry | None:
+    def _decode(self, key: CacheKey, raw: bytes | None, *, again: bool, tier: bool = False) -> Entry | None:
         if raw is None:
             return None
         try:
-            return decode_entry(raw, key, self._clock(), from_tier=from_tier)
+            return decode_entry(raw, key, self._clock(), from_tier=tier)
         except EntryError as exc:
             if again:
                 return None
@@ -199,9 +189,8 @@ class SingleFlight:
         counters.output_tokens_saved += out
         counters.latency_saved += entry.latency
         if self._events.hooks:
-            self._events.request(
-                Result.HIT, key, tokens=(inp, out), latency_saved=entry.latency, tier=entry.from_tier
-            )
+            tier = entry.from_tier
+            self._events.request(Result.HIT, key, tokens=(inp, out), latency_saved=entry.latency, tier=tier)
 
     # -- shared calls ------------------------------------------------------------------------------
 
@@ -260,8 +249,7 @@ class SingleFlight:
 
     def _caller_cancelled(self, key: CacheKey, flight: Flight) -> bool:
         """After a CancelledError: True (counted) if this caller was cancelled, False if only the call was."""
-        current = asyncio.current_task()
-        if current is None or not current.cancelling():
+        if (current := asyncio.current_task()) is None or not current.cancelling():
             return False
         self._counters.misses += 1
         if self._events.hooks:
@@ -436,17 +424,15 @@ class SingleFlight:
     ) -> None:
         for pause in pauses:
             await asyncio.sleep(pause)
-            ok, released = await self._guard.run(
-                "unlock", lambda: locks.unlock(key.lock_key, token), exempt=True
-            )
+            unlock = functools.partial(locks.unlock, key.lock_key, token)
+            ok, released = await self._guard.run("unlock", unlock, exempt=True)
             if ok and released:
                 return
 
     @property
     def releasing(self) -> int:
         """Background releases of timed-out locks still running (in this event loop)."""
-        state = self._loops.current()
-        return 0 if state is None else len(state.releases)
+        return 0 if (state := self._loops.current()) is None else len(state.releases)
 
     async def drain_releases(self) -> None:
         """Wait for this loop's background releases of timed-out locks."""

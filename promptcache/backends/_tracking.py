@@ -33,11 +33,12 @@ from redis.retry import Retry
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["CHANNEL", "RedisTracking", "sync_connection_factory"]
+__all__ = ["CHANNEL", "CLIENT_NAME", "RedisTracking", "sync_connection_factory"]
 
 log = logging.getLogger("promptcache")
 
 CHANNEL: Final = "__redis__:invalidate"
+CLIENT_NAME: Final = "promptcache-tier"  # how the subscription shows in CLIENT LIST
 DEFAULT_LEASE: Final = 10.0  # seconds a subscription stays live without hearing from Redis
 RETRY_EVERY: Final = 1.0  # seconds between connection attempts after a failure
 UNSUPPORTED_RETRY: Final = 60.0  # a server that refused CLIENT TRACKING is asked again this rarely
@@ -75,6 +76,7 @@ def sync_connection_factory(pool: Any) -> Callable[[], Connection]:  # noqa: ANN
         socket_connect_timeout=CONNECT_TIMEOUT,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
+        client_name=CLIENT_NAME,
     )
     return lambda: target(**kwargs)
 
