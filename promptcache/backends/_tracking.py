@@ -23,6 +23,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Final
 
 import redis
@@ -104,8 +105,10 @@ class RedisTracking:
         self._lease = lease
         self._mono = monotonic
         self._lock = threading.Lock()
-        self._conn: Connection | None = None
-        self._ready: Connection | None = None  # handed over by the connecting thread
+        # The live connection and the one handed over by the connecting thread, in a dict that a
+        # finaliser (holding no reference to self) closes if the owner is dropped without close().
+        self._socks: dict[str, Connection | None] = {"conn": None, "ready": None}
+        weakref.finalize(self, _close_all, self._socks)
         self._connecting = False
         self._next_attempt = 0.0
         self._session = 0
@@ -124,11 +127,11 @@ class RedisTracking:
         been missed: whatever was cached under the old one must go. Never blocks on the network."""
         with self._lock:
             if self._pid != os.getpid():  # a forked child must not read its parent's socket
-                self._conn = self._ready = None
+                self._socks["conn"] = self._socks["ready"] = None
                 self._connecting = False
                 self._session = 0
                 self._pid = os.getpid()
-            conn = self._conn
+            conn = self._socks["conn"]
             if conn is None:
                 return self._adopt_or_connect(), []
             now = self._mono()
@@ -164,14 +167,14 @@ class RedisTracking:
         log.warning("promptcache: hot tier off until Redis is reachable again: %s", exc)
         with contextlib.suppress(Exception):
             conn.disconnect()
-        self._conn = None
+        self._socks["conn"] = None
         self._session = 0
         self._next_attempt = self._mono() + RETRY_EVERY
 
     def _adopt_or_connect(self) -> int:
-        ready, self._ready = self._ready, None
+        ready, self._socks["ready"] = self._socks["ready"], None
         if ready is not None:
-            self._conn = ready
+            self._socks["conn"] = ready
             self._session = next(_sessions)
             self._heard = self._mono()
             self._pinged = False
@@ -210,17 +213,13 @@ class RedisTracking:
                     conn.disconnect()
                 return
             self.connects += 1
-            self._ready = conn
+            self._socks["ready"] = conn
 
     def close(self) -> None:
         """Drop the subscription for good (idempotent)."""
         with self._lock:
             self._closed = True
-            for conn in (self._conn, self._ready):
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        conn.disconnect()
-            self._conn = self._ready = None
+            _close_all(self._socks)
             self._session = 0
 
 
@@ -228,3 +227,9 @@ def _dropped(conn: Connection | None) -> None:
     if conn is not None:
         with contextlib.suppress(Exception):
             conn.disconnect()
+
+
+def _close_all(socks: dict[str, Connection | None]) -> None:
+    for name, conn in list(socks.items()):
+        socks[name] = None
+        _dropped(conn)
