@@ -13,11 +13,9 @@ belongs to travels as one :class:`~promptcache.Scope` (public methods also take 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from promptcache._config import CacheConfig, config_with
 from promptcache._events import Emitter, Result
@@ -26,13 +24,14 @@ from promptcache._guard import StoreGuard, delete_prefix
 from promptcache._keymemo import KeyMemo
 from promptcache._keys import DEFAULT_AGENT_VERSION, CacheKey, Endpoint, KeyPolicy, agent_prefix
 from promptcache._kinds import KindReader
+from promptcache._lifecycle import Lifecycle
 from promptcache._scope import Scope, scope_from_keywords
 from promptcache._stats import CacheStats, Counters
 from promptcache._stores import open_store
 from promptcache._tier import tier_for
 from promptcache._validate import ttl_seconds
 from promptcache._writer import EntryWriter
-from promptcache.exceptions import PromptCacheError, UncacheableRequestError
+from promptcache.exceptions import UncacheableRequestError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -47,7 +46,7 @@ __all__ = ["PromptCache"]
 log = logging.getLogger("promptcache")
 
 
-class PromptCache:
+class PromptCache(Lifecycle):
     """An async response cache for LLM requests.
 
     Args:
@@ -198,9 +197,25 @@ class PromptCache:
         if bypass and scope is None:
             policy = None  # a bypass builds no key, so its policy is never looked at
         who = scope_from_keywords("get_or_call", scope, agent_id, agent_version, tenant, ttl, policy)
-        return (await self.answer(request, call, who, endpoint, bypass=bypass, refresh=refresh, route=route))[
-            0
-        ]
+        body, _ = await self.answer(request, call, who, endpoint, bypass=bypass, refresh=refresh, route=route)
+        return body
+
+    def answer_now(
+        self, request: Mapping[str, Any], scope: Scope, endpoint: Endpoint | str, route: Route | None
+    ) -> tuple[bool, Any]:
+        """``(True, body)`` for a hit from the hot tier, found and counted with no I/O (a sync client calls
+        it on its own thread, before any hop to the portal), else ``(False, None)``: use :meth:`answer`."""
+        if self._guard.tier is None or self._closed:
+            return False, None
+        try:
+            key = self._key(request, scope, endpoint, route)
+        except UncacheableRequestError:
+            return False, None  # counted by answer()
+        if (entry := self._flight.tier_entry(key)) is None or entry.chunks is not None:
+            return False, None
+        self._counters.requests += 1
+        self._flight.count_hit(entry, key)
+        return True, entry.body
 
     async def answer(  # noqa: PLR0913 - get_or_call's arguments with the scope as one value
         self,
@@ -414,37 +429,6 @@ class PromptCache:
         self._guard.close()
         if self._owns_store:
             await self.store.aclose()
-
-    def close(self) -> None:
-        """:meth:`aclose` from sync code (a cache used by sync SDK clients); blocks until it is done.
-
-        Raises:
-            PromptCacheError: Called from a thread running an event loop (it would block that loop):
-                use ``await cache.aclose()`` there.
-
-        .. versionadded:: 0.1.0
-        """
-        with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop()
-            raise PromptCacheError("cache.close() would block this event loop; use `await cache.aclose()`")
-        from promptcache.integrations import _portal  # noqa: PLC0415 - only sync users need the portal
-
-        _portal.call(self.aclose)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`aclose` (or :meth:`close`) has run; later calls raise PromptCacheError."""
-        return self._closed
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise PromptCacheError(f"{self!r} is closed")
 
     def _ttl(self, ttl: float | None) -> float:
         return self.config.default_ttl if ttl is None else ttl_seconds(ttl)

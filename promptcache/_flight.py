@@ -76,8 +76,7 @@ class SingleFlight:
         config: ``lock_wait`` and ``lock_ttl``.
         counters: Where hits, misses, coalesced callers, lock waits and bad values are counted.
         events: The cache's hook emitter; used only when it has hooks.
-        clock: Wall-clock seconds (entry expiry); injectable for tests.
-        monotonic: Monotonic seconds (upstream latency, lock waits); injectable for tests.
+        clock, monotonic: Wall-clock (entry expiry), monotonic (latency, lock waits) seconds; injectable.
         tier: The hot tier read before the store and filled by store reads (None: no tier).
     """
 
@@ -104,8 +103,7 @@ class SingleFlight:
         self._events = events
         self._clock = clock
         self._mono = monotonic
-        # Concurrent callers share reads and calls within their own event loop; across loops (and
-        # processes) the store's lock keeps it to one upstream call.
+        # Callers share reads and calls within their loop; across loops (and processes) the store's lock.
         self._loops: PerLoop[_LoopFlights] = PerLoop(_LoopFlights)
         self._uncertain_locks: set[str] = set()
         self._held: dict[str, CacheKey] = {}  # lock tokens this cache holds now, in any loop
@@ -128,10 +126,8 @@ class SingleFlight:
         Concurrent first reads of one key share a single store GET (a burst of identical requests costs
         one round trip and one connection, not one each); every caller decodes its own copy.
         """
-        if self._tier is not None and (raw := self._tier.get(key.store_key)) is not None:
-            if (found := self._decode(key, raw, again=True, tier=True)) is not None:
-                return found
-            self._tier.discard(key.store_key)  # expired (or unreadable): read the store
+        if (found := self.tier_entry(key)) is not None:
+            return found
         if again:
             return self._decode(key, await self._fetch(key), again=True)
         reads = self._loops.get().reads
@@ -154,6 +150,10 @@ class SingleFlight:
                 del reads[key.store_key]
         return self._decode(key, raw, again=again)
 
+    def tier_entry(self, key: CacheKey) -> Entry | None:
+        """The entry for ``key`` from the hot tier, with no I/O (None: no tier, or not kept there)."""
+        return None if self._tier is None else self._tier.entry(key, self._clock())
+
     async def _fetch(self, key: CacheKey) -> bytes | None:
         store, tier, store_key = self._store, self._tier, key.store_key
         ticket = None if tier is None else tier.begin(store_key)
@@ -166,11 +166,11 @@ class SingleFlight:
                 tier.offer(store_key, found, ticket)  # type: ignore[union-attr] # a ticket means a tier
         return found
 
-    def _decode(self, key: CacheKey, raw: bytes | None, *, again: bool, tier: bool = False) -> Entry | None:
+    def _decode(self, key: CacheKey, raw: bytes | None, *, again: bool) -> Entry | None:
         if raw is None:
             return None
         try:
-            return decode_entry(raw, key, self._clock(), from_tier=tier)
+            return decode_entry(raw, key, self._clock())
         except EntryError as exc:
             if again:
                 return None

@@ -22,10 +22,13 @@ import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Final
 
+from promptcache._entry import Entry, decode_entry
 from promptcache.backends import TrackingStore
+from promptcache.exceptions import EntryError
 
 if TYPE_CHECKING:
     from promptcache._config import CacheConfig
+    from promptcache._keys import CacheKey
     from promptcache.backends import Invalidations
 
 __all__ = ["HotTier", "tier_for"]
@@ -73,6 +76,20 @@ class HotTier:
             if raw is not None:
                 self._entries.move_to_end(store_key)
             return raw
+
+    def entry(self, key: CacheKey, now: float) -> Entry | None:
+        """The kept entry for ``key``, decoded and checked as a store value is, or None (an expired or
+        unreadable one is dropped)."""
+        raw = self.get(key.store_key)
+        if raw is None:
+            return None
+        try:
+            found = decode_entry(raw, key, now, from_tier=True)
+        except EntryError:
+            found = None
+        if found is None:
+            self.discard(key.store_key)
+        return found
 
     def begin(self, store_key: str) -> int | None:
         """Before a store read: a ticket for :meth:`offer`, or None when nothing may be kept now."""

@@ -275,3 +275,99 @@ def test_hot_tier_off_reads_the_store_every_time(redis_url: str) -> None:
 
     assert asyncio.run(go()) == 0
     assert not [c for c in redis.Redis.from_url(redis_url).client_list() if c.get("name") == CLIENT_NAME]
+
+
+def _sdk_fixture() -> tuple[Any, Any, Any, Any]:
+    import openai  # noqa: PLC0415
+    from fake_llm import OPENAI_TEST_KEY, FakeLLM  # noqa: PLC0415
+
+    from promptcache.openai import wrap  # noqa: PLC0415
+
+    return openai, OPENAI_TEST_KEY, FakeLLM, wrap
+
+
+MESSAGES: list[Any] = [{"role": "user", "content": "tiered question"}]
+
+
+def _warm_sync(cache: PromptCache, client: Any) -> Any:
+    from promptcache.integrations import _portal  # noqa: PLC0415
+
+    first = client.chat.completions.create(
+        model="gpt-test", messages=MESSAGES
+    )  # the miss: the SDK's own parse
+    _portal.call(cache.drain)
+    for _ in range(500):
+        client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+        if cache.stats().tier_hits:
+            return first
+    pytest.fail("never served from the tier")
+
+
+def test_a_sync_sdk_tier_hit_is_answered_on_the_callers_thread(redis_url: str) -> None:
+    """A wrapped sync client's hot-tier hits equal the SDK's own parse of the upstream answer, and make no
+    call through the portal thread."""
+    openai, key, fake_llm, wrap = _sdk_fixture()
+    from promptcache.integrations import _portal  # noqa: PLC0415
+
+    with fake_llm() as server:
+        cache = PromptCache.from_url(redis_url, namespace=NS)
+        client = wrap(openai.OpenAI(api_key=key, base_url=server.base_url), cache, agent_id=AGENT)
+        portal_calls = 0
+        real_call = _portal.call
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            nonlocal portal_calls
+            portal_calls += 1
+            return real_call(*args, **kwargs)
+
+        try:
+            first = _warm_sync(cache, client)
+            _portal.call = counting
+            try:
+                answers = [
+                    client.chat.completions.create(model="gpt-test", messages=MESSAGES) for _ in range(20)
+                ]
+            finally:
+                _portal.call = real_call
+            assert portal_calls == 0
+            assert cache.stats().tier_hits == 21
+            assert all(a == first for a in answers)
+            assert server.calls == 1
+        finally:
+            client.close()
+            cache.close()
+
+
+def test_an_async_sdk_client_sees_another_process_overwrite_through_the_tier(redis_url: str) -> None:
+    openai, key, fake_llm, wrap = _sdk_fixture()
+
+    async def go(base_url: str) -> list[Any]:
+        cache = PromptCache.from_url(redis_url, namespace=NS)
+        client = wrap(openai.AsyncOpenAI(api_key=key, base_url=base_url), cache, agent_id=AGENT)
+        await client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+        await cache.drain()
+        for _ in range(500):
+            await client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+            if cache.stats().tier_hits:
+                break
+        assert cache.stats().tier_hits == 1
+        # Another worker refreshes the entry through its own client: upstream answers anew.
+        other = PromptCache.from_url(redis_url, namespace=NS, hot_tier_bytes=0)
+        other_client = wrap(openai.AsyncOpenAI(api_key=key, base_url=base_url), other, agent_id=AGENT)
+        fresh = await other_client.chat.completions.create(
+            model="gpt-test", messages=MESSAGES, extra_headers={"x-promptcache-refresh": "1"}
+        )
+        await other_client.close()
+        await other.aclose()  # its write is finished
+        first_after = await client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+        assert first_after == fresh
+        out = [await client.chat.completions.create(model="gpt-test", messages=MESSAGES) for _ in range(5)]
+        assert all(answer == fresh for answer in out)
+        await client.close()
+        await cache.aclose()
+        return out
+
+    with fake_llm() as server:
+        after = asyncio.run(go(server.base_url))
+        assert server.calls == 2  # the first miss and the refresh
+    assert len(after) == 5
