@@ -56,12 +56,13 @@ _CARRIED: Final = frozenset(
 Connection = Any
 
 
-def sync_connection_factory(pool: Any) -> Callable[[], Connection]:  # noqa: ANN401 - an asyncio pool
-    """Makes sync connections to the server ``pool`` (a ``redis.asyncio`` pool) connects to, with its
-    address, credentials, database and TLS settings, RESP2, short timeouts and no retries."""
+def sync_connection_factory(pool: Any, **address: Any) -> Callable[[], Connection]:  # noqa: ANN401
+    """Makes sync connections to the server ``pool`` (a ``redis.asyncio`` pool, or a cluster client's
+    nodes manager) connects to, or to ``address`` (``host=``, ``port=``): with its credentials, database
+    and TLS settings, RESP2, short timeouts and no retries."""
     from redis.asyncio import connection as aconn  # noqa: PLC0415 - only when a tier is built
 
-    cls = pool.connection_class
+    cls = pool.connection_kwargs.get("connection_class") or pool.connection_class
     target: type[Any]
     if issubclass(cls, aconn.SSLConnection):
         target = redis.SSLConnection
@@ -73,6 +74,7 @@ def sync_connection_factory(pool: Any) -> Callable[[], Connection]:  # noqa: ANN
     # notification handlers, timeouts) belong to the asyncio client.
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if k in _CARRIED or k.startswith("ssl_")}
     kwargs.update(
+        address,
         protocol=2,
         socket_timeout=SOCKET_TIMEOUT,
         socket_connect_timeout=CONNECT_TIMEOUT,
@@ -175,7 +177,7 @@ class RedisTracking:
         self._socks["conn"] = None
         self._poller = None
         self._session = 0
-        self._next_attempt = self._mono() + RETRY_EVERY
+        self._next_attempt = self._mono()  # subscribe again at once; a failed attempt waits RETRY_EVERY
 
     def _adopt_or_connect(self) -> int:
         ready, self._socks["ready"] = self._socks["ready"], None

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
 import redis
-from helpers import FakeClock
+from helpers import FakeClock, attempts
 
 from promptcache import PromptCache
 from promptcache.backends._tracking import CLIENT_NAME
@@ -76,7 +77,8 @@ class Worker:
 
     def warm(self, prompt: str, want: str) -> None:
         """Read until A answers ``prompt`` from its tier (its subscription connects in the background)."""
-        for _ in range(500):
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
             value, before = self.get(prompt)
             assert value == want
             value, after = self.get(prompt)
@@ -202,7 +204,7 @@ def test_the_entry_expiry_is_honoured_by_the_tier(redis_url: str) -> None:
         cache._flight._clock = clock
         cache._writer._clock = clock
         await cache.set(request_for("e"), answer("v1"), agent_id=AGENT, ttl=60)
-        for _ in range(500):
+        for _ in attempts():
             await cache.get(request_for("e"), agent_id=AGENT)
             if cache.stats().tier_hits:
                 break
@@ -248,7 +250,7 @@ def test_a_tier_hit_makes_no_store_call(redis_url: str) -> None:
     async def go() -> tuple[int, int]:
         cache = PromptCache.from_url(redis_url, namespace=NS)
         await cache.set(request_for("n"), answer("v1"), agent_id=AGENT)
-        for _ in range(500):
+        for _ in attempts():
             await cache.get(request_for("n"), agent_id=AGENT)
             if cache.stats().tier_hits:
                 break
@@ -296,7 +298,7 @@ def _warm_sync(cache: PromptCache, client: Any) -> Any:
         model="gpt-test", messages=MESSAGES
     )  # the miss: the SDK's own parse
     _portal.call(cache.drain)
-    for _ in range(500):
+    for _ in attempts():
         client.chat.completions.create(model="gpt-test", messages=MESSAGES)
         if cache.stats().tier_hits:
             return first
@@ -346,7 +348,7 @@ def test_an_async_sdk_client_sees_another_process_overwrite_through_the_tier(red
         client = wrap(openai.AsyncOpenAI(api_key=key, base_url=base_url), cache, agent_id=AGENT)
         await client.chat.completions.create(model="gpt-test", messages=MESSAGES)
         await cache.drain()
-        for _ in range(500):
+        for _ in attempts():
             await client.chat.completions.create(model="gpt-test", messages=MESSAGES)
             if cache.stats().tier_hits:
                 break
