@@ -71,15 +71,18 @@ matrix-newest matrix-oldest: matrix-%: | $(UV)
 	@.venv-$*/bin/python .ci/versions.py report
 	.venv-$*/bin/python -m pytest -p no:cacheprovider $(MATRIX_TESTS)
 
-# vcrpy and pytest-recording (the replay benchmark's baseline) go into their own folder, not the venv:
-# pytest-recording registers a pytest plugin in every run, and the project's suite does not need it.
+# The benchmarks' baselines go into their own folder, not the venv: vcrpy and pytest-recording (replay;
+# pytest-recording registers a pytest plugin in every run, and the project's suite does not need it),
+# aiocache and cashews (hit_path's peers). Alone: `PYTHONPATH=.bench-site .venv/bin/python benchmarks/...`.
 BENCH_SITE := .bench-site
+BENCH_PEERS := 'vcrpy>=9.4' 'pytest-recording>=0.14' wrapt 'aiocache>=0.12' 'cashews>=7.4'
 
 bench: $(STAMP)
-	@test -d $(BENCH_SITE) || $(UV) pip install --quiet --python $(PY) --no-deps --target $(BENCH_SITE) 'vcrpy>=9.4' 'pytest-recording>=0.14' wrapt
+	@test -d $(BENCH_SITE)/cashews || $(UV) pip install --quiet --python $(PY) --no-deps --target $(BENCH_SITE) $(BENCH_PEERS)
 	$(PY) benchmarks/keys.py
-	$(PY) benchmarks/hit_path.py
+	PYTHONPATH=$(CURDIR)/$(BENCH_SITE) $(PY) benchmarks/hit_path.py
 	$(PY) benchmarks/sdk_hit.py
+	$(PY) benchmarks/tier_invalidation.py
 	PYTHONPATH=$(CURDIR)/$(BENCH_SITE) $(PY) benchmarks/replay.py
 	$(PY) benchmarks/cluster.py
 	$(PY) benchmarks/faults.py
