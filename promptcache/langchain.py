@@ -33,6 +33,10 @@ was refused (``additional_kwargs["refusal"]``) or stopped for a reason the cache
 refuse (``length``, ``content_filter``, Anthropic's ``max_tokens``...). A generation without a finish
 reason counts as ``stop``. Refused lists are counted in ``stats().not_stored``.
 
+**Under the pytest plugin** it steps aside like a wrapped client's cache: while a test records or replays,
+lookups miss (counted as bypasses) and nothing is stored, so every call reaches the cassette;
+``@pytest.mark.promptcache(production_cache=True)`` keeps it for a test.
+
 Sync methods (:meth:`lookup`, :meth:`update`, :meth:`clear`) run the async ones on promptcache's portal
 thread, the same way a wrapped sync SDK client does; the async ones run in the caller's loop.
 
@@ -62,6 +66,7 @@ from promptcache._cache import PromptCache
 from promptcache._keys import DEFAULT_AGENT_VERSION, KeyPolicy
 from promptcache._scope import Scope, scope_from_keywords
 from promptcache.integrations import _portal
+from promptcache.integrations._recording import production_cache_steps_aside
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -147,7 +152,14 @@ class PromptCacheLangChain(BaseCache):
     # -- async: the real work ----------------------------------------------------------------------
 
     async def alookup(self, prompt: str, llm_string: str) -> list[Generation] | None:
-        """The cached generations for ``prompt`` and ``llm_string``, or None (also when the store fails)."""
+        """The cached generations for ``prompt`` and ``llm_string``, or None (also when the store fails).
+
+        None also while the pytest plugin records or replays this call (counted as a bypass), so the
+        request reaches the plugin like a wrapped client's does (``production_cache=True`` keeps it).
+        """
+        if production_cache_steps_aside():
+            self.cache.count_bypass(scope=self.scope, request=request_body(prompt, llm_string))
+            return None
         entry = await self.cache.get_entry(self.key(prompt, llm_string))
         if entry is None:
             return None
@@ -165,6 +177,8 @@ class PromptCacheLangChain(BaseCache):
         """
         body = response_body(return_val)
         request = request_body(prompt, llm_string)
+        if production_cache_steps_aside():  # a recording or a replayed answer: not the app's to keep
+            return
         await self.cache.put_entry(
             self.cache.key(request, scope=self.scope), request, scope=self.scope, body=body
         )

@@ -20,9 +20,8 @@ A chat stream is served in the shape the caller asked for (with or without the u
 
 from __future__ import annotations
 
-import contextlib
 import time
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -39,14 +38,15 @@ from promptcache.integrations._http import (
     response,
     tee,
 )
+from promptcache.integrations._recording import production_cache_steps_aside
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
+    from collections.abc import Awaitable, Callable
 
     from promptcache._cache import PromptCache
     from promptcache._scope import Scope
 
-__all__ = ["CONTROL_HEADERS", "CachingCore", "recording"]
+__all__ = ["CONTROL_HEADERS", "CachingCore"]
 
 
 class _Passthrough(Exception):  # noqa: N818 - carries a non-cacheable upstream answer, not an error
@@ -57,30 +57,6 @@ class _Passthrough(Exception):  # noqa: N818 - carries a non-cacheable upstream 
         self.status = status
         self.headers = headers
         self.content = content
-
-
-class _Recording:
-    """The pytest plugin's interceptions active in this process: each says whether the request being
-    made now belongs to a test that records or replays without the production cache."""
-
-    active: ClassVar[list[Callable[[], bool]]] = []
-
-    @classmethod
-    def steps_aside(cls) -> bool:
-        return any(wants() for wants in cls.active)
-
-
-@contextlib.contextmanager
-def recording(steps_aside: Callable[[], bool]) -> Iterator[None]:
-    """While the pytest plugin records or replays, wrapped clients send requests on to it (when
-    ``steps_aside()``): a production cache in the code under test must neither answer a request the
-    plugin should record (the cassette would miss it) nor keep what the plugin replays (a cassette's
-    answer in a real store). A test that means to exercise the production cache opts out."""
-    _Recording.active.append(steps_aside)
-    try:
-        yield
-    finally:
-        _Recording.active.remove(steps_aside)
 
 
 class CachingCore:
@@ -100,7 +76,7 @@ class CachingCore:
             plan = plan_request(request, self.scope)
             if plan is None:
                 return await send(request)
-            if _Recording.active and _Recording.steps_aside():  # the pytest plugin records/replays it
+            if production_cache_steps_aside():  # the pytest plugin records/replays it
                 self.cache.count_bypass(scope=plan.scope, request=plan.body)
                 return await send(request)
             if self.cache.closed:
