@@ -17,7 +17,10 @@ entries that are versioned JSON (never pickle), the only-successes gate and :met
 **The key.** LangChain hands a cache ``(prompt, llm_string)``: the serialised input and the model's
 parameters. They are keyed as a chat-completions body that no SDK sends (model ``langchain-cache``, the
 prompt as one user message, ``langchain_llm_string`` beside it), under the :attr:`KeyPolicy.EXACT` text
-policy by default: LangChain's caches match prompts byte for byte, and so does this one.
+policy by default: LangChain's caches match prompts byte for byte, and so does this one, but for what no
+model is sent: the usage and response metadata of the AI messages in a conversation (LangChain marks an
+answer it took from a cache as free, ``total_cost: 0``, and that mark must not make the conversation's next
+turn a miss).
 
 **The entry.** Each ``Generation`` is kept as LangChain's own JSON form (``langchain_core.load.dumpd``),
 and read back with ``langchain_core.load.load`` restricted to the generation and message classes
@@ -45,6 +48,7 @@ thread, the same way a wrapped sync SDK client does; the async ones run in the c
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from typing import TYPE_CHECKING, Any, Final
@@ -96,6 +100,9 @@ _ALLOWED: Final = (
     ToolMessage,
     FunctionMessage,
 )
+
+
+_AI_MESSAGES: Final = frozenset({"AIMessage", "AIMessageChunk"})
 
 
 class PromptCacheLangChain(BaseCache):
@@ -221,9 +228,40 @@ def request_body(prompt: str, llm_string: str) -> dict[str, Any]:
         )
     return {
         "model": MODEL,
-        "messages": [{"role": "user", "content": prompt}],
+        "messages": [{"role": "user", "content": _model_visible(prompt)}],
         LLM_STRING_FIELD: llm_string,
     }
+
+
+_ANSWER_METADATA: Final = ("usage_metadata", "response_metadata")
+"""Fields of an AI message in a prompt that no model is sent: what its answer cost and how it came back."""
+
+
+def _model_visible(prompt: str) -> str:
+    """``prompt`` without the answer metadata of its AI messages (LangChain's serialised message list).
+
+    LangChain zeroes the cost in the usage of an answer it takes from a cache (``total_cost: 0``), so the
+    same conversation continued after a hit would otherwise key differently from the run that stored it.
+    Any other prompt is returned unchanged.
+    """
+    if not any(f'"{name}"' in prompt for name in _ANSWER_METADATA):
+        return prompt
+    try:
+        messages = json.loads(prompt)
+    except ValueError:
+        return prompt
+    if not isinstance(messages, list):
+        return prompt
+    changed = False
+    for message in messages:
+        if not isinstance(message, dict) or message.get("type") != "constructor":
+            continue
+        path, kwargs = message.get("id"), message.get("kwargs")
+        if not (isinstance(path, list) and path and path[-1] in _AI_MESSAGES and isinstance(kwargs, dict)):
+            continue
+        for name in _ANSWER_METADATA:
+            changed = kwargs.pop(name, None) is not None or changed
+    return json.dumps(messages) if changed else prompt
 
 
 def _finish_reason(generation: Generation) -> str:
