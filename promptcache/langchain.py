@@ -18,9 +18,8 @@ entries that are versioned JSON (never pickle), the only-successes gate and :met
 parameters. They are keyed as a chat-completions body that no SDK sends (model ``langchain-cache``, the
 prompt as one user message, ``langchain_llm_string`` beside it), under the :attr:`KeyPolicy.EXACT` text
 policy by default: LangChain's caches match prompts byte for byte, and so does this one, but for what no
-model is sent: the usage and response metadata of the AI messages in a conversation (LangChain marks an
-answer it took from a cache as free, ``total_cost: 0``, and that mark must not make the conversation's next
-turn a miss).
+model is sent: the usage of the AI messages in a conversation (LangChain marks an answer it took from a
+cache as free, ``total_cost: 0``, and that mark must not make the conversation's next turn a miss).
 
 **The entry.** Each ``Generation`` is kept as LangChain's own JSON form (``langchain_core.load.dumpd``),
 and read back with ``langchain_core.load.load`` restricted to the generation and message classes
@@ -233,18 +232,18 @@ def request_body(prompt: str, llm_string: str) -> dict[str, Any]:
     }
 
 
-_ANSWER_METADATA: Final = ("usage_metadata", "response_metadata")
-"""Fields of an AI message in a prompt that no model is sent: what its answer cost and how it came back."""
+_USAGE: Final = "usage_metadata"
+"""The field of an AI message in a prompt that no model is sent: what its answer cost."""
 
 
 def _model_visible(prompt: str) -> str:
-    """``prompt`` without the answer metadata of its AI messages (LangChain's serialised message list).
+    """``prompt`` without the usage of its AI messages (LangChain's serialised message list).
 
     LangChain zeroes the cost in the usage of an answer it takes from a cache (``total_cost: 0``), so the
     same conversation continued after a hit would otherwise key differently from the run that stored it.
     Any other prompt is returned unchanged.
     """
-    if not any(f'"{name}"' in prompt for name in _ANSWER_METADATA):
+    if f'"{_USAGE}"' not in prompt:
         return prompt
     try:
         messages = json.loads(prompt)
@@ -259,8 +258,7 @@ def _model_visible(prompt: str) -> str:
         path, kwargs = message.get("id"), message.get("kwargs")
         if not (isinstance(path, list) and path and path[-1] in _AI_MESSAGES and isinstance(kwargs, dict)):
             continue
-        for name in _ANSWER_METADATA:
-            changed = kwargs.pop(name, None) is not None or changed
+        changed = kwargs.pop(_USAGE, None) is not None or changed
     return json.dumps(messages) if changed else prompt
 
 

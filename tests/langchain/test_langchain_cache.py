@@ -12,7 +12,7 @@ pytest.importorskip(
     "langchain_core", reason="the frameworks extras (make test installs them; matrix-oldest does not)"
 )
 from langchain_core.language_models.fake_chat_models import FakeListChatModel, GenericFakeChatModel
-from langchain_core.load import dumpd
+from langchain_core.load import dumpd, dumps
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, Generation
 
@@ -239,3 +239,24 @@ def test_a_tool_loop_run_again_is_answered_by_the_cache_on_every_turn(cache: Pro
     assert tool_loop(model) == "It shipped yesterday."
     stats = cache.stats()
     assert (stats.hits, stats.misses) == (2, 2)
+
+
+def test_only_the_usage_of_earlier_answers_is_left_out_of_the_key(cache: PromptCache) -> None:
+    """What the model is sent still keys: an earlier answer's text or tool call, and every other message."""
+    lc = PromptCacheLangChain(cache, agent_id="bot")
+
+    def prompt(answer: AIMessage) -> str:
+        return dumps([HumanMessage("Where is my order?"), answer, HumanMessage("And the other one?")])
+
+    usage = {"input_tokens": 11, "output_tokens": 7, "total_tokens": 18}
+    base = AIMessage(content="It shipped.", usage_metadata=usage)
+    free = AIMessage(content="It shipped.", usage_metadata={**usage, "total_cost": 0})
+    assert lc.key(prompt(base), LLM) == lc.key(prompt(free), LLM)
+    other_text = AIMessage(content="It is lost.", usage_metadata=usage)
+    other_call = AIMessage(
+        content="It shipped.",
+        usage_metadata=usage,
+        tool_calls=[{"name": "lookup_order", "args": {"order_id": "7"}, "id": "call_1"}],
+    )
+    keys = {lc.key(prompt(m), LLM).digest for m in (base, other_text, other_call)}
+    assert len(keys) == 3
