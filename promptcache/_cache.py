@@ -4,19 +4,18 @@
 * :class:`~promptcache._guard.StoreGuard`: every store call under its deadline and the circuit breaker.
 * :class:`~promptcache._writer.EntryWriter`: write gating, encoding, bounded background writes.
 * :class:`~promptcache._flight.SingleFlight`: shared reads, shared upstream calls, the cross-process lock.
+* :class:`~promptcache._tier.HotTier`: entries kept in process while Redis pushes every change to them.
 
-The hit path is one guarded store GET, one JSON parse and a scope check. Everything that can go wrong with
-the store turns into a counted, logged miss (fail-open); nothing that goes wrong upstream is ever stored.
-Who an answer belongs to travels as one :class:`~promptcache.Scope`; the public methods also take its
-fields as keywords and turn them into a Scope at the door.
+A hit is a hot-tier lookup or one guarded store GET, then one JSON parse and a scope check. A store fault
+is a counted, logged miss (fail-open); nothing that goes wrong upstream is ever stored. Who an answer
+belongs to travels as one :class:`~promptcache.Scope` (public methods also take its fields as keywords).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from promptcache._config import CacheConfig, config_with
 from promptcache._events import Emitter, Result
@@ -25,12 +24,14 @@ from promptcache._guard import StoreGuard, delete_prefix
 from promptcache._keymemo import KeyMemo
 from promptcache._keys import DEFAULT_AGENT_VERSION, CacheKey, Endpoint, KeyPolicy, agent_prefix
 from promptcache._kinds import KindReader
+from promptcache._lifecycle import Lifecycle
 from promptcache._scope import Scope, scope_from_keywords
 from promptcache._stats import CacheStats, Counters
 from promptcache._stores import open_store
+from promptcache._tier import tier_for
 from promptcache._validate import ttl_seconds
 from promptcache._writer import EntryWriter
-from promptcache.exceptions import PromptCacheError, UncacheableRequestError
+from promptcache.exceptions import UncacheableRequestError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -45,7 +46,7 @@ __all__ = ["PromptCache"]
 log = logging.getLogger("promptcache")
 
 
-class PromptCache:
+class PromptCache(Lifecycle):
     """An async response cache for LLM requests.
 
     Args:
@@ -84,6 +85,7 @@ class PromptCache:
         self._keys = KeyMemo(self.config.namespace)
         self._guard = StoreGuard(store, self.config, self._counters, self._events, monotonic=monotonic)
         self.breaker = self._guard.breaker
+        self._guard.tier = tier = tier_for(store, self.config)
         self._writer = EntryWriter(store, self._guard, self.config, self._counters, clock=clock)
         self._hooks = self._events.hooks = (*self._hooks, *self._writer.hooks)  # count_in_store's tally
         self._flight = SingleFlight(
@@ -95,6 +97,7 @@ class PromptCache:
             self._events,
             clock=clock,
             monotonic=monotonic,
+            tier=tier,
         )
         self._kinds = KindReader(self._flight, self.config, self._counters, self._guard, store)
         self._closed = False
@@ -194,9 +197,25 @@ class PromptCache:
         if bypass and scope is None:
             policy = None  # a bypass builds no key, so its policy is never looked at
         who = scope_from_keywords("get_or_call", scope, agent_id, agent_version, tenant, ttl, policy)
-        return (await self.answer(request, call, who, endpoint, bypass=bypass, refresh=refresh, route=route))[
-            0
-        ]
+        body, _ = await self.answer(request, call, who, endpoint, bypass=bypass, refresh=refresh, route=route)
+        return body
+
+    def answer_now(
+        self, request: Mapping[str, Any], scope: Scope, endpoint: Endpoint | str, route: Route | None
+    ) -> tuple[bool, Any]:
+        """``(True, body)`` for a hit from the hot tier, found and counted with no I/O (a sync client calls
+        it on its own thread, before any hop to the portal), else ``(False, None)``: use :meth:`answer`."""
+        if self._guard.tier is None or self._closed:
+            return False, None
+        try:
+            key = self._key(request, scope, endpoint, route)
+        except UncacheableRequestError:
+            return False, None  # counted by answer()
+        if (entry := self._flight.tier_entry(key)) is None or entry.chunks is not None:
+            return False, None
+        self._counters.requests += 1
+        self._flight.count_hit(entry, key)
+        return True, entry.body
 
     async def answer(  # noqa: PLR0913 - get_or_call's arguments with the scope as one value
         self,
@@ -374,8 +393,8 @@ class PromptCache:
         """
         self._check_open()
         prefix = agent_prefix(self.config.namespace, agent_id, agent_version)
-        timeout = self.config.invalidate_timeout
-        return await delete_prefix(self.store, prefix, timeout, f"invalidating agent {agent_id!r}")
+        what = f"invalidating agent {agent_id!r}"
+        return await delete_prefix(self.store, prefix, self.config.invalidate_timeout, what, self._guard.tier)
 
     def stats(self) -> CacheStats:
         """A snapshot of this cache's counters."""
@@ -410,40 +429,6 @@ class PromptCache:
         self._guard.close()
         if self._owns_store:
             await self.store.aclose()
-
-    def close(self) -> None:
-        """:meth:`aclose` from sync code (a cache used by sync SDK clients); blocks until it is done.
-
-        Raises:
-            PromptCacheError: Called from a thread running an event loop (it would block that loop):
-                use ``await cache.aclose()`` there.
-
-        .. versionadded:: 0.1.0
-        """
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        else:
-            raise PromptCacheError("cache.close() would block this event loop; use `await cache.aclose()`")
-        from promptcache.integrations import _portal  # noqa: PLC0415 - only sync users need the portal
-
-        _portal.call(self.aclose)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`aclose` (or :meth:`close`) has run; later calls raise PromptCacheError."""
-        return self._closed
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise PromptCacheError(f"{self!r} is closed")
 
     def _ttl(self, ttl: float | None) -> float:
         return self.config.default_ttl if ttl is None else ttl_seconds(ttl)

@@ -26,6 +26,7 @@ DEFAULT_LOCK_TTL = 60.0
 DEFAULT_LOCK_WAIT = 10.0
 DEFAULT_WRITE_TIMEOUT = 1.0
 DEFAULT_MAX_CONNECTIONS = 64
+DEFAULT_HOT_TIER_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,6 +66,10 @@ class CacheConfig:
             synthesised from the stored body, and a plain request the body assembled from the stored
             stream (counted in ``stats().converted``, marked ``x-promptcache: hit-converted``). When
             False a request is answered only from its own kind.
+        hot_tier_bytes: Bytes of entries (and their keys) kept in process in front of a Redis store and
+            served with no round trip, only while Redis pushes this process every change to them
+            (``CLIENT TRACKING``; see the README's "Hot tier"); 0 turns it off. Stores that cannot push
+            changes (memory, SQLite) have no tier. One bound per cache, shared by its threads and loops.
 
     .. versionadded:: 0.1.0
     """
@@ -88,6 +93,7 @@ class CacheConfig:
     finish_reasons: frozenset[str] = field(default_factory=lambda: DEFAULT_FINISH_REASONS)
     count_in_store: bool = False
     convert_kinds: bool = True
+    hot_tier_bytes: int = DEFAULT_HOT_TIER_BYTES
 
     def __post_init__(self) -> None:
         if not isinstance(self.namespace, str) or not self.namespace:
@@ -109,6 +115,9 @@ class CacheConfig:
         positive(self.lock_ttl, "lock_ttl")
         positive(self.lock_wait, "lock_wait", allow_zero=True)
         positive(self.invalidate_timeout, "invalidate_timeout")
+        if isinstance(self.hot_tier_bytes, bool) or not isinstance(self.hot_tier_bytes, int):
+            raise ConfigError(f"hot_tier_bytes must be an int, got {self.hot_tier_bytes!r}")
+        positive(self.hot_tier_bytes, "hot_tier_bytes", allow_zero=True)
         if not isinstance(self.finish_reasons, frozenset):
             object.__setattr__(self, "finish_reasons", frozenset(self.finish_reasons))
 

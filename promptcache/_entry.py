@@ -44,6 +44,7 @@ class Entry:
         route: The route the key was made with, in its cassette form (kept with ``request``).
         converted: Built from the other kind of stored answer (a stream from a body, or a body from a
             stream) for this read; never stored.
+        from_tier: Read from the in-process hot tier rather than the store; never stored.
     """
 
     digest: str
@@ -59,6 +60,7 @@ class Entry:
     request: Any = field(default=None, repr=False)
     route: Any = field(default=None, repr=False)
     converted: bool = field(default=False, compare=False)
+    from_tier: bool = field(default=False, compare=False)
 
 
 def scope_of(key: CacheKey) -> tuple[str, str, str, str | None]:
@@ -174,8 +176,9 @@ def parse_entry(raw: bytes | str) -> Entry:
     return _entry_of(_load(raw))
 
 
-def decode_entry(raw: bytes | str, key: CacheKey, now: float) -> Entry | None:
-    """Parse stored bytes and check them against the key they were found under.
+def decode_entry(raw: bytes | str, key: CacheKey, now: float, *, from_tier: bool = False) -> Entry | None:
+    """Parse stored bytes and check them against the key they were found under (``from_tier``: the bytes
+    came from the hot tier, which the entry records).
 
     The identity checks (digest, scope, endpoint) run on the parsed document first, so a foreign value
     is rejected before any of it is turned into an entry.
@@ -222,4 +225,5 @@ def decode_entry(raw: bytes | str, key: CacheKey, now: float) -> Entry | None:
         usage=usage if type(usage) is dict else None,
         latency=float(latency) if type(latency) in (int, float) else 0.0,
         request=doc.get("request"),
+        from_tier=from_tier,
     )

@@ -81,6 +81,7 @@ class RequestEvent:
         output_tokens: Likewise for completion tokens.
         latency_saved: Hit: seconds the original upstream call took (what this hit saved); else 0.
         coalesced: Hit: the caller shared another caller's in-flight upstream call.
+        tier: Hit: served from the in-process hot tier (no store round trip).
         reason: Bypass: ``"requested"``, ``"uncacheable"`` or ``"server-state: <field>"``. Miss: ``"error"``
             when upstream raised.
 
@@ -97,6 +98,7 @@ class RequestEvent:
     latency_saved: float = 0.0
     coalesced: bool = False
     reason: str | None = None
+    tier: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,6 +175,7 @@ class Emitter:
         latency_saved: float = 0.0,
         coalesced: bool = False,
         reason: str | None = None,
+        tier: bool = False,
     ) -> None:
         self.emit(
             RequestEvent(
@@ -186,6 +189,7 @@ class Emitter:
                 latency_saved=latency_saved,
                 coalesced=coalesced,
                 reason=reason,
+                tier=tier,
             )
         )
 

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from promptcache._guard import StoreGuard
     from promptcache._keys import CacheKey
     from promptcache._stats import Counters
+    from promptcache._tier import HotTier
     from promptcache._writer import EntryWriter
     from promptcache.backends import Store
 
@@ -75,8 +76,8 @@ class SingleFlight:
         config: ``lock_wait`` and ``lock_ttl``.
         counters: Where hits, misses, coalesced callers, lock waits and bad values are counted.
         events: The cache's hook emitter; used only when it has hooks.
-        clock: Wall-clock seconds (entry expiry); injectable for tests.
-        monotonic: Monotonic seconds (upstream latency, lock waits); injectable for tests.
+        clock, monotonic: Wall-clock (entry expiry), monotonic (latency, lock waits) seconds; injectable.
+        tier: The hot tier read before the store and filled by store reads (None: no tier).
     """
 
     def __init__(  # noqa: PLR0913 - the parts single-flight works with, clocks keyword-only
@@ -90,8 +91,10 @@ class SingleFlight:
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        tier: HotTier | None = None,
     ) -> None:
         self._store = store
+        self._tier = tier
         self._locks = store if isinstance(store, LockingStore) else None
         self._guard = guard
         self._writer = writer
@@ -100,8 +103,7 @@ class SingleFlight:
         self._events = events
         self._clock = clock
         self._mono = monotonic
-        # Concurrent callers share reads and calls within their own event loop; across loops (and
-        # processes) the store's lock keeps it to one upstream call.
+        # Callers share reads and calls within their loop; across loops (and processes) the store's lock.
         self._loops: PerLoop[_LoopFlights] = PerLoop(_LoopFlights)
         self._uncertain_locks: set[str] = set()
         self._held: dict[str, CacheKey] = {}  # lock tokens this cache holds now, in any loop
@@ -109,14 +111,12 @@ class SingleFlight:
     @property
     def flights(self) -> dict[str, Flight]:
         """The running loop's calls in flight, by store key (empty outside a loop)."""
-        state = self._loops.current()
-        return {} if state is None else state.flights
+        return {} if (state := self._loops.current()) is None else state.flights
 
     @property
     def reads(self) -> dict[str, asyncio.Future[Any]]:
         """The running loop's shared store reads in flight, by store key (empty outside a loop)."""
-        state = self._loops.current()
-        return {} if state is None else state.reads
+        return {} if (state := self._loops.current()) is None else state.reads
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -126,6 +126,8 @@ class SingleFlight:
         Concurrent first reads of one key share a single store GET (a burst of identical requests costs
         one round trip and one connection, not one each); every caller decodes its own copy.
         """
+        if (found := self.tier_entry(key)) is not None:
+            return found
         if again:
             return self._decode(key, await self._fetch(key), again=True)
         reads = self._loops.get().reads
@@ -148,10 +150,21 @@ class SingleFlight:
                 del reads[key.store_key]
         return self._decode(key, raw, again=again)
 
+    def tier_entry(self, key: CacheKey) -> Entry | None:
+        """The entry for ``key`` from the hot tier, with no I/O (None: no tier, or not kept there)."""
+        return None if self._tier is None else self._tier.entry(key, self._clock())
+
     async def _fetch(self, key: CacheKey) -> bytes | None:
-        store = self._store
-        ok, raw = await self._guard.run("get", lambda: store.get(key.store_key))
-        return raw if ok else None
+        store, tier, store_key = self._store, self._tier, key.store_key
+        ticket = None if tier is None else tier.begin(store_key)
+        found: bytes | None = None
+        try:
+            ok, raw = await self._guard.run("get", lambda: store.get(store_key))
+            found = raw if ok else None
+        finally:
+            if ticket is not None:
+                tier.offer(store_key, found, ticket)  # type: ignore[union-attr] # a ticket means a tier
+        return found
 
     def _decode(self, key: CacheKey, raw: bytes | None, *, again: bool) -> Entry | None:
         if raw is None:
@@ -169,12 +182,15 @@ class SingleFlight:
         """Count a caller answered by the stored ``entry`` (what it saved, and the hooks' hit event)."""
         counters = self._counters
         counters.hits += 1
+        if entry.from_tier:
+            counters.tier_hits += 1
         inp, out = usage_of({"usage": entry.usage})
         counters.input_tokens_saved += inp
         counters.output_tokens_saved += out
         counters.latency_saved += entry.latency
         if self._events.hooks:
-            self._events.request(Result.HIT, key, tokens=(inp, out), latency_saved=entry.latency)
+            tier = entry.from_tier
+            self._events.request(Result.HIT, key, tokens=(inp, out), latency_saved=entry.latency, tier=tier)
 
     # -- shared calls ------------------------------------------------------------------------------
 
@@ -233,8 +249,7 @@ class SingleFlight:
 
     def _caller_cancelled(self, key: CacheKey, flight: Flight) -> bool:
         """After a CancelledError: True (counted) if this caller was cancelled, False if only the call was."""
-        current = asyncio.current_task()
-        if current is None or not current.cancelling():
+        if (current := asyncio.current_task()) is None or not current.cancelling():
             return False
         self._counters.misses += 1
         if self._events.hooks:
@@ -409,17 +424,15 @@ class SingleFlight:
     ) -> None:
         for pause in pauses:
             await asyncio.sleep(pause)
-            ok, released = await self._guard.run(
-                "unlock", lambda: locks.unlock(key.lock_key, token), exempt=True
-            )
+            unlock = functools.partial(locks.unlock, key.lock_key, token)
+            ok, released = await self._guard.run("unlock", unlock, exempt=True)
             if ok and released:
                 return
 
     @property
     def releasing(self) -> int:
         """Background releases of timed-out locks still running (in this event loop)."""
-        state = self._loops.current()
-        return 0 if state is None else len(state.releases)
+        return 0 if (state := self._loops.current()) is None else len(state.releases)
 
     async def drain_releases(self) -> None:
         """Wait for this loop's background releases of timed-out locks."""

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from promptcache._config import CacheConfig
     from promptcache._events import Emitter
     from promptcache._stats import Counters
+    from promptcache._tier import HotTier
 
 __all__ = ["StoreGuard", "delete_prefix"]
 
@@ -59,6 +60,7 @@ class StoreGuard:
         self._events = events
         self._mono = monotonic
         self.closed = False
+        self.tier: HotTier | None = None  # emptied when the breaker opens
         self._admission = store.admission if isinstance(store, AdmittingStore) else None
         # One line per (operation, cause) per interval: a store that fails every call must not turn every
         # request into a log line. The count of held-back lines goes out with the next one.
@@ -94,6 +96,13 @@ class StoreGuard:
     def close(self) -> None:
         """From now on, skip every store call (counted): the cache is closed."""
         self.closed = True
+        if self.tier is not None:
+            self.tier.close()
+
+    def forget(self, store_key: str) -> None:
+        """Drop ``store_key`` from the hot tier (this process is changing it in the store)."""
+        if self.tier is not None:
+            self.tier.discard(store_key)
 
     def count_skip(self) -> None:
         """Count a store call not made because the breaker is open."""
@@ -182,6 +191,8 @@ class StoreGuard:
     def _on_breaker_change(self, old: BreakerState, new: BreakerState) -> None:
         if new is BreakerState.OPEN:
             self._counters.breaker_opened += 1
+            if self.tier is not None:
+                self.tier.clear()
         elif new is BreakerState.CLOSED:
             self._counters.breaker_closed += 1
         if self._events.hooks:
@@ -201,15 +212,27 @@ class StoreGuard:
         )
 
 
-async def delete_prefix(store: Any, prefix: str, within: float, what: str) -> int:  # noqa: ANN401 - a Store
+async def delete_prefix(
+    store: Any,  # noqa: ANN401 - a Store
+    prefix: str,
+    within: float,
+    what: str,
+    tier: HotTier | None = None,
+) -> int:
     """``store.delete_prefix(prefix)`` within ``within`` seconds; every failure raised as StoreError.
 
     Invalidation errors are never swallowed: ``what`` ("invalidating agent 'x'") names it in the message.
+    The keys also leave the hot ``tier`` before and after (this process sees its own invalidation at once).
     """
     try:
+        if tier is not None:
+            tier.discard_prefix(prefix)
         async with asyncio.timeout(within):
             return int(await store.delete_prefix(prefix))
     except TimeoutError as exc:
         raise StoreError(f"{what} did not finish within {within} s") from exc
     except Exception as exc:
         raise StoreError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if tier is not None:
+            tier.discard_prefix(prefix)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final
 
@@ -36,6 +38,7 @@ class KeyMemo:
         self.namespace = namespace
         self._keys: OrderedDict[tuple[Any, ...], CacheKey] = OrderedDict()
         self._bytes = 0
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -68,7 +71,8 @@ class KeyMemo:
                 )
                 found = self._keys.get(memo)
                 if found is not None:
-                    self._keys.move_to_end(memo)
+                    with contextlib.suppress(KeyError):  # another thread may have just evicted it
+                        self._keys.move_to_end(memo)
                     return found
         key = make_key(
             request,
@@ -82,9 +86,11 @@ class KeyMemo:
             server_state=scope.cache_server_state,
         )
         if memo is not None:
-            self._keys[memo] = key
-            self._bytes += len(memo[0])
-            while self._bytes > MAX_TOTAL_BYTES or len(self._keys) > MAX_KEYS:
-                old, _ = self._keys.popitem(last=False)
-                self._bytes -= len(old[0])
+            with self._lock:  # sync clients key on their own threads: the byte count must stay true
+                if memo not in self._keys:
+                    self._bytes += len(memo[0])
+                self._keys[memo] = key
+                while self._keys and (self._bytes > MAX_TOTAL_BYTES or len(self._keys) > MAX_KEYS):
+                    old, _ = self._keys.popitem(last=False)
+                    self._bytes -= len(old[0])
         return key

@@ -50,7 +50,9 @@ class KindReader:
         the refreshed one (the next caller of the other kind gets the new answer, converted)."""
         other = key.store_key if stream else key.stream_store_key
         store = self._store
+        self._guard.forget(other)
         await self._guard.run("delete", lambda: store.delete(other))
+        self._guard.forget(other)
 
     def _faults(self) -> int:
         counters = self._counters

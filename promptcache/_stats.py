@@ -15,6 +15,7 @@ class Counters:
 
     requests: int = 0
     hits: int = 0
+    tier_hits: int = 0
     converted: int = 0
     misses: int = 0
     bypasses: int = 0
@@ -65,12 +66,14 @@ class CacheStats:
     caller's in-flight upstream call; ``upstream_calls`` equals ``misses`` except for callers that shared a
     failed call or gave up waiting on another process's lock. ``converted`` hits were answered from the
     other kind of stored answer (a stream synthesised from a body, or a body assembled from a stream).
+    ``tier_hits`` are the hits served from the in-process hot tier, with no store round trip.
 
     .. versionadded:: 0.1.0
     """
 
     requests: int
     hits: int
+    tier_hits: int
     converted: int
     misses: int
     bypasses: int

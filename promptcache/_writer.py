@@ -161,7 +161,9 @@ class EntryWriter:
         """Write now; True when the store took it (a failure is already counted and logged)."""
         store = self._store
         guard = self._guard
+        guard.forget(store_key)
         ok, _ = await guard.run("set", lambda: store.set(store_key, data, ttl), deadline=guard.write_timeout)
+        guard.forget(store_key)
         if ok:
             self._counters.writes += 1
         return ok

@@ -13,6 +13,7 @@ Two hooks ship here:
   promptcache[prometheus]``); :func:`start_exporter` serves them over HTTP. Metric names::
 
       promptcache_requests_total{agent,model,result}            result: hit | miss | bypass
+      promptcache_tier_hits_total{agent,model}                  hits served from the hot tier
       promptcache_tokens_saved_total{agent,model,token_type}    token_type: input | output
       promptcache_cost_saved_usd_total{agent,model}             priced by a PriceTable
       promptcache_unpriced_hits_total{agent,model}              hits whose model has no price
@@ -100,6 +101,7 @@ class UsageRow:
     misses: int = 0
     bypasses: int = 0
     coalesced: int = 0
+    tier_hits: int = 0
     input_tokens_saved: int = 0
     output_tokens_saved: int = 0
     cost_saved: float = 0.0
@@ -149,6 +151,7 @@ class MetricsRecorder:
             if event.result is Result.HIT:
                 row.hits += 1
                 row.coalesced += event.coalesced
+                row.tier_hits += event.tier
                 row.input_tokens_saved += event.input_tokens
                 row.output_tokens_saved += event.output_tokens
                 row.latency_saved += event.latency_saved
@@ -194,6 +197,7 @@ class _PromMetrics:
     cost: Any
     unpriced: Any
     latency_saved: Any
+    tier_hits: Any
     store_latency: Any
     store_errors: Any
     breaker: Any
@@ -240,6 +244,10 @@ def _metrics_for(registry: Any) -> _PromMetrics:  # noqa: ANN401
             latency_saved=prom.Counter(
                 "promptcache_latency_saved_seconds", "Upstream seconds cache hits did not wait.",
                 agent_model, registry=registry,
+            ),
+            tier_hits=prom.Counter(
+                "promptcache_tier_hits", "Hits served from the in-process hot tier.", agent_model,
+                registry=registry,
             ),
             store_latency=prom.Histogram(
                 "promptcache_store_latency_seconds", "Store call duration.", ("operation",),
@@ -318,6 +326,8 @@ class PrometheusHook:
             m.requests.labels(agent, model, event.result.value).inc()
             if event.result is not Result.HIT:
                 return
+            if event.tier:
+                m.tier_hits.labels(agent, model).inc()
             m.tokens.labels(agent, model, "input").inc(event.input_tokens)
             m.tokens.labels(agent, model, "output").inc(event.output_tokens)
             m.latency_saved.labels(agent, model).inc(event.latency_saved)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterator
 
     import pytest
     import redis
@@ -222,3 +222,14 @@ async def leftover_tasks(before: set[asyncio.Task[Any]], within: float = 3.0) ->
         if not left or time.monotonic() > deadline:
             return sorted(repr(t.get_coro()) for t in left)
         await asyncio.sleep(0.01)
+
+
+def attempts(within: float = 15.0, pause: float = 0.002) -> Iterator[int]:
+    """Numbers 0, 1, ... for ``within`` seconds, pausing ``pause`` between them: for polling something a
+    background thread does (the hot tier's subscription), where a count of tries would depend on speed."""
+    deadline = time.monotonic() + within
+    n = 0
+    while time.monotonic() < deadline:
+        yield n
+        n += 1
+        time.sleep(pause)

@@ -23,6 +23,7 @@ __all__ = [
     "AdmittingStore",
     "BatchReadStore",
     "CountingStore",
+    "Invalidations",
     "ListingStore",
     "LockingStore",
     "LoopHoldingStore",
@@ -30,6 +31,7 @@ __all__ = [
     "Store",
     "TimedStore",
     "TimeoutClassifier",
+    "TrackingStore",
     "default_timeout_of",
 ]
 
@@ -178,4 +180,28 @@ class CountingStore(Protocol):
 
     async def read_counts(self, key: str) -> dict[str, int]:
         """Every field under ``key`` and its total (empty when nothing was counted)."""
+        ...
+
+
+@runtime_checkable
+class Invalidations(Protocol):
+    """What a store's server pushed about changed keys since the last poll (Redis ``CLIENT TRACKING``)."""
+
+    def poll(self) -> tuple[int, list[str] | None]:
+        """``(session, keys)``: the live subscription's number (0: none live) and the keys changed since the
+        last poll (None: everything). A new session number means pushes may have been missed. Must not
+        block on the network: it is called on every read of the hot tier."""
+        ...
+
+    def close(self) -> None:
+        """Drop the subscription for good (idempotent)."""
+        ...
+
+
+@runtime_checkable
+class TrackingStore(Protocol):
+    """A store whose server tells this process which keys changed (Redis), so a hot tier can sit in front."""
+
+    def invalidations(self, prefix: str) -> Invalidations | None:
+        """A new subscription to changes of keys starting with ``prefix`` (None: not available here)."""
         ...

@@ -81,6 +81,11 @@ class LoopClients(Generic[C]):
         self._lock = threading.Lock()
         self._per_loop: PerLoop[LoopClient[C]] = PerLoop(self._make, self._close)
 
+    @property
+    def first(self) -> C:
+        """The client the store was built with (its settings are every clone's)."""
+        return self._first
+
     def get(self) -> LoopClient[C]:
         """This loop's client (made on first use here)."""
         return self._per_loop.get()

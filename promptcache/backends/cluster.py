@@ -47,6 +47,8 @@ from promptcache.backends.redis import (
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
+    from promptcache.backends._base import Invalidations
+
 __all__ = ["RedisClusterStore", "cluster_url_to_redis"]
 
 CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
@@ -208,6 +210,12 @@ class RedisClusterStore:
     is_timeout = staticmethod(is_timeout)
 
     # -- one key, one slot -------------------------------------------------------------------------
+
+    def invalidations(self, prefix: str) -> Invalidations | None:
+        """A subscription to changes of keys under ``prefix`` on every primary (``CLIENT TRACKING``)."""
+        from promptcache.backends._cluster_tracking import ClusterTracking  # noqa: PLC0415
+
+        return ClusterTracking(self._clients.first.nodes_manager, prefix)
 
     async def get(self, key: str) -> bytes | None:
         if getattr(self.client, self._stale_flag, False):

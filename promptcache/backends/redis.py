@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
     from redis.commands.core import AsyncScript
 
+    from promptcache.backends._base import Invalidations
+
 __all__ = ["RedisStore", "is_reply_error", "is_timeout", "redact_url"]
 
 SCAN_COUNT: Final = 1000
@@ -177,6 +179,12 @@ class RedisStore:
     default_timeout: float = 0.05
     is_reply_error = staticmethod(is_reply_error)
     is_timeout = staticmethod(is_timeout)
+
+    def invalidations(self, prefix: str) -> Invalidations | None:
+        """A subscription to changes of keys under ``prefix``, pushed by Redis (``CLIENT TRACKING``)."""
+        from promptcache.backends._tracking import RedisTracking, sync_connection_factory  # noqa: PLC0415
+
+        return RedisTracking(sync_connection_factory(self._clients.first.connection_pool), prefix)
 
     async def get(self, key: str) -> bytes | None:
         value = await self.client.get(key)

@@ -66,6 +66,20 @@ class CachingCore:
         self.cache = cache
         self.scope = scope
 
+    def hit_now(self, request: Any) -> Any:  # noqa: ANN401
+        """The response to ``request`` when it is a hit from the hot tier, found on the caller's thread
+        with no I/O (a sync client then needs no hop to the portal); None: ask :meth:`handle`."""
+        try:
+            plan = plan_request(request, self.scope)
+        except (ConfigError, InvalidScopeError):
+            return None  # handle() answers it with a 400 naming the problem
+        if plan is None or plan.stream or plan.bypass or plan.refresh or self.cache.closed:
+            return None
+        if production_cache_steps_aside():
+            return None
+        found, body = self.cache.answer_now(plan.body, plan.scope, plan.endpoint, plan.route)
+        return json_response(request, body, "hit") if found else None
+
     async def handle(self, request: Any, send: Callable[[Any], Awaitable[Any]]) -> Any:  # noqa: ANN401
         """Answer ``request`` from the cache, or with ``send(request)`` (the inner transport).
 
@@ -86,6 +100,10 @@ class CachingCore:
                 return await send(request)
             if plan.stream:
                 return await self._stream(plan, request, send)
+            if not (plan.bypass or plan.refresh):
+                found, body = self.cache.answer_now(plan.body, plan.scope, plan.endpoint, plan.route)
+                if found:
+                    return json_response(request, body, "hit")
             return await self._json(plan, request, send)
         except (ConfigError, InvalidScopeError) as exc:
             error = {"error": {"message": f"promptcache: {exc}", "type": "invalid_request_error"}}

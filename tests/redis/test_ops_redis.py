@@ -195,7 +195,8 @@ def test_a_hit_costs_no_extra_round_trip_with_count_in_store(
         }
 
     async def go() -> tuple[_Calls, int, _Calls]:
-        cache = PromptCache.from_url(redis_url, namespace="rt", count_in_store=True)
+        # The store's cold path (no hot tier): each hit is its one GET, and counting adds nothing to it.
+        cache = PromptCache.from_url(redis_url, namespace="rt", count_in_store=True, hot_tier_bytes=0)
         await cache.get_or_call(body, call, agent_id="a")  # miss, written
         await cache.drain()
         before = commands(client)

@@ -119,6 +119,7 @@ async def test_an_abandoned_read_never_hands_its_reply_to_the_next_caller(
             max_connections=1,
             store_timeout=2.0 if how == "cancelled" else 0.05,
             breaker_threshold=1_000_000,
+            hot_tier_bytes=0,  # every lookup must be a GET through the proxy
         )
         tenants = [f"tenant-{i}" for i in range(6)]
         try:

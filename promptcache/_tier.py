@@ -1,0 +1,189 @@
+"""The hot tier: stored entries kept in process, served only while Redis says they are current.
+
+A bounded (in bytes) LRU of the raw bytes of entries this process read from the store, in front of a store
+that pushes invalidations (:class:`~promptcache.backends.TrackingStore`: Redis's own client-side caching
+with ``CLIENT TRACKING``). Every operation first applies what the store pushed since the last one, so:
+
+* an entry is served only while this process holds a live subscription; a lost one (disconnect, Redis
+  restarted, ``CLIENT KILL``, silence past the lease) or a new one empties the tier before the next read;
+* an overwrite, a refresh, an invalidation or an expiry by any process reaches every process's tier through
+  Redis; this process's own writes also drop the key here at once;
+* a read that raced a change never fills the tier: a key invalidated while its store read was in flight
+  (or any clear meanwhile) is not kept;
+* the entry's own expiry (the same instant as the store TTL) is checked by the decoder on every hit.
+
+Entries are kept as bytes, decoded per hit: a caller that changes the answer it got changes only its copy.
+One tier serves every thread and event loop of the process (one lock, held for dictionary work only).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Final
+
+from promptcache._entry import Entry, decode_entry
+from promptcache.backends import TrackingStore
+from promptcache.exceptions import EntryError
+
+if TYPE_CHECKING:
+    from promptcache._config import CacheConfig
+    from promptcache._keys import CacheKey
+    from promptcache.backends import Invalidations
+
+__all__ = ["HotTier", "tier_for"]
+
+_OVERHEAD: Final = 200  # bytes charged per entry beyond its value and key (dict slot, tuple, str header)
+
+
+class HotTier:
+    """Entries by store key, bounded by ``max_bytes``, kept correct by ``source``'s invalidations.
+
+    Args:
+        source: What the store pushed: ``poll() -> (session, keys)``; session 0 means not live.
+        max_bytes: The bound on kept values, keys and per-entry overhead together.
+    """
+
+    def __init__(self, source: Invalidations, max_bytes: int) -> None:
+        self._source = source
+        self._max = max_bytes
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+        self._session = 0
+        self._epoch = 0  # bumped by every clear: a read begun before it must not fill the tier
+        self._reading: dict[str, int] = {}  # store reads in flight per key
+        self._changed: set[str] = set()  # keys invalidated while a read of them was in flight
+        self.evictions = 0
+
+    def __repr__(self) -> str:
+        return f"HotTier({len(self._entries)} entries, {self._bytes} of {self._max} bytes)"
+
+    @property
+    def size(self) -> int:
+        """Bytes charged now (values, keys and per-entry overhead); never above ``max_bytes``."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, store_key: str) -> bytes | None:
+        """The kept bytes under ``store_key`` when the subscription is live, else None."""
+        with self._lock:
+            if not self._sync():
+                return None
+            raw = self._entries.get(store_key)
+            if raw is not None:
+                self._entries.move_to_end(store_key)
+            return raw
+
+    def entry(self, key: CacheKey, now: float) -> Entry | None:
+        """The kept entry for ``key``, decoded and checked as a store value is, or None (an expired or
+        unreadable one is dropped)."""
+        raw = self.get(key.store_key)
+        if raw is None:
+            return None
+        try:
+            found = decode_entry(raw, key, now, from_tier=True)
+        except EntryError:
+            found = None
+        if found is None:
+            self.discard(key.store_key)
+        return found
+
+    def begin(self, store_key: str) -> int | None:
+        """Before a store read: a ticket for :meth:`offer`, or None when nothing may be kept now."""
+        with self._lock:
+            if not self._sync():
+                return None
+            self._reading[store_key] = self._reading.get(store_key, 0) + 1
+            return self._epoch
+
+    def offer(self, store_key: str, raw: bytes | None, ticket: int) -> None:
+        """After the read ``ticket`` was given for: keep ``raw`` unless the key changed meanwhile.
+
+        Always call it once per ticket (``raw=None`` when nothing is to be kept: absent, or not decodable).
+        """
+        with self._lock:
+            live = self._sync()
+            left = self._reading.get(store_key, 1) - 1
+            changed = store_key in self._changed
+            if left:
+                self._reading[store_key] = left
+            else:
+                self._reading.pop(store_key, None)
+                self._changed.discard(store_key)
+            if raw is None or not live or changed or ticket != self._epoch:
+                return
+            self._keep(store_key, raw)
+
+    def discard(self, store_key: str) -> None:
+        """Forget ``store_key`` now (this process is about to change or delete it)."""
+        with self._lock:
+            self._drop(store_key)
+
+    def discard_prefix(self, prefix: str) -> None:
+        """Forget every key starting with ``prefix`` (an invalidation by this process)."""
+        with self._lock:
+            for key in [k for k in self._entries if k.startswith(prefix)]:
+                self._drop(key)
+            self._changed.update(k for k in self._reading if k.startswith(prefix))
+
+    def clear(self) -> None:
+        """Forget everything (the store became unreachable: the breaker opened)."""
+        with self._lock:
+            self._clear()
+
+    def close(self) -> None:
+        """Forget everything and drop the subscription (the cache is closed)."""
+        with self._lock:
+            self._clear()
+        self._source.close()
+
+    # -- under the lock ----------------------------------------------------------------------------
+
+    def _sync(self) -> bool:
+        session, keys = self._source.poll()
+        if session != self._session:
+            self._session = session
+            self._clear()
+        elif keys is None:
+            self._clear()
+        else:
+            for key in keys:
+                self._drop(key)
+        return session != 0
+
+    def _keep(self, store_key: str, raw: bytes) -> None:
+        cost = len(raw) + len(store_key) + _OVERHEAD
+        if cost > self._max:
+            return
+        self._drop(store_key)
+        entries = self._entries
+        while entries and self._bytes + cost > self._max:
+            old_key, old = entries.popitem(last=False)
+            self._bytes -= len(old) + len(old_key) + _OVERHEAD
+            self.evictions += 1
+        entries[store_key] = raw
+        self._bytes += cost
+
+    def _drop(self, store_key: str) -> None:
+        raw = self._entries.pop(store_key, None)
+        if raw is not None:
+            self._bytes -= len(raw) + len(store_key) + _OVERHEAD
+        if store_key in self._reading:
+            self._changed.add(store_key)
+
+    def _clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+        self._epoch += 1
+
+
+def tier_for(store: object, config: CacheConfig) -> HotTier | None:
+    """The hot tier for a cache on ``store``: only where the store pushes invalidations (Redis), and
+    ``config.hot_tier_bytes`` is not 0."""
+    if not config.hot_tier_bytes or not isinstance(store, TrackingStore):
+        return None
+    source = store.invalidations(f"{config.namespace}:")
+    return None if source is None else HotTier(source, config.hot_tier_bytes)

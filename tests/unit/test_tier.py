@@ -1,0 +1,190 @@
+"""The hot tier's own rules, with a scripted invalidation source (the Redis side is in tests/redis)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from promptcache import CacheConfig, ConfigError
+from promptcache._tier import HotTier
+
+
+class Source:
+    """What the store pushed, scripted: the session number and the keys changed since the last poll."""
+
+    def __init__(self) -> None:
+        self.session = 1
+        self.pending: list[str] | None = []
+        self.closed = False
+        self.polls = 0
+
+    def push(self, *keys: str) -> None:
+        if self.pending is not None:
+            self.pending.extend(keys)
+
+    def flush(self) -> None:
+        self.pending = None
+
+    def poll(self) -> tuple[int, list[str] | None]:
+        self.polls += 1
+        out, self.pending = self.pending, []
+        return self.session, out
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def filled(source: Source, *keys: str, max_bytes: int = 1 << 20) -> HotTier:
+    tier = HotTier(source, max_bytes)
+    for key in keys:
+        ticket = tier.begin(key)
+        assert ticket is not None
+        tier.offer(key, f"value of {key}".encode(), ticket)
+    return tier
+
+
+def test_a_kept_entry_is_served_until_the_store_says_it_changed() -> None:
+    source = Source()
+    tier = filled(source, "ns:a", "ns:b")
+    assert tier.get("ns:a") == b"value of ns:a"
+    source.push("ns:a")
+    assert tier.get("ns:a") is None  # the push is applied before the read
+    assert tier.get("ns:b") == b"value of ns:b"
+
+
+def test_a_read_that_raced_a_change_never_fills_the_tier() -> None:
+    """The store read began, then the key changed (its push arrived before the read's reply was kept):
+    the possibly old bytes are returned to that caller but not kept."""
+    source = Source()
+    tier = HotTier(source, 1 << 20)
+    ticket = tier.begin("ns:a")
+    assert ticket is not None
+    source.push("ns:a")
+    tier.offer("ns:a", b"old", ticket)
+    assert tier.get("ns:a") is None
+    # The next read, begun after the change, may fill it.
+    ticket = tier.begin("ns:a")
+    assert ticket is not None
+    tier.offer("ns:a", b"new", ticket)
+    assert tier.get("ns:a") == b"new"
+
+
+def test_two_reads_in_flight_and_a_change_between_keep_nothing_of_either() -> None:
+    source = Source()
+    tier = HotTier(source, 1 << 20)
+    first, second = tier.begin("ns:a"), tier.begin("ns:a")
+    assert first is not None
+    assert second is not None
+    tier.discard("ns:a")  # this process writes the key
+    tier.offer("ns:a", b"old", first)
+    tier.offer("ns:a", b"old", second)
+    assert tier.get("ns:a") is None
+
+
+@pytest.mark.parametrize("how", ["lost", "new session", "flush", "cleared"])
+def test_anything_that_may_have_missed_a_push_empties_the_tier(how: str) -> None:
+    source = Source()
+    tier = filled(source, "ns:a", "ns:b")
+    ticket = tier.begin("ns:c")  # a read in flight across the event must not fill the tier either
+    assert ticket is not None
+    if how == "lost":
+        source.session = 0
+    elif how == "new session":
+        source.session = 2
+    elif how == "flush":
+        source.flush()
+    else:
+        tier.clear()  # the breaker opened
+    assert tier.get("ns:a") is None
+    tier.offer("ns:c", b"old", ticket)
+    assert tier.get("ns:c") is None
+    assert len(tier) == 0
+    assert tier.size == 0
+
+
+def test_nothing_is_kept_or_served_while_no_subscription_is_live() -> None:
+    source = Source()
+    source.session = 0
+    tier = HotTier(source, 1 << 20)
+    assert tier.begin("ns:a") is None
+    assert tier.get("ns:a") is None
+
+
+def test_the_byte_bound_holds_under_ten_thousand_entries_of_mixed_sizes() -> None:
+    source = Source()
+    bound = 2 * 1024 * 1024
+    tier = HotTier(source, bound)
+    rng = random.Random(17)
+    kept: dict[str, bytes] = {}
+    for i in range(10_000):
+        key = f"ns:v2:agent:0:~:{i:08d}"
+        value = bytes([i % 251]) * rng.choice((10, 300, 1_500, 20_000, 200_000))
+        ticket = tier.begin(key)
+        assert ticket is not None
+        tier.offer(key, value, ticket)
+        kept[key] = value
+        assert tier.size <= bound
+    # What is kept is exactly what was offered for those keys, and the charge adds up.
+    present = [k for k in kept if tier.get(k) is not None]
+    assert present
+    assert all(tier.get(k) == kept[k] for k in present)
+    assert tier.size == sum(len(kept[k]) + len(k) for k in present) + 200 * len(present)
+    assert tier.evictions == 10_000 - len(present)
+
+
+def test_least_recently_read_entries_leave_first() -> None:
+    source = Source()
+    value = b"x" * 1000
+    cost = len(value) + len("ns:0") + 200
+    tier = HotTier(source, 3 * cost)
+    for key in ("ns:0", "ns:1", "ns:2"):
+        ticket = tier.begin(key)
+        assert ticket is not None
+        tier.offer(key, value, ticket)
+    assert tier.get("ns:0") == value  # read: now the most recent
+    ticket = tier.begin("ns:3")
+    assert ticket is not None
+    tier.offer("ns:3", value, ticket)
+    assert tier.get("ns:1") is None
+    assert tier.get("ns:0") == value
+
+
+def test_an_entry_larger_than_the_bound_is_not_kept() -> None:
+    source = Source()
+    tier = HotTier(source, 1000)
+    ticket = tier.begin("ns:a")
+    assert ticket is not None
+    tier.offer("ns:a", b"x" * 2000, ticket)
+    assert tier.get("ns:a") is None
+    assert tier.size == 0
+
+
+def test_invalidating_an_agent_here_forgets_its_keys_at_once() -> None:
+    source = Source()
+    tier = filled(source, "ns:v2:a:0:~:1", "ns:v2:a:0:~:2", "ns:v2:b:0:~:1")
+    tier.discard_prefix("ns:v2:a:")
+    assert tier.get("ns:v2:a:0:~:1") is None
+    assert tier.get("ns:v2:a:0:~:2") is None
+    assert tier.get("ns:v2:b:0:~:1") is not None
+
+
+def test_closing_drops_the_subscription() -> None:
+    source = Source()
+    tier = filled(source, "ns:a")
+    tier.close()
+    assert source.closed
+    assert len(tier) == 0
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "64mb"])
+def test_a_bad_tier_size_is_refused_by_name(bad: object) -> None:
+    with pytest.raises(ConfigError, match="hot_tier_bytes"):
+        CacheConfig(hot_tier_bytes=bad)  # type: ignore[arg-type]
+
+
+def test_memory_and_sqlite_stores_have_no_tier(tmp_path: object) -> None:
+    from promptcache import PromptCache  # noqa: PLC0415
+
+    cache = PromptCache.from_url("memory://")
+    assert cache._guard.tier is None
