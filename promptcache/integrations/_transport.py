@@ -29,6 +29,7 @@ from promptcache._convert import wants_usage
 from promptcache.exceptions import ConfigError, InvalidScopeError, UncacheableRequestError
 from promptcache.integrations._http import (
     CONTROL_HEADERS,
+    HEADER_PREFIX,
     Plan,
     clean_headers,
     event_stream_response,
@@ -68,7 +69,12 @@ class CachingCore:
 
     def hit_now(self, request: Any) -> Any:  # noqa: ANN401
         """The response to ``request`` when it is a hit from the hot tier, found on the caller's thread
-        with no I/O (a sync client then needs no hop to the portal); None: ask :meth:`handle`."""
+        with no I/O (a sync client then needs no hop to the portal); None: ask :meth:`handle`.
+
+        A request with control headers goes to :meth:`handle`: planning strips them, and ``handle`` plans
+        the same request again (its scope, bypass or refresh would be lost)."""
+        if any(name.lower().startswith(HEADER_PREFIX) for name in request.headers):
+            return None
         try:
             plan = plan_request(request, self.scope)
         except (ConfigError, InvalidScopeError):
