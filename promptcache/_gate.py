@@ -2,8 +2,8 @@
 
 Only successes are written: a parseable body with non-empty choices/content, a finishing reason the policy
 accepts (``length``, ``content_filter`` and refusals are not cached by default), valid JSON where the
-request asked for JSON, and for streams only a stream that reached its terminal event. An error is never
-turned into a cached value.
+request asked for JSON (unless the answer is a tool call: the JSON comes on a later turn), and for streams
+only a stream that reached its terminal event. An error is never turned into a cached value.
 """
 
 from __future__ import annotations
@@ -90,9 +90,29 @@ def _responses_refusal(body: dict[str, Any], request: dict[str, Any] | None) -> 
         for part in item.get("content") or [] if isinstance(item, dict) else []:
             if isinstance(part, dict) and part.get("type") == "refusal":
                 return "refusal"
+    if _awaits_client(output):  # a tool call: the JSON answer comes on a later turn (chat: `tool_calls`)
+        return None
     if _wants_json(request) and not _is_json(body.get("output_text", _output_text(output))):
         return "invalid JSON under a JSON text format"
     return None
+
+
+_CLIENT_CALLS: Final = frozenset(
+    {
+        "function_call",
+        "custom_tool_call",
+        "computer_call",
+        "local_shell_call",
+        "shell_call",
+        "apply_patch_call",
+        "mcp_approval_request",
+    }
+)
+"""Responses output items the client acts on before the model answers (its tools, an approval)."""
+
+
+def _awaits_client(output: list[Any]) -> bool:
+    return any(isinstance(item, dict) and item.get("type") in _CLIENT_CALLS for item in output)
 
 
 def _output_text(output: list[Any]) -> str:

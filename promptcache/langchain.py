@@ -17,7 +17,9 @@ entries that are versioned JSON (never pickle), the only-successes gate and :met
 **The key.** LangChain hands a cache ``(prompt, llm_string)``: the serialised input and the model's
 parameters. They are keyed as a chat-completions body that no SDK sends (model ``langchain-cache``, the
 prompt as one user message, ``langchain_llm_string`` beside it), under the :attr:`KeyPolicy.EXACT` text
-policy by default: LangChain's caches match prompts byte for byte, and so does this one.
+policy by default: LangChain's caches match prompts byte for byte, and so does this one, but for what no
+model is sent: the usage of the AI messages in a conversation (LangChain marks an answer it took from a
+cache as free, ``total_cost: 0``, and that mark must not make the conversation's next turn a miss).
 
 **The entry.** Each ``Generation`` is kept as LangChain's own JSON form (``langchain_core.load.dumpd``),
 and read back with ``langchain_core.load.load`` restricted to the generation and message classes
@@ -33,6 +35,10 @@ was refused (``additional_kwargs["refusal"]``) or stopped for a reason the cache
 refuse (``length``, ``content_filter``, Anthropic's ``max_tokens``...). A generation without a finish
 reason counts as ``stop``. Refused lists are counted in ``stats().not_stored``.
 
+**Under the pytest plugin** it steps aside like a wrapped client's cache: while a test records or replays,
+lookups miss (counted as bypasses) and nothing is stored, so every call reaches the cassette;
+``@pytest.mark.promptcache(production_cache=True)`` keeps it for a test.
+
 Sync methods (:meth:`lookup`, :meth:`update`, :meth:`clear`) run the async ones on promptcache's portal
 thread, the same way a wrapped sync SDK client does; the async ones run in the caller's loop.
 
@@ -41,6 +47,7 @@ thread, the same way a wrapped sync SDK client does; the async ones run in the c
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from typing import TYPE_CHECKING, Any, Final
@@ -62,6 +69,7 @@ from promptcache._cache import PromptCache
 from promptcache._keys import DEFAULT_AGENT_VERSION, KeyPolicy
 from promptcache._scope import Scope, scope_from_keywords
 from promptcache.integrations import _portal
+from promptcache.integrations._recording import production_cache_steps_aside
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -91,6 +99,9 @@ _ALLOWED: Final = (
     ToolMessage,
     FunctionMessage,
 )
+
+
+_AI_MESSAGES: Final = frozenset({"AIMessage", "AIMessageChunk"})
 
 
 class PromptCacheLangChain(BaseCache):
@@ -147,7 +158,14 @@ class PromptCacheLangChain(BaseCache):
     # -- async: the real work ----------------------------------------------------------------------
 
     async def alookup(self, prompt: str, llm_string: str) -> list[Generation] | None:
-        """The cached generations for ``prompt`` and ``llm_string``, or None (also when the store fails)."""
+        """The cached generations for ``prompt`` and ``llm_string``, or None (also when the store fails).
+
+        None also while the pytest plugin records or replays this call (counted as a bypass), so the
+        request reaches the plugin like a wrapped client's does (``production_cache=True`` keeps it).
+        """
+        if production_cache_steps_aside():
+            self.cache.count_bypass(scope=self.scope, request=request_body(prompt, llm_string))
+            return None
         entry = await self.cache.get_entry(self.key(prompt, llm_string))
         if entry is None:
             return None
@@ -165,6 +183,8 @@ class PromptCacheLangChain(BaseCache):
         """
         body = response_body(return_val)
         request = request_body(prompt, llm_string)
+        if production_cache_steps_aside():  # a recording or a replayed answer: not the app's to keep
+            return
         await self.cache.put_entry(
             self.cache.key(request, scope=self.scope), request, scope=self.scope, body=body
         )
@@ -207,9 +227,39 @@ def request_body(prompt: str, llm_string: str) -> dict[str, Any]:
         )
     return {
         "model": MODEL,
-        "messages": [{"role": "user", "content": prompt}],
+        "messages": [{"role": "user", "content": _model_visible(prompt)}],
         LLM_STRING_FIELD: llm_string,
     }
+
+
+_USAGE: Final = "usage_metadata"
+"""The field of an AI message in a prompt that no model is sent: what its answer cost."""
+
+
+def _model_visible(prompt: str) -> str:
+    """``prompt`` without the usage of its AI messages (LangChain's serialised message list).
+
+    LangChain zeroes the cost in the usage of an answer it takes from a cache (``total_cost: 0``), so the
+    same conversation continued after a hit would otherwise key differently from the run that stored it.
+    Any other prompt is returned unchanged.
+    """
+    if f'"{_USAGE}"' not in prompt:
+        return prompt
+    try:
+        messages = json.loads(prompt)
+    except ValueError:
+        return prompt
+    if not isinstance(messages, list):
+        return prompt
+    changed = False
+    for message in messages:
+        if not isinstance(message, dict) or message.get("type") != "constructor":
+            continue
+        path, kwargs = message.get("id"), message.get("kwargs")
+        if not (isinstance(path, list) and path and path[-1] in _AI_MESSAGES and isinstance(kwargs, dict)):
+            continue
+        changed = kwargs.pop(_USAGE, None) is not None or changed
+    return json.dumps(messages) if changed else prompt
 
 
 def _finish_reason(generation: Generation) -> str:

@@ -20,9 +20,8 @@ A chat stream is served in the shape the caller asked for (with or without the u
 
 from __future__ import annotations
 
-import contextlib
 import time
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
@@ -39,14 +38,15 @@ from promptcache.integrations._http import (
     response,
     tee,
 )
+from promptcache.integrations._recording import production_cache_steps_aside
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
+    from collections.abc import Awaitable, Callable
 
     from promptcache._cache import PromptCache
     from promptcache._scope import Scope
 
-__all__ = ["CONTROL_HEADERS", "CachingCore", "recording"]
+__all__ = ["CONTROL_HEADERS", "CachingCore"]
 
 
 class _Passthrough(Exception):  # noqa: N818 - carries a non-cacheable upstream answer, not an error
@@ -57,30 +57,6 @@ class _Passthrough(Exception):  # noqa: N818 - carries a non-cacheable upstream 
         self.status = status
         self.headers = headers
         self.content = content
-
-
-class _Recording:
-    """The pytest plugin's interceptions active in this process: each says whether the request being
-    made now belongs to a test that records or replays without the production cache."""
-
-    active: ClassVar[list[Callable[[], bool]]] = []
-
-    @classmethod
-    def steps_aside(cls) -> bool:
-        return any(wants() for wants in cls.active)
-
-
-@contextlib.contextmanager
-def recording(steps_aside: Callable[[], bool]) -> Iterator[None]:
-    """While the pytest plugin records or replays, wrapped clients send requests on to it (when
-    ``steps_aside()``): a production cache in the code under test must neither answer a request the
-    plugin should record (the cassette would miss it) nor keep what the plugin replays (a cassette's
-    answer in a real store). A test that means to exercise the production cache opts out."""
-    _Recording.active.append(steps_aside)
-    try:
-        yield
-    finally:
-        _Recording.active.remove(steps_aside)
 
 
 _PLANNED: Final = "promptcache.plan"  # a request's plan (or its error), made once by hit_now()
@@ -96,7 +72,8 @@ class CachingCore:
 
     def hit_now(self, request: Any) -> Any:  # noqa: ANN401
         """The response to ``request`` when it is a hit from the hot tier, found on the caller's thread
-        with no I/O (a sync client then needs no hop to the portal); None: ask :meth:`handle`."""
+        with no I/O (a sync client then needs no hop to the portal); None: ask :meth:`handle`, which
+        reuses the plan made here (planning strips the control headers: planning twice would lose them)."""
         try:
             plan = plan_request(request, self.scope)  # strips the control headers: handle() reuses it
         except (ConfigError, InvalidScopeError) as exc:
@@ -105,7 +82,7 @@ class CachingCore:
         request.extensions[_PLANNED] = plan
         if plan is None or plan.stream or plan.bypass or plan.refresh or self.cache.closed:
             return None
-        if _Recording.active and _Recording.steps_aside():
+        if production_cache_steps_aside():
             return None
         found, body = self.cache.answer_now(plan.body, plan.scope, plan.endpoint, plan.route)
         return json_response(request, body, "hit") if found else None
@@ -123,7 +100,7 @@ class CachingCore:
             plan = plan_request(request, self.scope) if planned is _UNPLANNED else planned
             if plan is None:
                 return await send(request)
-            if _Recording.active and _Recording.steps_aside():  # the pytest plugin records/replays it
+            if production_cache_steps_aside():  # the pytest plugin records/replays it
                 self.cache.count_bypass(scope=plan.scope, request=plan.body)
                 return await send(request)
             if self.cache.closed:

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Final
 import pytest
 
 from promptcache.exceptions import ConfigError
+from promptcache.integrations._recording import recording
 from promptcache.integrations._sync import handle_sync
-from promptcache.integrations._transport import recording
 from promptcache.pytest_plugin._prune import SESSION_CASSETTE, Facts, Outcome, judge, module_of
 from promptcache.pytest_plugin._recorder import Mode, Recorder
 from promptcache.pytest_plugin._stores import CassetteStore, open_cassette_store

@@ -11,9 +11,9 @@ import pytest
 pytest.importorskip(
     "langchain_core", reason="the frameworks extras (make test installs them; matrix-oldest does not)"
 )
-from langchain_core.language_models.fake_chat_models import FakeListChatModel
-from langchain_core.load import dumpd
-from langchain_core.messages import AIMessage
+from langchain_core.language_models.fake_chat_models import FakeListChatModel, GenericFakeChatModel
+from langchain_core.load import dumpd, dumps
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, Generation
 
 from promptcache import CacheConfig, PromptCache
@@ -214,3 +214,49 @@ def test_a_langchain_chat_model_asks_its_model_once_for_a_repeated_prompt(cache:
     assert model.invoke("Something else").content == "second answer"
     stats = cache.stats()
     assert (stats.hits, stats.misses, stats.writes) == (1, 2, 2)
+
+
+def tool_loop(model: GenericFakeChatModel) -> str:
+    """One run of a tool-using chain: the model calls a tool, gets its output back, answers."""
+    messages: list[BaseMessage] = [HumanMessage("Where is my order 1042?")]
+    call = model.invoke(messages)
+    messages += [call, ToolMessage("shipped yesterday", tool_call_id=call.tool_calls[0]["id"])]
+    return str(model.invoke(messages).content)
+
+
+def test_a_tool_loop_run_again_is_answered_by_the_cache_on_every_turn(cache: PromptCache) -> None:
+    """LangChain marks a cached answer's usage as free (``total_cost: 0``) before it joins the next turn's
+    prompt; that mark is not what the model sees, so the next turn still finds the first run's entry."""
+    usage = {"input_tokens": 11, "output_tokens": 7, "total_tokens": 18}
+    tool_call = {"name": "lookup_order", "args": {"order_id": "1042"}, "id": "call_1"}
+    answers = [
+        AIMessage(content="", tool_calls=[tool_call], usage_metadata=usage, id="run-1"),
+        AIMessage(content="It shipped yesterday.", usage_metadata=usage, id="run-2"),
+        AIMessage(content="a second upstream answer", usage_metadata=usage, id="run-3"),
+    ]
+    model = GenericFakeChatModel(messages=iter(answers), cache=PromptCacheLangChain(cache, agent_id="bot"))
+    assert tool_loop(model) == "It shipped yesterday."
+    assert tool_loop(model) == "It shipped yesterday."
+    stats = cache.stats()
+    assert (stats.hits, stats.misses) == (2, 2)
+
+
+def test_only_the_usage_of_earlier_answers_is_left_out_of_the_key(cache: PromptCache) -> None:
+    """What the model is sent still keys: an earlier answer's text or tool call, and every other message."""
+    lc = PromptCacheLangChain(cache, agent_id="bot")
+
+    def prompt(answer: AIMessage) -> str:
+        return dumps([HumanMessage("Where is my order?"), answer, HumanMessage("And the other one?")])
+
+    usage = {"input_tokens": 11, "output_tokens": 7, "total_tokens": 18}
+    base = AIMessage(content="It shipped.", usage_metadata=usage)
+    free = AIMessage(content="It shipped.", usage_metadata={**usage, "total_cost": 0})
+    assert lc.key(prompt(base), LLM) == lc.key(prompt(free), LLM)
+    other_text = AIMessage(content="It is lost.", usage_metadata=usage)
+    other_call = AIMessage(
+        content="It shipped.",
+        usage_metadata=usage,
+        tool_calls=[{"name": "lookup_order", "args": {"order_id": "7"}, "id": "call_1"}],
+    )
+    keys = {lc.key(prompt(m), LLM).digest for m in (base, other_text, other_call)}
+    assert len(keys) == 3
