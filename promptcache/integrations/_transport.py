@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import orjson
 
@@ -83,6 +83,10 @@ def recording(steps_aside: Callable[[], bool]) -> Iterator[None]:
         _Recording.active.remove(steps_aside)
 
 
+_PLANNED: Final = "promptcache.plan"  # a request's plan (or its error), made once by hit_now()
+_UNPLANNED: Final = object()
+
+
 class CachingCore:
     """The decisions every caching transport shares, sync or async, OpenAI or Anthropic."""
 
@@ -94,9 +98,11 @@ class CachingCore:
         """The response to ``request`` when it is a hit from the hot tier, found on the caller's thread
         with no I/O (a sync client then needs no hop to the portal); None: ask :meth:`handle`."""
         try:
-            plan = plan_request(request, self.scope)
-        except (ConfigError, InvalidScopeError):
-            return None  # handle() answers it with a 400 naming the problem
+            plan = plan_request(request, self.scope)  # strips the control headers: handle() reuses it
+        except (ConfigError, InvalidScopeError) as exc:
+            request.extensions[_PLANNED] = exc  # handle() answers it with a 400 naming the problem
+            return None
+        request.extensions[_PLANNED] = plan
         if plan is None or plan.stream or plan.bypass or plan.refresh or self.cache.closed:
             return None
         if _Recording.active and _Recording.steps_aside():
@@ -111,7 +117,10 @@ class CachingCore:
         raised here would be caught by the SDK's retry loop and come out as "Connection error".
         """
         try:
-            plan = plan_request(request, self.scope)
+            planned = request.extensions.pop(_PLANNED, _UNPLANNED)
+            if isinstance(planned, Exception):
+                raise planned
+            plan = plan_request(request, self.scope) if planned is _UNPLANNED else planned
             if plan is None:
                 return await send(request)
             if _Recording.active and _Recording.steps_aside():  # the pytest plugin records/replays it
