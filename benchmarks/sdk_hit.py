@@ -283,8 +283,10 @@ async def raw_get_p50(redis_url: str, size: int) -> float:
 
 def redis_caches(redis_url: str) -> dict[str, PromptCache]:
     """The Redis rows' caches: default config (the tier, where there is one) and tier off."""
+    # Its own namespace: a cold row's miss (a store deadline missed on a busy machine) writes the answer
+    # again, which must not drop the tier row's entry from its tier.
     tier_off: dict[str, Any] = {"hot_tier_bytes": 0} if TIER else {}
-    caches = {COLD_ROW: PromptCache.from_url(redis_url, **tier_off)}
+    caches = {COLD_ROW: PromptCache.from_url(redis_url, namespace="cold", **tier_off)}
     if TIER:
         caches[TIER_ROW] = PromptCache.from_url(redis_url)
     return caches

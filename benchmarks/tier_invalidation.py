@@ -146,6 +146,7 @@ class Watch:
         self.after_return = 0  # A read the old answer on a read begun after B's call returned
         self.unseen = 0
         self.stats = ""
+        self.calls: list[float] = []  # B's own calls, start to return (ms): this machine's scheduling noise
 
     async def line(self) -> str:
         assert self.proc.stdout is not None
@@ -202,9 +203,11 @@ async def writer(url: str) -> Watch:
     for kind in plan:
         await asyncio.sleep(rng.uniform(*GAP_S))
         gen += 1
+        called = clock()
         if kind == "invalidate":
             await cache.invalidate(agent_id=AGENT)
             returned = clock()
+            watch.calls.append((returned - called) / 1e6)
             await watch.expect(kind, dict.fromkeys(range(KEYS), ABSENT), returned)
             for k in range(KEYS):
                 token = f"g{gen}-k{k}"
@@ -222,7 +225,9 @@ async def writer(url: str) -> Watch:
 
             await cache.get_or_call(request_for(k), upstream, agent_id=AGENT, refresh=True)
             await cache.drain()
-        await watch.expect(kind, {k: token}, clock())
+        returned = clock()
+        watch.calls.append((returned - called) / 1e6)
+        await watch.expect(kind, {k: token}, returned)
     assert proc.stdin is not None
     proc.stdin.write(b"stop\n")
     await proc.stdin.drain()
@@ -253,7 +258,13 @@ def report(watch: Watch) -> None:
         if values:
             p50, p99 = pct(values, 0.5), pct(values, 0.99)
             print(f"  {kind:<12}{len(values):>6}{p50:>9.3f}{p99:>9.3f}{max(values):>9.3f}")
-    print("  (restore: writes after an invalidation, read by A as misses until then: not tier reads)")
+    print("  (restore: writes after an invalidation, read by A as misses until then: not tier reads;")
+    print(f"  invalidate: each of the {KEYS} entries, A reading them round robin, each miss a store read)")
+    calls = watch.calls
+    print(
+        f"for scale, B's own calls (overwrite, refresh, invalidate; start to return): p50 "
+        f"{pct(calls, 0.5):.3f} ms, p99 {pct(calls, 0.99):.3f} ms, max {max(calls):.3f} ms"
+    )
     _, reads, hits, tier, misses, faults = watch.stats.split()
     print(
         f"process A: {int(reads):,} reads, {int(hits):,} hits ({int(tier):,} from the tier), "
