@@ -48,6 +48,11 @@ SOCKET_TIMEOUT: Final = 0.05  # a read that finds a partial message waits at mos
 CONNECT_TIMEOUT: Final = 1.0  # in the connecting thread only
 _FAULTS: Final = (rex.ConnectionError, rex.TimeoutError, OSError, rex.ResponseError)
 _sessions = itertools.count(1)
+# This process's id, kept current by a fork hook: poll() runs on every tier read and must not make a
+# system call to notice that it runs in a forked child.
+_PID = [os.getpid()]
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 _CARRIED: Final = frozenset(
     {"host", "port", "path", "db", "username", "password", "credential_provider", "client_name"}
     | {"socket_keepalive", "socket_keepalive_options"}
@@ -130,11 +135,11 @@ class RedisTracking:
         last poll (None: everything, e.g. a flush). A new session number means earlier pushes may have
         been missed: whatever was cached under the old one must go. Never blocks on the network."""
         with self._lock:
-            if self._pid != os.getpid():  # a forked child must not read its parent's socket
+            if self._pid != _PID[0]:  # a forked child must not read its parent's socket
                 self._socks["conn"] = self._socks["ready"] = None
                 self._connecting = False
                 self._session = 0
-                self._pid = os.getpid()
+                self._pid = _PID[0]
             conn = self._socks["conn"]
             if conn is None:
                 return self._adopt_or_connect(), []

@@ -373,3 +373,39 @@ def test_an_async_sdk_client_sees_another_process_overwrite_through_the_tier(red
         after = asyncio.run(go(server.base_url))
         assert server.calls == 2  # the first miss and the refresh
     assert len(after) == 5
+
+
+def test_a_forked_child_never_reads_its_parents_subscription(redis_url: str) -> None:
+    """A cache made before a fork (gunicorn --preload): the child starts with an empty tier and its own
+    subscription, and the parent's tier keeps working."""
+    import os  # noqa: PLC0415
+
+    cache = PromptCache.from_url(redis_url, namespace=NS)
+
+    async def warm_here() -> int:
+        await cache.set(request_for("fork"), answer("v1"), agent_id=AGENT)
+        for _ in attempts():
+            await cache.get(request_for("fork"), agent_id=AGENT)
+            if cache.stats().tier_hits:
+                break
+        return cache.stats().tier_hits
+
+    assert asyncio.run(warm_here()) == 1
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first read must not come from the inherited tier
+        try:
+            before = cache.stats().tier_hits
+            got = asyncio.run(cache.get(request_for("fork"), agent_id=AGENT))
+            ok = got is not None and cache.stats().tier_hits == before
+            os.write(write_end, b"ok" if ok else b"no")
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    verdict = os.read(read_end, 2)
+    os.waitpid(pid, 0)
+    os.close(read_end)
+    assert verdict == b"ok"
+    assert asyncio.run(cache.get(request_for("fork"), agent_id=AGENT)) is not None
+    assert cache.stats().tier_hits == 2  # the parent's tier still serves
+    cache.close()
