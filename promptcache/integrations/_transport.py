@@ -29,7 +29,6 @@ from promptcache._convert import wants_usage
 from promptcache.exceptions import ConfigError, InvalidScopeError, UncacheableRequestError
 from promptcache.integrations._http import (
     CONTROL_HEADERS,
-    HEADER_PREFIX,
     Plan,
     clean_headers,
     event_stream_response,
@@ -73,7 +72,7 @@ class CachingCore:
 
         A request with control headers goes to :meth:`handle`: planning strips them, and ``handle`` plans
         the same request again (its scope, bypass or refresh would be lost)."""
-        if any(name.lower().startswith(HEADER_PREFIX) for name in request.headers):
+        if any(name in request.headers for name in CONTROL_HEADERS):
             return None
         try:
             plan = plan_request(request, self.scope)
