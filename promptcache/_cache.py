@@ -214,7 +214,7 @@ class PromptCache(Lifecycle):
         if (entry := self._flight.tier_entry(key)) is None or entry.chunks is not None:
             return False, None
         self._counters.requests += 1
-        self._flight.count_hit(entry, key)
+        self._counters.hit(entry, key, self._events)
         return True, entry.body
 
     async def answer(  # noqa: PLR0913 - get_or_call's arguments with the scope as one value
@@ -255,7 +255,7 @@ class PromptCache(Lifecycle):
                 raise
             if entry is not None:
                 counters.converted += entry.converted
-                self._flight.count_hit(entry, key)
+                self._counters.hit(entry, key, self._events)
                 return entry.body, entry.converted
         return await self._flight.join(key, request, call, ttl_s, refresh=refresh), False
 
@@ -324,7 +324,7 @@ class PromptCache(Lifecycle):
                 self._events.request(Result.MISS, key)
             return None
         self._counters.converted += entry.converted
-        self._flight.count_hit(entry, key)
+        self._counters.hit(entry, key, self._events)
         return entry
 
     async def put_entry(  # noqa: PLR0913 - the parts of an entry

@@ -23,6 +23,7 @@ from promptcache._entry import Entry, decode_entry
 from promptcache._events import Result
 from promptcache._gate import usage_of
 from promptcache._loops import PerLoop
+from promptcache._tier import pause_due
 from promptcache.backends import LockingStore
 from promptcache.exceptions import EntryError
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from promptcache._guard import StoreGuard
     from promptcache._keys import CacheKey
     from promptcache._stats import Counters
-    from promptcache._tier import HotTier
+    from promptcache._tier import HotTier, Ticket
     from promptcache._writer import EntryWriter
     from promptcache.backends import Store
 
@@ -63,6 +64,7 @@ class _LoopFlights:
 
     flights: dict[str, Flight] = field(default_factory=dict)
     reads: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
+    tickets: dict[str, Ticket | None] = field(default_factory=dict)  # the tier's ticket of each read
     releases: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -127,36 +129,47 @@ class SingleFlight:
         one round trip and one connection, not one each); every caller decodes its own copy.
         """
         if (found := self.tier_entry(key)) is not None:
+            if pause_due():
+                await asyncio.sleep(0)  # let the loop's other tasks run (a tier hit awaits nothing)
             return found
         if again:
             return self._decode(key, await self._fetch(key), again=True)
-        reads = self._loops.get().reads
-        pending = reads.get(key.store_key)
-        if pending is not None:
-            raw = await asyncio.shield(pending)
-            if raw is not _RETRY:
-                return self._decode(key, raw, again=True)  # the first reader already counted a bad value
+        state, tier, store_key = self._loops.get(), self._tier, key.store_key
+        reads = state.reads
+        if (pending := reads.get(store_key)) is not None:
+            # Share it only if nothing changed the key since it was sent: a change that has returned
+            # must not be followed by the old answer (with no tier, nothing is known: shared).
+            if tier is None or tier.unchanged(store_key, state.tickets.get(store_key)):
+                raw = await asyncio.shield(pending)
+                if raw is not _RETRY:
+                    return self._decode(key, raw, again=True)  # the first reader counted a bad value
             return self._decode(key, await self._fetch(key), again=again)
-        pending = reads[key.store_key] = asyncio.get_running_loop().create_future()
+        ticket = None if tier is None else tier.begin(store_key)
+        pending = reads[store_key] = asyncio.get_running_loop().create_future()
+        state.tickets[store_key] = ticket
         try:
-            raw = await self._fetch(key)
+            raw = await self._fetch(key, ticket, begun=True)
         except BaseException:
             pending.set_result(_RETRY)  # cancelled or raised: the others read for themselves
             raise
         else:
             pending.set_result(raw)
         finally:
-            if reads.get(key.store_key) is pending:
-                del reads[key.store_key]
+            if reads.get(store_key) is pending:
+                del reads[store_key]
+                state.tickets.pop(store_key, None)
         return self._decode(key, raw, again=again)
 
     def tier_entry(self, key: CacheKey) -> Entry | None:
         """The entry for ``key`` from the hot tier, with no I/O (None: no tier, or not kept there)."""
         return None if self._tier is None else self._tier.entry(key, self._clock())
 
-    async def _fetch(self, key: CacheKey) -> bytes | None:
+    async def _fetch(
+        self, key: CacheKey, ticket: Ticket | None = None, *, begun: bool = False
+    ) -> bytes | None:
         store, tier, store_key = self._store, self._tier, key.store_key
-        ticket = None if tier is None else tier.begin(store_key)
+        if not begun:
+            ticket = None if tier is None else tier.begin(store_key)
         found: bytes | None = None
         try:
             ok, raw = await self._guard.run("get", lambda: store.get(store_key))
@@ -177,20 +190,6 @@ class SingleFlight:
             self._counters.corrupt_entries += 1
             log.warning("promptcache: ignoring a bad value under %s: %s", key.store_key, exc)
             return None
-
-    def count_hit(self, entry: Entry, key: CacheKey) -> None:
-        """Count a caller answered by the stored ``entry`` (what it saved, and the hooks' hit event)."""
-        counters = self._counters
-        counters.hits += 1
-        if entry.from_tier:
-            counters.tier_hits += 1
-        inp, out = usage_of({"usage": entry.usage})
-        counters.input_tokens_saved += inp
-        counters.output_tokens_saved += out
-        counters.latency_saved += entry.latency
-        if self._events.hooks:
-            tier = entry.from_tier
-            self._events.request(Result.HIT, key, tokens=(inp, out), latency_saved=entry.latency, tier=tier)
 
     # -- shared calls ------------------------------------------------------------------------------
 

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
+from promptcache._events import Result
+from promptcache._gate import usage_of
 from promptcache.exceptions import ServerStateError
+
+if TYPE_CHECKING:
+    from promptcache._entry import Entry
+    from promptcache._events import Emitter
+    from promptcache._keys import CacheKey
 
 __all__ = ["CacheStats", "Counters"]
 
@@ -39,6 +47,19 @@ class Counters:
     input_tokens_saved: int = 0
     output_tokens_saved: int = 0
     latency_saved: float = 0.0
+
+    def hit(self, entry: Entry, key: CacheKey, events: Emitter) -> None:
+        """Count a caller answered by the stored ``entry`` (what it saved, and the hooks' hit event)."""
+        self.hits += 1
+        if entry.from_tier:
+            self.tier_hits += 1
+        inp, out = usage_of({"usage": entry.usage})
+        self.input_tokens_saved += inp
+        self.output_tokens_saved += out
+        self.latency_saved += entry.latency
+        if events.hooks:
+            tier = entry.from_tier
+            events.request(Result.HIT, key, tokens=(inp, out), latency_saved=entry.latency, tier=tier)
 
     def bypass(self, *, uncacheable: bool, reason: Exception | None) -> str:
         """Count one bypass; returns the reason its event carries."""

@@ -18,6 +18,7 @@ One tier serves every thread and event loop of the process (one lock, held for d
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Final
@@ -31,8 +32,12 @@ if TYPE_CHECKING:
     from promptcache._keys import CacheKey
     from promptcache.backends import Invalidations
 
-__all__ = ["HotTier", "tier_for"]
+__all__ = ["HotTier", "Ticket", "pause_due", "tier_for"]
 
+Ticket = tuple[int, int]  # (clears so far, changes of the key while read): what a read began with
+
+PAUSE_EVERY: Final = 16  # tier hits between turns given to the event loop
+_hits = itertools.count(1)
 _OVERHEAD: Final = 200  # bytes charged per entry beyond its value and key (dict slot, tuple, str header)
 
 
@@ -53,7 +58,7 @@ class HotTier:
         self._session = 0
         self._epoch = 0  # bumped by every clear: a read begun before it must not fill the tier
         self._reading: dict[str, int] = {}  # store reads in flight per key
-        self._changed: set[str] = set()  # keys invalidated while a read of them was in flight
+        self._changes: dict[str, int] = {}  # invalidations of each such key while it was being read
         self.evictions = 0
 
     def __repr__(self) -> str:
@@ -91,15 +96,25 @@ class HotTier:
             self.discard(key.store_key)
         return found
 
-    def begin(self, store_key: str) -> int | None:
+    def begin(self, store_key: str) -> Ticket | None:
         """Before a store read: a ticket for :meth:`offer`, or None when nothing may be kept now."""
         with self._lock:
             if not self._sync():
                 return None
             self._reading[store_key] = self._reading.get(store_key, 0) + 1
-            return self._epoch
+            return self._epoch, self._changes.get(store_key, 0)
 
-    def offer(self, store_key: str, raw: bytes | None, ticket: int) -> None:
+    def unchanged(self, store_key: str, ticket: Ticket | None) -> bool:
+        """Whether nothing changed ``store_key`` since the read ``ticket`` was given for began (True
+        without a ticket: nothing is known). A caller may share that read's answer only then: a read
+        begun before a change that has since returned would hand it the old answer."""
+        if ticket is None:
+            return True
+        with self._lock:
+            self._sync()
+            return ticket == (self._epoch, self._changes.get(store_key, 0))
+
+    def offer(self, store_key: str, raw: bytes | None, ticket: Ticket) -> None:
         """After the read ``ticket`` was given for: keep ``raw`` unless the key changed meanwhile.
 
         Always call it once per ticket (``raw=None`` when nothing is to be kept: absent, or not decodable).
@@ -107,13 +122,13 @@ class HotTier:
         with self._lock:
             live = self._sync()
             left = self._reading.get(store_key, 1) - 1
-            changed = store_key in self._changed
+            changed = ticket != (self._epoch, self._changes.get(store_key, 0))
             if left:
                 self._reading[store_key] = left
             else:
                 self._reading.pop(store_key, None)
-                self._changed.discard(store_key)
-            if raw is None or not live or changed or ticket != self._epoch:
+                self._changes.pop(store_key, None)
+            if raw is None or not live or changed:
                 return
             self._keep(store_key, raw)
 
@@ -127,7 +142,8 @@ class HotTier:
         with self._lock:
             for key in [k for k in self._entries if k.startswith(prefix)]:
                 self._drop(key)
-            self._changed.update(k for k in self._reading if k.startswith(prefix))
+            for key in [k for k in self._reading if k.startswith(prefix)]:
+                self._changes[key] = self._changes.get(key, 0) + 1
 
     def clear(self) -> None:
         """Forget everything (the store became unreachable: the breaker opened)."""
@@ -172,7 +188,7 @@ class HotTier:
         if raw is not None:
             self._bytes -= len(raw) + len(store_key) + _OVERHEAD
         if store_key in self._reading:
-            self._changed.add(store_key)
+            self._changes[store_key] = self._changes.get(store_key, 0) + 1
 
     def _clear(self) -> None:
         self._entries.clear()
@@ -187,3 +203,10 @@ def tier_for(store: object, config: CacheConfig) -> HotTier | None:
         return None
     source = store.invalidations(f"{config.namespace}:")
     return None if source is None else HotTier(source, config.hot_tier_bytes)
+
+
+def pause_due() -> bool:
+    """True once every :data:`PAUSE_EVERY` tier hits. A tier hit awaits nothing, so a task answered from
+    the tier over and over would never let the event loop run its other tasks; the caller then awaits
+    ``asyncio.sleep(0)`` (a Redis hit yields at every GET)."""
+    return next(_hits) % PAUSE_EVERY == 0

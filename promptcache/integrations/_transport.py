@@ -20,12 +20,14 @@ A chat stream is served in the shape the caller asked for (with or without the u
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
 from promptcache._convert import wants_usage
+from promptcache._tier import pause_due
 from promptcache.exceptions import ConfigError, InvalidScopeError, UncacheableRequestError
 from promptcache.integrations._http import (
     CONTROL_HEADERS,
@@ -113,6 +115,8 @@ class CachingCore:
             if not (plan.bypass or plan.refresh):
                 found, body = self.cache.answer_now(plan.body, plan.scope, plan.endpoint, plan.route)
                 if found:
+                    if pause_due():
+                        await asyncio.sleep(0)  # let the loop's other tasks run (a tier hit awaits nothing)
                     return json_response(request, body, "hit")
             return await self._json(plan, request, send)
         except (ConfigError, InvalidScopeError) as exc:
