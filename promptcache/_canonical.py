@@ -267,13 +267,15 @@ def _with_text_policy(
     if isinstance(messages, list):
         copied: list[Any] | None = None
         last = len(messages) - 1
+        whole = rule.whole
         for i, message in enumerate(messages):
             if not (isinstance(message, dict) and "content" in message):
                 continue
             if i == last and message.get("role") == "assistant":
                 continue  # a prefill: its trailing space is what the model continues from
-            content = _ruled(message["content"], rule)
-            if content is not message["content"] and content != message["content"]:
+            value = message["content"]
+            content = whole(value) if type(value) is str else _ruled(value, rule)
+            if content is not value and content != value:
                 if copied is None:
                     copied = list(messages)
                 copied[i] = {**message, "content": content}
