@@ -19,6 +19,7 @@ import itertools
 import math
 import operator
 import re
+import sys
 import uuid
 from dataclasses import dataclass
 from enum import Enum
@@ -348,6 +349,8 @@ def _needs_walk(body: dict[str, Any]) -> bool:
     the types are sorted out by C-level ``map``, so no Python code runs per value. The per-value walk this
     replaced cost more than orjson and sha256 together on a request with ten tool schemas.
     """
+    if not _CPYTHON:
+        return _values_need_walk(body)
     level: list[Any] = [body]
     for _ in range(_MAX_FAST_DEPTH):
         level = gc.get_referents(*level)
@@ -362,6 +365,26 @@ def _needs_walk(body: dict[str, Any]) -> bool:
         if any(map(float.is_integer, floats)) or not all(map(math.isfinite, floats)):
             return True  # written as an int, or NaN/inf (orjson would write null)
     return True
+
+
+# What gc.get_referents returns is CPython's object graph; elsewhere (PyPy stores a list of floats
+# unboxed) it may not list every value, so other interpreters look at each value in Python.
+_CPYTHON: Final = sys.implementation.name == "cpython"
+
+
+def _values_need_walk(value: dict[str, Any] | list[Any]) -> bool:
+    """:func:`_needs_walk` one value at a time, in Python (any interpreter; slower)."""
+    for item in value.values() if type(value) is dict else value:
+        kind = type(item)
+        if kind is float:
+            if not math.isfinite(item) or item.is_integer():
+                return True
+        elif kind is dict or kind is list:
+            if _values_need_walk(item):
+                return True
+        elif kind not in _PLAIN_TYPES:
+            return True
+    return False
 
 
 def _fast_canonical(body: dict[str, Any]) -> bytes | None:

@@ -15,11 +15,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from promptcache._canonical import (
+    _FAST_OPTIONS,
     _TRIM,
     COLLAPSE_RULE,
     EXACT_RULE,
@@ -29,8 +31,10 @@ from promptcache._canonical import (
     _collapse_edits,
     _dumps,
     _fast_canonical,
+    _needs_walk,
     _split_edits,
     _trim_edits,
+    _values_need_walk,
     _with_text_policy,
     collapse_text,
     trim_text,
@@ -170,7 +174,8 @@ def test_parts_shortcut_is_the_split_edits(parts: list[str]) -> None:
 @given(value=st.dictionaries(st.text(max_size=5), values, max_size=5))
 def test_fast_canonical_bytes_are_the_walks(value: dict[str, Any]) -> None:
     """Whenever orjson's bytes are kept, they are the exact walk's bytes (NaN, inf, integral floats,
-    enums, subclasses and tuples included); a value with no canonical form is never given one."""
+    enums, subclasses and tuples included); a value with no canonical form is never given one. Both
+    scans (the C-level one CPython uses and the per-value one of other interpreters) are held to it."""
     fast = _fast_canonical(value)
     try:
         exact = _dumps(_canon_checked(value))
@@ -178,6 +183,13 @@ def test_fast_canonical_bytes_are_the_walks(value: dict[str, Any]) -> None:
         assert fast is None
         return
     assert fast is None or fast == exact
+    try:
+        plain = orjson.dumps(value, option=_FAST_OPTIONS)
+    except (orjson.JSONEncodeError, TypeError):
+        return
+    for scan in (_needs_walk, _values_need_walk):
+        if not scan(value):
+            assert plain == exact, scan.__name__
 
 
 @MANY
