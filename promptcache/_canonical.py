@@ -30,7 +30,7 @@ import orjson
 from promptcache.exceptions import UncacheableRequestError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
 __all__ = [
     "COLLAPSE_RULE",
@@ -374,7 +374,8 @@ _CPYTHON: Final = sys.implementation.name == "cpython"
 
 def _values_need_walk(value: dict[str, Any] | list[Any]) -> bool:
     """:func:`_needs_walk` one value at a time, in Python (any interpreter; slower)."""
-    for item in value.values() if type(value) is dict else value:
+    items: Iterable[Any] = value.values() if isinstance(value, dict) else value
+    for item in items:
         kind = type(item)
         if kind is float:
             if not math.isfinite(item) or item.is_integer():
