@@ -11,8 +11,10 @@ Run it with ``.venv/bin/python benchmarks/keys.py`` (or ``make bench``). It meas
 
 Each figure is the median per call, in microseconds, over many timed batches (``time.perf_counter_ns``).
 
-Aim: the key of the 40-message request costs at most 0.3x one raw loopback GET, so keying never matters
-next to the round trip it guards.
+Aim: the key of the 40-message request, computed on first sight (``make_key`` itself, not the memo in
+front of it), costs at most 0.5x one raw loopback GET, so keying never matters next to the round trip it
+guards. Next to it the benchmark prints the floor no key over the same bytes can go below: sha256 of the
+request's canonical bytes alone, also as a fraction of the GET.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from promptcache._keys import make_key
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-AIM = 0.3
+AIM = 0.5
 MODEL = "gpt-4o-mini"
 AGENT_ID = "support-bot"
 
@@ -333,6 +335,8 @@ def main() -> None:
         ratio = results["key_40msg"] / get
         print(f"key(8 KB)/GET:               {results['key_8kb'] / get:.2f}x")
         print(f"key(40-msg)/GET:             {ratio:.2f}x")
+        floor = results["sha_40msg"] / get
+        print(f"floor: sha256(40-msg)/GET:   {floor:.2f}x (hashing its canonical bytes alone)")
         verdict = "met" if ratio <= AIM else "NOT met"
         print(f"aim: key(40-msg) <= {AIM}x one raw GET -> {verdict}")
     else:

@@ -13,8 +13,13 @@ stores; it is pure and safe to call from any thread.
 from __future__ import annotations
 
 import bisect
+import functools
+import gc
 import itertools
+import math
+import operator
 import re
+import sys
 import uuid
 from dataclasses import dataclass
 from enum import Enum
@@ -46,6 +51,10 @@ _MAX_SAFE_INT: Final = 9_007_199_254_740_992
 # empty last field). Indentation and anything inside a line are never touched.
 _TRIM: Final = re.compile(r"\A(?:[ \r]*\n)+|[ \r]+(?=\n)|[ \r\n]+\Z")
 _SPACE_RUN: Final = re.compile(r"\s+")
+_BLANKS: Final = " \r\n"
+# A space or CR just before a line end. The pattern starts with the literal "\n", so the regex engine skips
+# to each line end at C speed instead of trying a match at every space.
+_BLANK_BEFORE_LINE_END: Final = re.compile(r"\n(?<=[ \r]\n)")
 
 Edit = tuple[int, int, str]  # replace text[start:end] with the string
 
@@ -63,8 +72,28 @@ def _collapse_edits(text: str) -> list[Edit]:
 
 
 def trim_text(text: str) -> str:
-    """Apply :attr:`KeyPolicy.TRIM`: never touches indentation, tabs or characters inside a line."""
-    return _TRIM.sub("", text)
+    """Apply :attr:`KeyPolicy.TRIM`: never touches indentation, tabs or characters inside a line.
+
+    Exactly ``_TRIM.sub("", text)`` (a property test holds them equal), without running that regex: it
+    tries three alternatives at every character, which costs more than hashing the whole request. Here
+    the outer blanks are two C-level strips and only a text with blanks before a line end inside it is
+    split into lines. A text that needs no change is returned as the same object.
+    """
+    if not text:
+        return text
+    start = 0
+    if text[0] in _BLANKS:  # leading blank lines go, the first non-blank line's indentation stays
+        rest = text.lstrip(_BLANKS)
+        if not rest:
+            return ""
+        start = text.rfind("\n", 0, len(text) - len(rest)) + 1
+    end = len(text.rstrip(_BLANKS)) if text[-1] in _BLANKS else len(text)
+    out = text[start:end] if start or end < len(text) else text
+    # ``out`` now starts on a non-blank line and ends in a non-blank character: only the line ends inside
+    # it can still have blanks before them.
+    if "\n" in out and _BLANK_BEFORE_LINE_END.search(out) is not None:
+        return "\n".join([line.rstrip(" \r") for line in out.split("\n")])
+    return out
 
 
 def collapse_text(text: str) -> str:
@@ -94,23 +123,30 @@ class TextRule:
         if len(texts) == 1:
             return [self.whole(texts[0])]
         joined = "".join(texts)
-        starts = list(itertools.accumulate((len(t) for t in texts[:-1]), initial=0))
-        out: list[list[str]] = [[] for _ in texts]
+        if self.whole(joined) == joined:  # no edit changes a character, so none moves one between parts
+            return texts
+        return _split_edits(texts, joined, self.edits(joined))
 
-        def copy(lo: int, hi: int) -> None:  # joined[lo:hi], each character to the part it came from
-            for n, start in enumerate(starts):
-                end = start + len(texts[n])
-                if lo < end and hi > start:
-                    out[n].append(joined[max(lo, start) : min(hi, end)])
 
-        pos = 0
-        for start, end, repl in self.edits(joined):
-            copy(pos, start)
-            if repl:  # a replacement belongs to the part where the replaced run began
-                out[bisect.bisect_right(starts, start) - 1].append(repl)
-            pos = end
-        copy(pos, len(joined))
-        return ["".join(pieces) for pieces in out]
+def _split_edits(texts: list[str], joined: str, edits: list[Edit]) -> list[str]:
+    """``edits`` of ``joined`` (the texts concatenated) applied, split back into the texts' parts."""
+    starts = list(itertools.accumulate((len(t) for t in texts[:-1]), initial=0))
+    out: list[list[str]] = [[] for _ in texts]
+
+    def copy(lo: int, hi: int) -> None:  # joined[lo:hi], each character to the part it came from
+        for n, start in enumerate(starts):
+            end = start + len(texts[n])
+            if lo < end and hi > start:
+                out[n].append(joined[max(lo, start) : min(hi, end)])
+
+    pos = 0
+    for start, end, repl in edits:
+        copy(pos, start)
+        if repl:  # a replacement belongs to the part where the replaced run began
+            out[bisect.bisect_right(starts, start) - 1].append(repl)
+        pos = end
+    copy(pos, len(joined))
+    return ["".join(pieces) for pieces in out]
 
 
 TRIM_RULE: Final = TextRule(trim_text, _trim_edits)
@@ -232,13 +268,15 @@ def _with_text_policy(
     if isinstance(messages, list):
         copied: list[Any] | None = None
         last = len(messages) - 1
+        whole = rule.whole
         for i, message in enumerate(messages):
             if not (isinstance(message, dict) and "content" in message):
                 continue
             if i == last and message.get("role") == "assistant":
                 continue  # a prefill: its trailing space is what the model continues from
-            content = _ruled(message["content"], rule)
-            if content is not message["content"] and content != message["content"]:
+            value = message["content"]
+            content = whole(value) if type(value) is str else _ruled(value, rule)
+            if content is not value and content != value:
                 if copied is None:
                     copied = list(messages)
                 copied[i] = {**message, "content": content}
@@ -295,41 +333,75 @@ _FAST_OPTIONS: Final = (
 )
 
 
-def _floats_need_walk(value: dict[str, Any] | list[Any]) -> bool:
-    """True if any float is NaN/inf (orjson would write null) or integral (must be written as an int)."""
+_PLAIN_TYPES: Final = frozenset({str, int, bool, type(None), dict, list})
+_FAST_TYPES: Final = _PLAIN_TYPES | {float}
+_MAX_FAST_DEPTH: Final = 260  # beyond orjson's own nesting limit: a deeper value never gets here
+_is_float_type: Final = functools.partial(operator.is_, float)
+
+
+def _needs_walk(body: dict[str, Any]) -> bool:
+    """True unless every value in ``body`` is a plain str/int/bool/None/dict/list or a float the rules
+    write as orjson does (finite, not integral).
+
+    Only call it on a value orjson has serialised (so it is acyclic and at most orjson's depth deep). It
+    looks at the tree one level at a time: ``gc.get_referents`` lists a level's children (a dict's values,
+    plus its keys when any key is not an exact str; a list's items) and skips strings and numbers, and
+    the types are sorted out by C-level ``map``, so no Python code runs per value. The per-value walk this
+    replaced cost more than orjson and sha256 together on a request with ten tool schemas.
+    """
+    if not _CPYTHON:
+        return _values_need_walk(body)
+    level: list[Any] = [body]
+    for _ in range(_MAX_FAST_DEPTH):
+        level = gc.get_referents(*level)
+        if not level:
+            return False
+        kinds = set(map(type, level))
+        if kinds <= _PLAIN_TYPES:
+            continue
+        if not kinds <= _FAST_TYPES:
+            return True  # tuples, subclasses, enums ...: let the full walk decide
+        floats = list(itertools.compress(level, map(_is_float_type, map(type, level))))
+        if any(map(float.is_integer, floats)) or not all(map(math.isfinite, floats)):
+            return True  # written as an int, or NaN/inf (orjson would write null)
+    return True
+
+
+# What gc.get_referents returns is CPython's object graph; elsewhere (PyPy stores a list of floats
+# unboxed) it may not list every value, so other interpreters look at each value in Python.
+_CPYTHON: Final = sys.implementation.name == "cpython"
+
+
+def _values_need_walk(value: dict[str, Any] | list[Any]) -> bool:
+    """:func:`_needs_walk` one value at a time, in Python (any interpreter; slower)."""
     items: Iterable[Any] = value.values() if isinstance(value, dict) else value
     for item in items:
         kind = type(item)
-        if kind is str or kind is int or item is None or kind is bool:
-            continue
         if kind is float:
-            if item != item or item.is_integer() or item in _INFINITIES:  # noqa: PLR0124 - NaN test
+            if not math.isfinite(item) or item.is_integer():
                 return True
         elif kind is dict or kind is list:
-            if _floats_need_walk(item):
+            if _values_need_walk(item):
                 return True
-        else:
-            return True  # tuples, subclasses, enums ...: let the full walk decide
+        elif kind not in _PLAIN_TYPES:
+            return True
     return False
-
-
-_INFINITIES: Final = (float("inf"), float("-inf"))
 
 
 def _fast_canonical(body: dict[str, Any]) -> bytes | None:
     """The canonical bytes straight from orjson, or None when the full walk is needed.
 
-    orjson sorts keys and refuses non-string keys, bytes, sets, callables and out-of-range ints. What it
-    does differently from the rules is NaN/inf (written as null) and integral floats (``1.0``, not
-    ``1``); a read-only scan sends any request holding one of those, or any unusual type, down the
-    full walk, which decides exactly. Both paths give the same bytes for the same request.
+    orjson sorts keys and refuses non-string keys, bytes, sets, callables, out-of-range ints, cycles and
+    too deep nesting. What it does differently from the rules is NaN/inf (written as null) and integral
+    floats (``1.0``, not ``1``); a read-only scan of the serialised value sends any request holding one
+    of those, or any type but the plain JSON ones, down the full walk, which decides exactly. Both paths
+    give the same bytes for the same request (a property test holds them equal).
     """
     try:
-        if _floats_need_walk(body):
-            return None
-        return orjson.dumps(body, option=_FAST_OPTIONS)
+        out = orjson.dumps(body, option=_FAST_OPTIONS)
     except (orjson.JSONEncodeError, TypeError, RecursionError):
         return None
+    return None if _needs_walk(body) else out
 
 
 def canonical_json(value: object) -> bytes:

@@ -194,8 +194,12 @@ def agent_prefix(namespace: str, agent_id: str, agent_version: str | None = None
 
 @functools.cache
 def _material_head(endpoint: Endpoint, policy: KeyPolicy) -> bytes:
-    """``{"endpoint":...,"policy":...`` without the closing brace (the rest of the material follows)."""
-    return _dumps({"endpoint": endpoint.value, "policy": policy.value})[:-1]
+    """What is hashed before the request's bytes: the schema tag, then the material up to ``"request":``.
+
+    The material is ``{"endpoint","policy","request","route","scope"}`` in canonical JSON.
+    """
+    head = _dumps({"endpoint": endpoint.value, "policy": policy.value})[:-1]
+    return b'promptcache-key-v%d\n%s,"request":' % (SCHEMA_VERSION, head)
 
 
 def make_key(  # noqa: PLR0913 - the scope is four ids; bundling them would only move the arguments
@@ -256,13 +260,14 @@ def make_key(  # noqa: PLR0913 - the scope is four ids; bundling them would only
     if canonical is None:  # something needs normalising (or is invalid): the full walk decides
         canonical = _dumps(_canon_checked(body))
     # The material is {"endpoint", "policy", "request", "route", "scope"} in canonical JSON; the request's
-    # bytes are spliced in rather than serialised twice. The raw ids (not the escaped ones) go in, so the
-    # digest never depends on the escaping rule.
-    head = _material_head(ep, pol)
+    # bytes are hashed where they lie rather than serialised twice or copied into one buffer. The raw ids
+    # (not the escaped ones) go in, so the digest never depends on the escaping rule.
     where = b"null" if route is None else _route_bytes(route)
     scope = _dumps([namespace, agent_id, agent_version, tenant])
-    material = b'%s,"request":%s,"route":%s,"scope":%s}' % (head, canonical, where, scope)
-    digest = hashlib.sha256(b"promptcache-key-v%d\n%s" % (SCHEMA_VERSION, material)).hexdigest()
+    hasher = hashlib.sha256(_material_head(ep, pol))
+    hasher.update(canonical)
+    hasher.update(b',"route":%s,"scope":%s}' % (where, scope))
+    digest = hasher.hexdigest()
     return CacheKey(
         digest=digest,
         store_key=_join_store_key(prefix, tenant_part, digest),
