@@ -114,6 +114,8 @@ def test_prometheus_multiprocess_mode_adds_up_two_workers(cli: Run, redis_url: s
     code, out, _ = cli("stats", "--url", redis_url, "--namespace", NS, "--metrics", str(metrics))
     assert code == 0
     assert writer_row(out)[4:7] == [str(HITS), str(MISSES), f"{HITS / (HITS + MISSES):.1%}"]
+    # The footnote says what the figures are: both workers' sum, not "that process's counters".
+    assert f"the sum of 2 worker processes' counters (multiprocess mode), from {metrics}" in out
     text = metrics.read_text()
     assert text.count("promptcache_breaker_state{") >= 2  # one closed-state series per worker (pid label)
 
