@@ -24,7 +24,9 @@ The commands live by group: :mod:`._entries` (stats, inspect, explain, invalidat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sqlite3
 import sys
 from typing import TYPE_CHECKING, Final
@@ -187,7 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit code: 0 when it worked, 1 for bad input or a failure (one line on stderr). Usage errors
-        exit 2 through argparse's ``SystemExit``.
+        exit 2 through argparse's ``SystemExit``; 141, silently, when the reader of stdout went away
+        (``promptcache inspect ... | head``).
 
     .. versionadded:: 0.1.0
     """
@@ -203,6 +206,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `promptcache ... | head`: the reader left; end quietly, as Unix tools do
+        with contextlib.suppress(OSError, ValueError):  # so the interpreter's final flush cannot fail again
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # (a stdout without a file descriptor has nothing to flush)
+            os.close(devnull)
+        return 141  # 128 + SIGPIPE, the status a shell reports for such a pipe
     except EXPECTED_ERRORS as exc:
         if getattr(args, "debug", False):
             raise

@@ -736,3 +736,20 @@ def test_every_subcommand_help_says_what_it_does_and_every_option_means() -> Non
         if name in {"stats", "invalidate"}:
             namespace = next(a for a in command._actions if "--namespace" in a.option_strings)
             assert "KEY" not in (namespace.help or ""), f"{name} --namespace help speaks of a KEY"
+
+
+def test_output_cut_short_by_a_closed_pipe_is_not_an_error() -> None:
+    """`promptcache inspect --agent A | head -1` ends quietly with the shell's SIGPIPE status, as other
+    Unix tools do; it used to print "promptcache: error: BrokenPipeError" and exit 1."""
+    code = "import sys; from promptcache.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "explain", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader is gone before the first line is written
+    _, err = proc.communicate(orjson.dumps(request_for("hi")).decode(), timeout=60)
+    assert (proc.returncode, err) == (141, "")
