@@ -4,8 +4,8 @@ With ``CacheConfig(count_in_store=True)`` the cache adds this hook to its own: e
 an in-process batch (a dict update, no I/O), and a background task per event loop flushes the batch
 every :data:`FLUSH_INTERVAL` seconds with one ``add_counts`` call (Redis: pipelined ``HINCRBY`` on one
 hash, one round trip), under the store guard like every store call (fail-open: a failed flush keeps its
-counts for the next one). A loop's shutdown and :meth:`PromptCache.aclose` flush what is left. A hit never
-waits for, nor causes, a round trip.
+counts and tries again an interval later, even if no request comes). A loop's shutdown and
+:meth:`PromptCache.aclose` flush what is left. A hit never waits for, nor causes, a round trip.
 
 The fields are ``<agent>\\t<model>\\t<name>``: ``hit``, ``miss``, ``bypass``, ``input_tokens`` and
 ``output_tokens`` (saved by hits) and ``latency_ms`` (upstream time hits saved). :func:`usage_rows`
@@ -122,6 +122,10 @@ class StoreTally:
         finally:
             state.task = None
         await self.flush()
+        with self._lock:
+            kept = bool(self._pending)
+        if kept and state.task is None:  # a failed flush retries on its own, traffic or not
+            state.task = asyncio.get_running_loop().create_task(self._flush_later(state))
 
     def _open_loop(self) -> _LoopFlush:
         store = self._store

@@ -24,7 +24,9 @@ The commands live by group: :mod:`._entries` (stats, inspect, explain, invalidat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sqlite3
 import sys
 from typing import TYPE_CHECKING, Final
@@ -49,17 +51,21 @@ DESCRIPTION: Final = "The promptcache command: a thin layer over the public API.
 # -- the parser -----------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``promptcache`` argument parser (every subcommand and option)."""
+def store_options(namespace_default: str) -> argparse.ArgumentParser:
+    """The options of every command that opens the store (a parent parser)."""
     store = argparse.ArgumentParser(add_help=False)
     store.add_argument("--url", help=f"store URL (default: $PROMPTCACHE_URL, else {DEFAULT_URL})")
-    store.add_argument(
-        "--namespace",
-        help=f"the cache's namespace (default: the one a KEY or cassette names, else {DEFAULT_NAMESPACE})",
-    )
+    store.add_argument("--namespace", help=f"the cache's namespace (default: {namespace_default})")
     store.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                        help="deadline for the command's store work (default: %(default)s)")  # fmt: skip
     store.add_argument("--debug", action="store_true", help="log debug output and show tracebacks")
+    return store
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``promptcache`` argument parser (every subcommand and option)."""
+    store = store_options(f"the one a KEY or cassette names, else {DEFAULT_NAMESPACE}")
+    plain = store_options(DEFAULT_NAMESPACE)  # for commands that take no KEY or cassette
     parser = argparse.ArgumentParser(prog="promptcache", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # The demo is built on the CLI (it prints the stats table and reads stores as ``stats`` does), so the
@@ -68,7 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_demo_parser(sub)
 
-    p = sub.add_parser("stats", parents=[store], help="hits, misses, savings and entries by agent and model")
+    p = sub.add_parser(
+        "stats",
+        parents=[plain],
+        help="hits, misses, savings and entries by agent and model",
+        description="hits, misses, savings and entries by agent and model",
+    )
     p.add_argument(
         "--metrics",
         metavar="URL|FILE",
@@ -79,7 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_stats)
 
     p = sub.add_parser(
-        "inspect", parents=[store], help="stored entries: canonical request, response, TTL left"
+        "inspect",
+        parents=[store],
+        help="stored entries: canonical request, response, TTL left",
+        description="stored entries: canonical request, response, TTL left",
     )
     p.add_argument("key", nargs="?", help="a store key, a 64-hex digest, or its first 6+ characters")
     p.add_argument("--agent", help="every entry of this agent instead")
@@ -88,7 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_inspect)
 
-    p = sub.add_parser("explain", parents=[store], help="the canonical request and key of a request body")
+    p = sub.add_parser(
+        "explain",
+        parents=[store],
+        help="the canonical request and key of a request body",
+        description="the canonical request and key of a request body",
+    )
     p.add_argument("request", metavar="REQUEST.json", help="the request body as JSON (- for stdin)")
     p.add_argument("--against", metavar="KEY", help="another REQUEST.json, or a stored entry's key, to diff")
     p.add_argument("--agent", default="default", help="agent id (default: %(default)s)")
@@ -104,27 +123,45 @@ def build_parser() -> argparse.ArgumentParser:
     add_route_options(p)
     p.set_defaults(handler=cmd_explain)
 
-    p = sub.add_parser("invalidate", parents=[store], help="delete one agent's entries")
-    p.add_argument("--agent", required=True)
+    p = sub.add_parser(
+        "invalidate",
+        parents=[plain],
+        help="delete one agent's entries",
+        description="delete one agent's entries",
+    )
+    p.add_argument("--agent", required=True, help="the agent id whose entries go (exit 0 if it has none)")
     p.add_argument("--version", help="only this agent version")
     p.add_argument("--strict", action="store_true", help="exit 1 when nothing was deleted")
     p.set_defaults(handler=cmd_invalidate)
 
-    p = sub.add_parser("export", parents=[store], help="one agent's entries to a YAML cassette")
-    p.add_argument("--agent", required=True)
+    p = sub.add_parser(
+        "export",
+        parents=[store],
+        help="one agent's entries to a YAML cassette",
+        description="one agent's entries to a YAML cassette",
+    )
+    p.add_argument("--agent", required=True, help="the agent id whose entries are exported")
     p.add_argument("--version", help="only this agent version")
-    p.add_argument("-o", "--output", required=True, metavar="FILE.yaml")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.yaml", help="the cassette to write")
     p.add_argument("--scrub", action="store_true", help="replace credentials found in entries")
     p.set_defaults(handler=cmd_export)
 
-    p = sub.add_parser("import", parents=[store], help="a YAML cassette's recordings into the store")
-    p.add_argument("file", metavar="FILE.yaml")
+    p = sub.add_parser(
+        "import",
+        parents=[store],
+        help="a YAML cassette's recordings into the store",
+        description="a YAML cassette's recordings into the store",
+    )
+    p.add_argument("file", metavar="FILE.yaml", help="the cassette to import")
     p.add_argument("--ttl", type=float, default=3600.0,
                    help="seconds to keep recordings that carry no expiry (default: %(default)s)")  # fmt: skip
     p.set_defaults(handler=cmd_import)
 
     p = sub.add_parser(
-        "verify", parents=[store], help="check cassettes: safe YAML, no secrets, no duplicate keys"
+        "verify",
+        parents=[store],
+        help="check cassettes: safe YAML, no secrets, no duplicate keys",
+        description="check cassettes: safe YAML, no secrets, no duplicate keys",
     )
     p.add_argument("path", metavar="PATH", help="a cassette file or a directory of them")
     p.set_defaults(handler=cmd_verify)
@@ -152,7 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit code: 0 when it worked, 1 for bad input or a failure (one line on stderr). Usage errors
-        exit 2 through argparse's ``SystemExit``.
+        exit 2 through argparse's ``SystemExit``; 141, silently, when the reader of stdout went away
+        (``promptcache inspect ... | head``).
 
     .. versionadded:: 0.1.0
     """
@@ -168,6 +206,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `promptcache ... | head`: the reader left; end quietly, as Unix tools do
+        with contextlib.suppress(OSError, ValueError):  # so the interpreter's final flush cannot fail again
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # (a stdout without a file descriptor has nothing to flush)
+            os.close(devnull)
+        return 141  # 128 + SIGPIPE, the status a shell reports for such a pipe
     except EXPECTED_ERRORS as exc:
         if getattr(args, "debug", False):
             raise

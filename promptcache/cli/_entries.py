@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,6 +43,9 @@ if TYPE_CHECKING:
 
 __all__ = ["cmd_explain", "cmd_inspect", "cmd_invalidate", "cmd_stats"]
 
+# Multiprocess mode serves one breaker series per worker, labelled with its pid: how many workers are summed.
+_PID = re.compile(r'promptcache_breaker_state\{[^}]*pid="([^"]+)"')
+
 
 def find_stored(args: argparse.Namespace, key: str) -> support.StoredEntry:
     """The entry a KEY names, in any form; its namespace becomes ``args.namespace``.
@@ -69,7 +73,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
     entries, others, counts = run_on_store(args, work)
     sources: list[str] = args.metrics or []
-    counted = sum_counters(parse_prometheus(support.read_metrics(s)) for s in sources) if sources else None
+    texts = [support.read_metrics(s) for s in sources]
+    counted = sum_counters(parse_prometheus(t) for t in texts) if texts else None
     if counted is None and counts:
         counted = counted_in_store(counts, PriceTable())
     if not entries:
@@ -87,7 +92,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
         f"entries, tokens stored: read now from {redact_url(store_url(args))}, namespace {args.namespace!r}"
         + skipped,
     )
-    if len(sources) == 1:
+    workers = len(set(_PID.findall(texts[0]))) if len(texts) == 1 else 0
+    if workers > 1:
+        echo(
+            f"hits, misses, saved:   the sum of {workers} worker processes' counters (multiprocess mode),"
+            f" from {sources[0]}"
+        )
+    elif len(sources) == 1:
         echo(f"hits, misses, saved:   that process's counters since it started, from {sources[0]}")
     elif sources:
         echo(

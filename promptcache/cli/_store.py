@@ -124,10 +124,17 @@ def namespace_from_key(args: argparse.Namespace, key: str) -> None:
 
 
 async def known_agents(cache: PromptCache) -> str:
-    """A hint naming the agents that have entries in the cache's namespace (or saying it is empty)."""
+    """A hint naming the agents that have entries in the namespace, else the namespaces that have some."""
     every = await support.list_keys(cache.store, namespace_prefix(cache.config.namespace))
     known = sorted({agent_id_of(k) for k in every})
-    return f"agents with entries: {', '.join(known)}" if known else "the namespace is empty"
+    if known:
+        return f"agents with entries: {', '.join(known)}"
+    others = await support.namespaces_with_entries(cache.store)
+    return (
+        f"the namespace is empty; namespaces with entries: {', '.join(others)}"
+        if others
+        else "the store holds no entries"
+    )
 
 
 async def agent_keys(cache: PromptCache, agent: str, version: str | None) -> list[str]:

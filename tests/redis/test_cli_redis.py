@@ -222,6 +222,17 @@ def test_stats_on_an_empty_namespace_names_the_ones_with_entries(cli: Run, redis
     assert f"namespaces with entries: {NS}" in err
 
 
+def test_invalidate_in_the_wrong_namespace_names_the_ones_with_entries(cli: Run, redis_url: str) -> None:
+    """A deploy script that forgot --namespace invalidates nothing (exit 0, as documented), and the warning
+    points at the namespace the agent's entries are really in, as `stats` does; it used to say only
+    "the namespace is empty"."""
+    populate(url=redis_url)
+    code, out, err = cli("invalidate", "--url", redis_url, "--agent", "triage")
+    assert (code, out.strip()) == (0, "invalidated 0 entries of agent 'triage' in namespace 'promptcache'")
+    assert f"namespaces with entries: {NS}" in err
+    assert len(raw(redis_url)) == 5  # nothing deleted
+
+
 def test_import_with_a_contradicting_namespace_is_refused(cli: Run, redis_url: str, tmp_path: Path) -> None:
     """``import --namespace other`` of a cassette recorded in ``svc`` writes nothing and says why."""
     populate(url=redis_url)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 import redis
+from helpers import until
 from openai import AsyncOpenAI
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -113,6 +114,8 @@ def test_prometheus_multiprocess_mode_adds_up_two_workers(cli: Run, redis_url: s
     code, out, _ = cli("stats", "--url", redis_url, "--namespace", NS, "--metrics", str(metrics))
     assert code == 0
     assert writer_row(out)[4:7] == [str(HITS), str(MISSES), f"{HITS / (HITS + MISSES):.1%}"]
+    # The footnote says what the figures are: both workers' sum, not "that process's counters".
+    assert f"the sum of 2 worker processes' counters (multiprocess mode), from {metrics}" in out
     text = metrics.read_text()
     assert text.count("promptcache_breaker_state{") >= 2  # one closed-state series per worker (pid label)
 
@@ -266,6 +269,52 @@ def test_a_failed_counter_flush_fails_open_and_keeps_its_counts(
     client = redis.Redis.from_url(server.url)
     assert client.hgetall("down:counters") == {b"a\tgpt-4o\tmiss": b"1", b"a\tgpt-4o\thit": b"2"}
     client.close()
+
+
+def test_counts_kept_from_a_failed_flush_reach_the_store_with_no_further_traffic(
+    private_redis: Callable[..., RedisServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis stalls during the last flush of a burst and traffic then stops (a quiet night): the kept
+    counts are retried on their own, so `promptcache stats` catches up without waiting for the next
+    request (seen live: 50 requests missing from stats after a CLIENT PAUSE until traffic resumed)."""
+    monkeypatch.setattr(_tally, "FLUSH_INTERVAL", 0.05)
+    server = private_redis()
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "stall"}]}
+
+    async def call() -> dict[str, Any]:
+        return {
+            "model": "gpt-4o",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}
+            ],
+        }
+
+    def stored() -> dict[bytes, bytes]:
+        client = redis.Redis.from_url(server.url)
+        try:
+            return client.hgetall("stall:counters")  # type: ignore[return-value]
+        finally:
+            client.close()
+
+    async def go() -> None:
+        cache = PromptCache.from_url(
+            server.url, namespace="stall", count_in_store=True, breaker_threshold=1000
+        )
+        tally = cache._writer.tally
+        assert tally is not None
+        await cache.get_or_call(body, call, agent_id="a")  # a miss, written
+        await cache.drain()
+        server.stop()
+        await cache.get_or_call(body, call, agent_id="a")  # fail-open: answered, counted as a miss
+        await cache.drain()  # its write has failed: from here on only a flush touches the store
+        errors = cache.stats().store_errors
+        await until(lambda: cache.stats().store_errors > errors, "a flush that failed")
+        assert tally.flushes == 0
+        server.start()
+        await until(lambda: stored() == {b"a\tgpt-4o\tmiss": b"2"}, "the kept counts in the store")
+        await cache.aclose()
+
+    asyncio.run(go())
 
 
 def test_count_in_store_needs_a_store_that_counts() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import copy
 import io
@@ -21,7 +22,7 @@ from promptcache import CacheKey, PromptCache, make_key
 from promptcache._config import url_from_env
 from promptcache._entry import Entry, encode_entry, is_compressed, scope_of
 from promptcache._keys import SCHEMA_VERSION, agent_id_of, digest_of, namespace_prefix, store_key_for
-from promptcache.cli import main
+from promptcache.cli import build_parser, main
 from promptcache.cli._support import Progress, json_diff
 from promptcache.metrics import PrometheusHook, render_prometheus
 
@@ -720,3 +721,35 @@ def test_a_body_and_a_stream_of_one_key_export_verify_and_import(cli: Run, url: 
     other = f"sqlite:///{tmp_path / 'other.db'}"
     assert cli("import", str(exported), "--url", other, "--namespace", NS)[0] == 0
     assert raw_values(other) == raw_values(url)
+
+
+def test_every_subcommand_help_says_what_it_does_and_every_option_means() -> None:
+    """`promptcache COMMAND --help` opens with what the command does, and no option is left unexplained
+    (invalidate's --agent had no help, and stats/invalidate were told about a KEY they do not take)."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        assert command.description, f"{name} --help has no description"
+        for action in command._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+        if name in {"stats", "invalidate"}:
+            namespace = next(a for a in command._actions if "--namespace" in a.option_strings)
+            assert "KEY" not in (namespace.help or ""), f"{name} --namespace help speaks of a KEY"
+
+
+def test_output_cut_short_by_a_closed_pipe_is_not_an_error() -> None:
+    """`promptcache inspect --agent A | head -1` ends quietly with the shell's SIGPIPE status, as other
+    Unix tools do; it used to print "promptcache: error: BrokenPipeError" and exit 1."""
+    code = "import sys; from promptcache.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "explain", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader is gone before the first line is written
+    _, err = proc.communicate(orjson.dumps(request_for("hi")).decode(), timeout=60)
+    assert (proc.returncode, err) == (141, "")

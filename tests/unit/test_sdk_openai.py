@@ -184,6 +184,21 @@ def test_500_is_retried_by_the_sdk(drv: Driver, server: FakeLLM) -> None:
     assert server.calls == 3
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known, not fixed yet: each SDK retry attempt is looked up and counted as a request of its own",
+)
+def test_an_sdk_retry_is_not_counted_as_another_request(drv: Driver, server: FakeLLM) -> None:
+    """One create() that the SDK retried twice is one request (a miss), so the hit rate an operator reads
+    is per call, not per HTTP attempt (seen live: 864 requests counted for 803 sent under upstream
+    connection resets, understating the hit rate)."""
+    server.fail_next(500, count=2)
+    drv.run(create("retried once"))
+    drv.run(create("retried once"))
+    stats = drv.cache.stats()
+    assert (stats.hits, stats.misses) == (1, 1)
+
+
 def test_non_json_content_under_json_format_is_not_cached(drv: Driver, server: FakeLLM) -> None:
     """Text that is not JSON where response_format asked for JSON is returned but not stored."""
     ask = create("give json", response_format={"type": "json_object"})
