@@ -198,5 +198,6 @@ def cmd_invalidate(args: argparse.Namespace) -> int:
     which = f"agent {args.agent!r}" + (f" version {args.version!r}" if args.version is not None else "")
     if hint is not None:
         warn(f"no entries for {which} in namespace {args.namespace!r}; {hint}")
-    echo(f"invalidated {deleted} entries of {which} in namespace {args.namespace!r}")
+    noun = "entry" if deleted == 1 else "entries"
+    echo(f"invalidated {deleted} {noun} of {which} in namespace {args.namespace!r}")
     return 1 if args.strict and deleted == 0 else 0

@@ -372,7 +372,7 @@ def test_invalidate_one_agent_or_one_version(cli: Run, url: str) -> None:
     )
     assert (code, out.strip()) == (
         0,
-        "invalidated 1 entries of agent 'classifier' version '2' in namespace 'app'",
+        "invalidated 1 entry of agent 'classifier' version '2' in namespace 'app'",
     )
     code, out, _ = cli("invalidate", "--agent", "classifier", "--url", url, "--namespace", NS)
     assert "invalidated 2 entries" in out
