@@ -133,7 +133,7 @@ class SingleFlight:
                 await asyncio.sleep(0)  # let the loop's other tasks run (a tier hit awaits nothing)
             return found
         if again:
-            return self._decode(key, await self._fetch(key), again=True)
+            return self._decode(key, await self._fetch(key, self._begin(key)), again=True)
         state, tier, store_key = self._loops.get(), self._tier, key.store_key
         reads = state.reads
         if (pending := reads.get(store_key)) is not None:
@@ -143,12 +143,12 @@ class SingleFlight:
                 raw = await asyncio.shield(pending)
                 if raw is not _RETRY:
                     return self._decode(key, raw, again=True)  # the first reader counted a bad value
-            return self._decode(key, await self._fetch(key), again=again)
-        ticket = None if tier is None else tier.begin(store_key)
+            return self._decode(key, await self._fetch(key, self._begin(key)), again=again)
+        ticket = self._begin(key)
         pending = reads[store_key] = asyncio.get_running_loop().create_future()
         state.tickets[store_key] = ticket
         try:
-            raw = await self._fetch(key, ticket, begun=True)
+            raw = await self._fetch(key, ticket)
         except BaseException:
             pending.set_result(_RETRY)  # cancelled or raised: the others read for themselves
             raise
@@ -164,12 +164,13 @@ class SingleFlight:
         """The entry for ``key`` from the hot tier, with no I/O (None: no tier, or not kept there)."""
         return None if self._tier is None else self._tier.entry(key, self._clock())
 
-    async def _fetch(
-        self, key: CacheKey, ticket: Ticket | None = None, *, begun: bool = False
-    ) -> bytes | None:
+    def _begin(self, key: CacheKey) -> Ticket | None:
+        """The tier's ticket for a store read of ``key`` about to begin (None: nothing may be kept)."""
+        return None if self._tier is None else self._tier.begin(key.store_key)
+
+    async def _fetch(self, key: CacheKey, ticket: Ticket | None) -> bytes | None:
+        """One store GET; its bytes are offered to the tier under ``ticket`` (from :meth:`_begin`)."""
         store, tier, store_key = self._store, self._tier, key.store_key
-        if not begun:
-            ticket = None if tier is None else tier.begin(store_key)
         found: bytes | None = None
         try:
             ok, raw = await self._guard.run("get", lambda: store.get(store_key))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from promptcache.exceptions import PromptCacheError
 
@@ -17,9 +17,9 @@ class Lifecycle:
     """Closing, as a base of PromptCache (which sets ``_closed`` and defines ``aclose``)."""
 
     _closed: bool
+    if TYPE_CHECKING:
 
-    async def aclose(self) -> None:
-        raise NotImplementedError
+        async def aclose(self) -> None: ...
 
     def close(self) -> None:
         """:meth:`aclose` from sync code (a cache used by sync SDK clients); blocks until it is done.

@@ -11,6 +11,8 @@ from redis_server import RedisServer, require_redis_binary
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+    from helpers import Run
+
 pytest_plugins = ["pytester"]
 
 
@@ -62,3 +64,18 @@ def server() -> Iterator[FakeLLM]:
     with FakeLLM() as fake:
         yield fake
     assert fake.errors == []
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Run:
+    """Run ``promptcache ARGS`` in process; returns (exit code, stdout, stderr). PROMPTCACHE_URL is unset."""
+    from promptcache.cli import main  # noqa: PLC0415 - only the CLI tests need it
+
+    monkeypatch.delenv("PROMPTCACHE_URL", raising=False)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Final
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
 
+    Run = Callable[..., tuple[int, str, str]]  # the `cli` fixture: promptcache ARGS -> (exit code, out, err)
+
     import pytest
     import redis
 

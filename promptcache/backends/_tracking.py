@@ -125,7 +125,6 @@ class RedisTracking:
         self._poller: select.poll | None = None
         self._pid = os.getpid()
         self._closed = False
-        self.connects = 0  # subscriptions made (tests and benchmarks read it)
 
     def __repr__(self) -> str:
         return f"RedisTracking(prefix={self._prefix!r}, session={self._session})"
@@ -226,7 +225,6 @@ class RedisTracking:
                 if conn is not None:
                     conn.disconnect()
                 return
-            self.connects += 1
             self._socks["ready"] = conn
 
     def close(self) -> None:

@@ -20,14 +20,12 @@ A chat stream is served in the shape the caller asked for (with or without the u
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
 from promptcache._convert import wants_usage
-from promptcache._tier import pause_due
 from promptcache.exceptions import ConfigError, InvalidScopeError, UncacheableRequestError
 from promptcache.integrations._http import (
     CONTROL_HEADERS,
@@ -82,7 +80,7 @@ class CachingCore:
             request.extensions[_PLANNED] = exc  # handle() answers it with a 400 naming the problem
             return None
         request.extensions[_PLANNED] = plan
-        if plan is None or plan.stream or plan.bypass or plan.refresh or self.cache.closed:
+        if plan is None or plan.stream or plan.bypass or plan.refresh:
             return None
         if production_cache_steps_aside():
             return None
@@ -112,13 +110,7 @@ class CachingCore:
                 return await send(request)
             if plan.stream:
                 return await self._stream(plan, request, send)
-            if not (plan.bypass or plan.refresh):
-                found, body = self.cache.answer_now(plan.body, plan.scope, plan.endpoint, plan.route)
-                if found:
-                    if pause_due():
-                        await asyncio.sleep(0)  # let the loop's other tasks run (a tier hit awaits nothing)
-                    return json_response(request, body, "hit")
-            return await self._json(plan, request, send)
+            return await self._json(plan, request, send)  # a tier hit is found there, by the cache's lookup
         except (ConfigError, InvalidScopeError) as exc:
             error = {"error": {"message": f"promptcache: {exc}", "type": "invalid_request_error"}}
             return json_response(request, error, "error", status=400)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -14,17 +13,17 @@ import yaml
 
 from promptcache import PromptCache
 from promptcache._keys import SCHEMA_VERSION
-from promptcache.cli import main
 from promptcache.cli._migrate import cli_route
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
+    from helpers import Run
     from redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
 
-Run = Callable[..., tuple[int, str, str]]
 
 NS = "svc"
 MODEL = "gpt-4o"
@@ -81,19 +80,6 @@ def raw(url: str, pattern: str = f"{NS}:v{SCHEMA_VERSION}:*") -> dict[bytes, byt
         return found
     finally:
         client.close()
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Run:
-    """Run ``promptcache ARGS``; returns (exit code, stdout, stderr)."""
-    monkeypatch.delenv("PROMPTCACHE_URL", raising=False)
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def test_demo_on_redis_then_stats_from_its_metrics(cli: Run, redis_url: str, tmp_path: Path) -> None:

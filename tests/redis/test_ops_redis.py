@@ -11,7 +11,6 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,29 +28,19 @@ from promptcache.cli import main
 from promptcache.metrics import PrometheusHook, multiprocess_registry, render_prometheus
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from helpers import Run
     from redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
 
-Run = Callable[..., tuple[int, str, str]]
 
 NS = "ops"
 WORKER = Path(__file__).resolve().parents[1] / "ops_worker.py"
 A_PROMPTS = ["p0", "p1", "p2", "p3", "p4", "p0", "p1", "p2", "p3"]  # 5 misses, 4 hits: 44.4 %
 B_PROMPTS = ["p0", "p1", "p2", "p3", "p4", "p0", "p1", "p2"]  # after A: 8 hits
 HITS, MISSES = 12, 5  # the deployment's true figures: 70.6 %
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Run:
-    monkeypatch.delenv("PROMPTCACHE_URL", raising=False)
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def start_worker(

@@ -204,10 +204,7 @@ def test_the_entry_expiry_is_honoured_by_the_tier(redis_url: str) -> None:
         cache._flight._clock = clock
         cache._writer._clock = clock
         await cache.set(request_for("e"), answer("v1"), agent_id=AGENT, ttl=60)
-        for _ in attempts():
-            await cache.get(request_for("e"), agent_id=AGENT)
-            if cache.stats().tier_hits:
-                break
+        await read_until_tiered(cache, "e")
         assert cache.stats().tier_hits, "never served from the tier"
         before = await cache.get(request_for("e"), agent_id=AGENT)
         clock.advance(61)
@@ -250,10 +247,7 @@ def test_a_tier_hit_makes_no_store_call(redis_url: str) -> None:
     async def go() -> tuple[int, int]:
         cache = PromptCache.from_url(redis_url, namespace=NS)
         await cache.set(request_for("n"), answer("v1"), agent_id=AGENT)
-        for _ in attempts():
-            await cache.get(request_for("n"), agent_id=AGENT)
-            if cache.stats().tier_hits:
-                break
+        await read_until_tiered(cache, "n")
         before_hits, before_gets = cache.stats().tier_hits, gets()
         for _ in range(100):
             assert await cache.get(request_for("n"), agent_id=AGENT) is not None
@@ -384,10 +378,7 @@ def test_a_forked_child_never_reads_its_parents_subscription(redis_url: str) -> 
 
     async def warm_here() -> int:
         await cache.set(request_for("fork"), answer("v1"), agent_id=AGENT)
-        for _ in attempts():
-            await cache.get(request_for("fork"), agent_id=AGENT)
-            if cache.stats().tier_hits:
-                break
+        await read_until_tiered(cache, "fork")
         return cache.stats().tier_hits
 
     assert asyncio.run(warm_here()) == 1
@@ -463,6 +454,15 @@ def test_a_read_begun_after_an_overwrite_returned_never_shares_an_older_read(red
     assert old == []
 
 
+async def read_until_tiered(cache: PromptCache, prompt: str) -> None:
+    """Read ``prompt`` until ``cache`` answers it from its tier (it subscribes in the background)."""
+    for _ in attempts():
+        await cache.get(request_for(prompt), agent_id=AGENT)
+        if cache.stats().tier_hits:
+            return
+    pytest.fail(f"never served from the tier: {cache.stats()}")
+
+
 async def until_async(predicate: Callable[[], bool]) -> None:
     for _ in attempts():
         if predicate():
@@ -478,10 +478,7 @@ def test_tier_hits_in_a_loop_let_the_event_loop_run_its_other_tasks(redis_url: s
     async def go() -> tuple[int, int]:
         cache = PromptCache.from_url(redis_url, namespace=NS)
         await cache.set(request_for("busy"), answer("v1"), agent_id=AGENT)
-        for _ in attempts():
-            await cache.get(request_for("busy"), agent_id=AGENT)
-            if cache.stats().tier_hits:
-                break
+        await read_until_tiered(cache, "busy")
         ticks = 0
 
         async def ticker() -> None:

@@ -10,7 +10,6 @@ import re
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -27,7 +26,10 @@ from promptcache.cli._support import Progress, json_diff
 from promptcache.metrics import PrometheusHook, render_prometheus
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
+
+    from helpers import Run
 
 NS = "app"
 MODEL = "gpt-4o-mini"
@@ -112,22 +114,6 @@ def raw_values(url: str) -> dict[str, bytes]:
         return {k: v for k, v in values.items() if v is not None}
 
     return asyncio.run(go())
-
-
-Run = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Run:
-    """Run ``promptcache ARGS``; returns (exit code, stdout, stderr). PROMPTCACHE_URL is unset."""
-    monkeypatch.delenv("PROMPTCACHE_URL", raising=False)
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def one_error_line(err: str) -> str:
