@@ -138,7 +138,7 @@ class SingleFlight:
         reads = state.reads
         if (pending := reads.get(store_key)) is not None:
             # Share it only if nothing changed the key since it was sent: a change that has returned
-            # must not be followed by the old answer (with no tier, nothing is known: shared).
+            # must not be followed by the old answer (no tier, or none live yet: nothing known, shared).
             if tier is None or tier.unchanged(store_key, state.tickets.get(store_key)):
                 raw = await asyncio.shield(pending)
                 if raw is not _RETRY:
