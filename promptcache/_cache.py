@@ -31,7 +31,7 @@ from promptcache._stores import open_store
 from promptcache._tier import tier_for
 from promptcache._validate import ttl_seconds
 from promptcache._writer import EntryWriter
-from promptcache.exceptions import UncacheableRequestError
+from promptcache.exceptions import PromptCacheError, UncacheableRequestError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -200,22 +200,30 @@ class PromptCache(Lifecycle):
         body, _ = await self.answer(request, call, who, endpoint, bypass=bypass, refresh=refresh, route=route)
         return body
 
-    def answer_now(
-        self, request: Mapping[str, Any], scope: Scope, endpoint: Endpoint | str, route: Route | None
-    ) -> tuple[bool, Any]:
-        """``(True, body)`` for a hit from the hot tier, found and counted with no I/O (a sync client calls
-        it on its own thread, before any hop to the portal), else ``(False, None)``: use :meth:`answer`."""
-        if self._guard.tier is None or self._closed:
-            return False, None
+    def answer_now(  # noqa: PLR0913 - the planned request, and the kind asked
+        self,
+        request: Mapping[str, Any],
+        scope: Scope,
+        endpoint: Endpoint | str,
+        route: Route | None,
+        *,
+        stream: bool = False,
+        include_usage: bool = False,
+    ) -> Entry | None:
+        """A hit found and counted with no I/O (hot tier, memory store) of the asked kind (a body, or a
+        stream's chunks in the caller's shape), else None: use :meth:`answer` / :meth:`get_entry`. A sync
+        client calls it on its own thread, before any hop to the portal."""
+        if self._closed or not self._flight.immediate:
+            return None
         try:
             key = self._key(request, scope, endpoint, route)
-        except UncacheableRequestError:
-            return False, None  # counted by answer()
-        if (entry := self._flight.tier_entry(key)) is None or entry.chunks is not None:
-            return False, None
+        except PromptCacheError:
+            return None  # uncacheable or invalid: the full path counts it, or raises it, once
+        if (entry := self._kinds.now(key, stream=stream, include_usage=include_usage)) is None:
+            return None
         self._counters.requests += 1
         self._counters.hit(entry, key, self._events)
-        return True, entry.body
+        return entry
 
     async def answer(  # noqa: PLR0913 - get_or_call's arguments with the scope as one value
         self,

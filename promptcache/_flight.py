@@ -24,7 +24,7 @@ from promptcache._events import Result
 from promptcache._gate import usage_of
 from promptcache._loops import PerLoop
 from promptcache._tier import pause_due
-from promptcache.backends import LockingStore
+from promptcache.backends import ImmediateStore, LockingStore
 from promptcache.exceptions import EntryError
 
 if TYPE_CHECKING:
@@ -97,6 +97,8 @@ class SingleFlight:
     ) -> None:
         self._store = store
         self._tier = tier
+        self._immediate = store if isinstance(store, ImmediateStore) else None
+        self.immediate = tier is not None or self._immediate is not None  # entry_now() can find anything
         self._locks = store if isinstance(store, LockingStore) else None
         self._guard = guard
         self._writer = writer
@@ -128,13 +130,13 @@ class SingleFlight:
         Concurrent first reads of one key share a single store GET (a burst of identical requests costs
         one round trip and one connection, not one each); every caller decodes its own copy.
         """
-        if (found := self.tier_entry(key)) is not None:
+        if (tier := self._tier) is not None and (found := tier.entry(key, self._clock())) is not None:
             if pause_due():
                 await asyncio.sleep(0)  # let the loop's other tasks run (a tier hit awaits nothing)
             return found
         if again:
             return self._decode(key, await self._fetch(key, self._begin(key)), again=True)
-        state, tier, store_key = self._loops.get(), self._tier, key.store_key
+        state, store_key = self._loops.get(), key.store_key
         reads = state.reads
         if (pending := reads.get(store_key)) is not None:
             # Share it only if nothing changed the key since it was sent: a change that has returned
@@ -160,9 +162,12 @@ class SingleFlight:
                 state.tickets.pop(store_key, None)
         return self._decode(key, raw, again=again)
 
-    def tier_entry(self, key: CacheKey) -> Entry | None:
-        """The entry for ``key`` from the hot tier, with no I/O (None: no tier, or not kept there)."""
-        return None if self._tier is None else self._tier.entry(key, self._clock())
+    def entry_now(self, key: CacheKey) -> Entry | None:
+        """``key``'s entry found with no I/O, from any thread: the hot tier's, or a memory store's."""
+        if self._tier is not None:
+            return self._tier.entry(key, self._clock())
+        raw = None if self._immediate is None else self._immediate.get_now(key.store_key)
+        return None if raw is None else self._decode(key, raw, again=True)  # lookup() counts a bad one
 
     def _begin(self, key: CacheKey) -> Ticket | None:
         """The tier's ticket for a store read of ``key`` about to begin (None: nothing may be kept)."""
@@ -261,15 +266,7 @@ class SingleFlight:
                 del flights[key.store_key]
         return True
 
-    def _answer(
-        self,
-        key: CacheKey,
-        flight: Flight,
-        body: Any,  # noqa: ANN401
-        *,
-        leader: bool,
-        from_store: bool,
-    ) -> Any:  # noqa: ANN401
+    def _answer(self, key: CacheKey, flight: Flight, body: Any, *, leader: bool, from_store: bool) -> Any:  # noqa: ANN401
         """Count one caller's outcome and give it its own copy of the answer."""
         counters = self._counters
         if leader and not from_store:

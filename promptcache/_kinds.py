@@ -65,6 +65,18 @@ class KindReader:
         entry = await self._flight.lookup(key)
         return entry, self._faults() == faults
 
+    def now(self, key: CacheKey, *, stream: bool, include_usage: bool) -> Entry | None:
+        """The asked kind's own stored answer found with no I/O (:meth:`SingleFlight.entry_now`), in the
+        caller's shape; None: ask :meth:`body` or :meth:`stream` (which also convert the other kind)."""
+        if not stream:
+            entry = self._flight.entry_now(key)
+            return entry if entry is not None and entry.chunks is None else None
+        own = self._flight.entry_now(stream_kind(key))
+        if own is None or own.chunks is None:
+            return None
+        shaped = shape_stream(key.endpoint, own.chunks, include_usage=include_usage)
+        return None if shaped is None else replace(own, chunks=shaped)
+
     async def body(self, key: CacheKey) -> Entry | None:
         """The body answer for ``key``: stored, assembled from a stored stream, or None."""
         entry, healthy = await self._lookup(key)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from promptcache.backends._base import BatchReadStore as BatchReadStore
 from promptcache.backends._base import CountingStore as CountingStore
+from promptcache.backends._base import ImmediateStore as ImmediateStore
 from promptcache.backends._base import Invalidations as Invalidations
 from promptcache.backends._base import ListingStore as ListingStore
 from promptcache.backends._base import LockingStore as LockingStore
@@ -20,6 +21,7 @@ from promptcache.backends._base import TrackingStore as TrackingStore
 __all__ = [
     "BatchReadStore",
     "CountingStore",
+    "ImmediateStore",
     "Invalidations",
     "ListingStore",
     "LockingStore",

@@ -23,6 +23,7 @@ __all__ = [
     "AdmittingStore",
     "BatchReadStore",
     "CountingStore",
+    "ImmediateStore",
     "Invalidations",
     "ListingStore",
     "LockingStore",
@@ -204,4 +205,14 @@ class TrackingStore(Protocol):
 
     def invalidations(self, prefix: str) -> Invalidations | None:
         """A new subscription to changes of keys starting with ``prefix`` (None: not available here)."""
+        ...
+
+
+@runtime_checkable
+class ImmediateStore(Protocol):
+    """A store whose reads need no I/O (the memory store): a sync SDK client reads it on its own thread,
+    with no hop to the event loop the cache keeps for sync callers. Safe to call from any thread."""
+
+    def get_now(self, key: str) -> bytes | None:
+        """What :meth:`Store.get` returns, at once."""
         ...

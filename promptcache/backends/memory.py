@@ -1,7 +1,12 @@
-"""The embedded in-process store: a bounded LRU with TTLs on a monotonic clock."""
+"""The embedded in-process store: a bounded LRU with TTLs on a monotonic clock.
+
+One lock guards the dictionary: the store is shared by every event loop and thread of the process (async
+callers on their own loops, sync SDK clients reading on their own threads through :meth:`get_now`).
+"""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Self
@@ -29,6 +34,7 @@ class MemoryStore:
     def __init__(self, max_entries: int = 10_000, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_entries = int(positive(max_entries, "max_entries"))
         self._clock = clock
+        self._lock = threading.Lock()
         self._data: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._counts: dict[str, dict[str, int]] = {}  # counters never expire nor count as entries
 
@@ -38,51 +44,64 @@ class MemoryStore:
     def __len__(self) -> int:
         return len(self._data)
 
+    def get_now(self, key: str) -> bytes | None:
+        """The live value under ``key``, at once, from any thread (an ImmediateStore)."""
+        with self._lock:
+            item = self._data.get(key)
+            if item is None:
+                return None
+            if item[1] <= self._clock():
+                del self._data[key]
+                return None
+            self._data.move_to_end(key)
+            return item[0]
+
     async def get(self, key: str) -> bytes | None:
-        item = self._data.get(key)
-        if item is None:
-            return None
-        if item[1] <= self._clock():
-            del self._data[key]
-            return None
-        self._data.move_to_end(key)
-        return item[0]
+        return self.get_now(key)
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
-        self._data[key] = (bytes(value), self._clock() + positive(ttl, "ttl"))
-        self._data.move_to_end(key)
-        while len(self._data) > self.max_entries:
-            self._data.popitem(last=False)
+        item = (bytes(value), self._clock() + positive(ttl, "ttl"))
+        with self._lock:
+            self._data[key] = item
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
 
     async def delete(self, key: str) -> bool:
-        item = self._data.pop(key, None)
+        with self._lock:
+            item = self._data.pop(key, None)
         return item is not None and item[1] > self._clock()
 
     async def delete_prefix(self, prefix: str) -> int:
         if not prefix:
             raise ValueError("delete_prefix needs a non-empty prefix")
         now = self._clock()
-        doomed = [k for k in self._data if k.startswith(prefix)]
-        live = sum(1 for k in doomed if self._data[k][1] > now)  # expired entries were already gone
-        for k in doomed:
-            del self._data[k]
+        with self._lock:
+            doomed = [k for k in self._data if k.startswith(prefix)]
+            live = sum(1 for k in doomed if self._data[k][1] > now)  # expired entries were already gone
+            for k in doomed:
+                del self._data[k]
         return live
 
     async def add_counts(self, key: str, counts: Mapping[str, int]) -> None:
-        fields = self._counts.setdefault(key, {})
-        for name, n in counts.items():
-            fields[name] = fields.get(name, 0) + int(n)
+        with self._lock:
+            fields = self._counts.setdefault(key, {})
+            for name, n in counts.items():
+                fields[name] = fields.get(name, 0) + int(n)
 
     async def read_counts(self, key: str) -> dict[str, int]:
-        return dict(self._counts.get(key, {}))
+        with self._lock:
+            return dict(self._counts.get(key, {}))
 
     async def keys(self, prefix: str = "") -> list[str]:
         """Live keys starting with ``prefix``, read-only: no LRU reordering (for the CLI and tests)."""
         now = self._clock()
-        return [k for k, (_, expires) in self._data.items() if k.startswith(prefix) and expires > now]
+        with self._lock:
+            return [k for k, (_, expires) in self._data.items() if k.startswith(prefix) and expires > now]
 
     async def aclose(self) -> None:
-        self._data.clear()
+        with self._lock:
+            self._data.clear()
 
     async def __aenter__(self) -> Self:
         return self

@@ -71,8 +71,8 @@ class CachingCore:
         self.scope = scope
 
     def hit_now(self, request: Any) -> Any:  # noqa: ANN401
-        """The response to ``request`` when it is a hit from the hot tier, found on the caller's thread
-        with no I/O (a sync client then needs no hop to the portal); None: ask :meth:`handle`, which
+        """The response to ``request`` when it is a hit found on the caller's thread with no I/O (hot tier,
+        memory store: a sync client then needs no hop to the portal); None: ask :meth:`handle`, which
         reuses the plan made here (planning strips the control headers: planning twice would lose them)."""
         try:
             plan = plan_request(request, self.scope)  # strips the control headers: handle() reuses it
@@ -80,12 +80,17 @@ class CachingCore:
             request.extensions[_PLANNED] = exc  # handle() answers it with a 400 naming the problem
             return None
         request.extensions[_PLANNED] = plan
-        if plan is None or plan.stream or plan.bypass or plan.refresh:
+        if plan is None or plan.bypass or plan.refresh or production_cache_steps_aside():
             return None
-        if production_cache_steps_aside():
+        usage = plan.stream and wants_usage(plan.endpoint, plan.body)
+        entry = self.cache.answer_now(
+            plan.body, plan.scope, plan.endpoint, plan.route, stream=plan.stream, include_usage=usage
+        )
+        if entry is None:
             return None
-        found, body = self.cache.answer_now(plan.body, plan.scope, plan.endpoint, plan.route)
-        return json_response(request, body, "hit") if found else None
+        if entry.chunks is not None:
+            return event_stream_response(request, entry.chunks, "hit")
+        return json_response(request, entry.body, "hit")
 
     async def handle(self, request: Any, send: Callable[[Any], Awaitable[Any]]) -> Any:  # noqa: ANN401
         """Answer ``request`` from the cache, or with ``send(request)`` (the inner transport).

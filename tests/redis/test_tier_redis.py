@@ -334,6 +334,40 @@ def test_a_sync_sdk_tier_hit_is_answered_on_the_callers_thread(redis_url: str) -
             cache.close()
 
 
+def test_a_sync_sdk_stream_tier_hit_is_answered_on_the_callers_thread(redis_url: str) -> None:
+    """A streamed hot-tier hit on a sync client: the same chunks as the SDK parsed from upstream, and no
+    call through the portal thread."""
+    openai, key, fake_llm, wrap = _sdk_fixture()
+    from promptcache.integrations import _portal  # noqa: PLC0415
+
+    def events(client: Any) -> list[Any]:
+        with client.chat.completions.create(model="gpt-test", messages=MESSAGES, stream=True) as stream:
+            return list(stream)
+
+    with fake_llm() as server:
+        cache = PromptCache.from_url(redis_url, namespace=NS)
+        client = wrap(openai.OpenAI(api_key=key, base_url=server.base_url), cache, agent_id=AGENT)
+        try:
+            recorded = events(client)
+            _portal.call(cache.drain)
+            for _ in attempts():
+                if events(client) and cache.stats().tier_hits:
+                    break
+            else:
+                pytest.fail("never served from the tier")
+            real_call = _portal.call
+            _portal.call = None  # type: ignore[assignment] # any hop would raise here
+            try:
+                replayed = [events(client) for _ in range(5)]
+            finally:
+                _portal.call = real_call
+            assert replayed == [recorded] * 5
+            assert server.calls == 1
+        finally:
+            client.close()
+            cache.close()
+
+
 def test_an_async_sdk_client_sees_another_process_overwrite_through_the_tier(redis_url: str) -> None:
     openai, key, fake_llm, wrap = _sdk_fixture()
 
