@@ -46,6 +46,8 @@ __all__ = [
 ]
 
 HEADER_PREFIX: Final = "x-promptcache-"
+_PREFIX_BYTES: Final = HEADER_PREFIX.encode()
+_PREFIX_LEN: Final = len(_PREFIX_BYTES)
 CONTROL_HEADERS: Final = frozenset(
     HEADER_PREFIX + name for name in ("bypass", "refresh", "ttl", "agent-id", "agent-version", "tenant")
 )
@@ -89,8 +91,15 @@ def _ttl(value: str) -> float:
 
 
 def take_controls(headers: Any) -> dict[str, str]:  # noqa: ANN401 - httpx or httpx2 Headers
-    """Remove every ``x-promptcache-*`` header from ``headers`` (always, so none reaches upstream)."""
-    found = {name.lower(): value for name, value in headers.items() if name.lower().startswith(HEADER_PREFIX)}
+    """Remove every ``x-promptcache-*`` header from ``headers`` (always, so none reaches upstream).
+
+    Names come lower-cased; a repeated header's values joined with ", " (as ``Headers.items()`` does).
+    Read from ``Headers.raw`` (the bytes as sent): a third of the cost of ``items()``, on every request."""
+    found: dict[str, str] = {}
+    for raw_name, raw_value in headers.raw:
+        if raw_name[:_PREFIX_LEN].lower() == _PREFIX_BYTES:
+            name, value = raw_name.decode("latin-1").lower(), raw_value.decode(headers.encoding)
+            found[name] = f"{found[name]}, {value}" if name in found else value
     for name in found:
         del headers[name]
     return found
@@ -113,16 +122,20 @@ def _endpoint_and_prefix(method: str, path: str) -> tuple[Endpoint, str] | None:
 
 def request_route(request: Any, prefix: str, scope: Scope) -> Route:  # noqa: ANN401 - httpx or httpx2
     """The route (upstream, query, keyed headers) of an SDK request whose path starts with ``prefix``."""
-    url = request.url
+    url, headers = request.url, request.headers
     wanted = _wanted_headers(scope.key_headers)
-    # multi_items() names are lower-case in httpx and httpx2; only the keyed ones are looked at.
-    picked = tuple((name, value) for name, value in request.headers.multi_items() if name in wanted)
+    # From Headers.raw (the bytes as sent, cheaper than multi_items()): only the keyed ones are decoded.
+    picked = tuple(
+        (name.decode("latin-1").lower(), value.decode(headers.encoding))
+        for name, value in headers.raw
+        if name.lower() in wanted
+    )
     return _route(request.method, url.scheme, url.host, url.port, prefix, url.query, picked, scope)
 
 
 @functools.lru_cache(maxsize=64)
-def _wanted_headers(extra: tuple[str, ...]) -> frozenset[str]:
-    return frozenset(KEY_HEADERS) | frozenset(extra)
+def _wanted_headers(extra: tuple[str, ...]) -> frozenset[bytes]:
+    return frozenset(name.lower().encode("latin-1") for name in (*KEY_HEADERS, *extra))
 
 
 # A client sends the same route on every call: normalising it once per distinct route keeps it off the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import uuid
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
@@ -10,6 +11,7 @@ from promptcache._events import declare_agent
 from promptcache._keys import DEFAULT_AGENT_VERSION, KeyPolicy, agent_prefix
 from promptcache._route import check_alias, check_header_names
 from promptcache._scope import Scope
+from promptcache._tier import pause_due
 from promptcache._validate import parse_enum
 from promptcache.exceptions import ConfigError
 from promptcache.integrations._http import take_controls
@@ -55,7 +57,12 @@ class AsyncCachingTransport:
         core = _core_for(self.cores, request)
         if core is None:
             return await self.inner.handle_async_request(request)
-        return await core.handle(request, self.inner.handle_async_request)
+        hit = core.hit_now(request)  # a hit needing no I/O (hot tier, memory): none of the awaiting below
+        if hit is not None:
+            if pause_due():
+                await asyncio.sleep(0)  # let the loop's other tasks run (such a hit awaits nothing)
+            return hit
+        return await core.handle(request, self.inner.handle_async_request)  # reuses hit_now's plan
 
     async def aclose(self) -> None:
         await self.inner.aclose()

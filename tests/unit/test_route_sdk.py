@@ -200,3 +200,44 @@ def test_sdk_clients_sharing_one_http_client_keep_their_own_scope(
     chat(classifier.with_options(timeout=5))  # a copy keeps its client's scope: a hit
     assert server.calls == 3
     shared.close()
+
+
+@pytest.mark.parametrize("flavour", ["httpx", "httpx2"])
+def test_control_and_keyed_headers_read_as_headers_items_reads_them(flavour: str) -> None:
+    """The transport reads headers from ``Headers.raw``: any case, repeated, non-ASCII values come out as
+    ``Headers.items()`` gives them, every control header is removed, and only keyed headers route."""
+    import importlib  # noqa: PLC0415
+
+    from promptcache._scope import Scope  # noqa: PLC0415
+    from promptcache.integrations._http import HEADER_PREFIX, request_route, take_controls  # noqa: PLC0415
+
+    mod = importlib.import_module(flavour)
+    sent: list[tuple[str, str | bytes]] = [
+        ("X-PromptCache-Agent-Id", "bot"),
+        ("x-promptcache-tenant", "acme"),
+        ("X-PROMPTCACHE-TENANT", "more"),
+        ("OpenAI-Organization", "org-é".encode()),
+        ("x-stainless-retry-count", "0"),
+        ("X-Team", "blue"),
+    ]
+    request = mod.Request("POST", "https://api.example/v1/chat/completions", headers=sent)
+    expected = {k: v for k, v in request.headers.items() if k.startswith(HEADER_PREFIX)}
+    scope = Scope(agent_id="bot", key_headers=("x-team",))
+    expected_picked = [
+        (k, v) for k, v in request.headers.multi_items() if k in {"openai-organization", "x-team"}
+    ]
+    route = request_route(request, "/v1", scope)
+    assert (
+        take_controls(request.headers)
+        == expected
+        == {"x-promptcache-agent-id": "bot", "x-promptcache-tenant": "acme, more"}
+    )
+    assert not [k for k in request.headers if k.startswith(HEADER_PREFIX)]
+    assert route == request_route(request, "/v1", scope)  # the controls never mattered to the route
+    other = mod.Request(
+        "POST",
+        "https://api.example/v1/chat/completions",
+        headers=[(k, v.encode()) for k, v in expected_picked],
+    )
+    assert request_route(other, "/v1", scope) == route
+    assert route != request_route(mod.Request("POST", "https://api.example/v1/x"), "/v1", scope)
