@@ -13,13 +13,18 @@ Each figure is the median per call, in microseconds, over many timed batches (``
 
 Aim: the key of the 40-message request, computed on first sight (``make_key`` itself, not the memo in
 front of it), costs at most 0.5x one raw loopback GET, so keying never matters next to the round trip it
-guards. Next to it the benchmark prints the floor no key over the same bytes can go below: sha256 of the
-request's canonical bytes alone, also as a fraction of the GET.
+guards. Next to it the benchmark prints the floors no key over the same bytes can go below: sha256 of the
+request's canonical bytes alone, and orjson writing those bytes from the request plus sha256 over them
+(the least an exact key built with orjson can cost), both also as fractions of the GET.
+
+``--stages`` prints instead where (b)'s microseconds go, stage by stage (field rules, trim, orjson, the
+scan that lets orjson's bytes stand, hashing, the rest) with what each check costs at its core.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import random
@@ -27,13 +32,25 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import redis.asyncio as aioredis
 
-from promptcache._keys import make_key
+from promptcache._canonical import (
+    _BLANK_BEFORE_LINE_END,
+    _FAST_OPTIONS,
+    TRIM_RULE,
+    _dumps,
+    _needs_walk,
+    _with_text_policy,
+)
+from promptcache._endpoints import Endpoint
+from promptcache._fields import key_body, server_state_reason
+from promptcache._keys import _TEXT_FIELDS, KeyPolicy, _material_head, agent_prefix, make_key
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -302,12 +319,18 @@ def main() -> None:
     def sha_large() -> object:
         return hashlib.sha256(canonical_large).hexdigest()
 
+    trimmed_large = trimmed_body(large)
+
+    def serialise_and_sha_large() -> object:
+        return hashlib.sha256(orjson.dumps(trimmed_large, option=_FAST_OPTIONS)).hexdigest()
+
     results = {
         "key_8kb": median_us(key_small, batches=1000, per_batch=20),
         "key_40msg": median_us(key_large, batches=1000, per_batch=10),
         "seed_8kb": median_us(seed_small, batches=1000, per_batch=20),
         "seed_40msg": median_us(seed_large, batches=1000, per_batch=10),
         "sha_40msg": median_us(sha_large, batches=1000, per_batch=10),
+        "dumps_sha_40msg": median_us(serialise_and_sha_large, batches=1000, per_batch=10),
     }
     get = measure_get()
 
@@ -320,6 +343,11 @@ def main() -> None:
             "    ref: sha256 of (b)'s canonical bytes",
             f"{len(canonical_large) / 1024:.1f} KB",
             results["sha_40msg"],
+        ),
+        (
+            "    ref: orjson of (b)'s body + sha256",
+            f"{len(canonical_large) / 1024:.1f} KB",
+            results["dumps_sha_40msg"],
         ),
     ]
     if get is not None:
@@ -337,11 +365,93 @@ def main() -> None:
         print(f"key(40-msg)/GET:             {ratio:.2f}x")
         floor = results["sha_40msg"] / get
         print(f"floor: sha256(40-msg)/GET:   {floor:.2f}x (hashing its canonical bytes alone)")
+        both = results["dumps_sha_40msg"] / get
+        print(f"floor: orjson+sha256/GET:    {both:.2f}x (writing those bytes with orjson, then hashing)")
         verdict = "met" if ratio <= AIM else "NOT met"
         print(f"aim: key(40-msg) <= {AIM}x one raw GET -> {verdict}")
     else:
         print(f"aim: key(40-msg) <= {AIM}x one raw GET -> not measured (no redis-server)")
 
 
+# --- where (b)'s microseconds go ----------------------------------------------------------------
+
+
+def trimmed_body(request: dict[str, Any]) -> dict[str, Any]:
+    """The chat request after the field rules and the default ``trim`` text policy: what orjson writes."""
+    fields, messages = _TEXT_FIELDS[Endpoint.CHAT_COMPLETIONS]
+    return _with_text_policy(key_body(Endpoint.CHAT_COMPLETIONS, request), fields, messages, TRIM_RULE)
+
+
+def level_walk(body: dict[str, Any]) -> int:
+    """``gc.get_referents`` level by level alone: the object walk under the scan, with no type looked at."""
+    level: list[Any] = [body]
+    seen = 0
+    while level:
+        level = gc.get_referents(*level)
+        seen += len(level)
+    return seen
+
+
+def stages() -> None:
+    """Print make_key's stages on request (b), each timed alone on its own input (the same make_key runs)."""
+    request = request_40_messages()
+    ep = Endpoint.CHAT_COMPLETIONS
+    body = key_body(ep, request)
+    trimmed = trimmed_body(request)
+    canonical = orjson.dumps(trimmed, option=_FAST_OPTIONS)
+    assert canonical == make_key(request, agent_id=AGENT_ID).canonical
+    assert not _needs_walk(trimmed), "request (b) no longer takes the fast path"
+    texts = [m["content"] for m in trimmed["messages"] if isinstance(m.get("content"), str)]
+    fields, messages = _TEXT_FIELDS[ep]
+    head = _material_head(ep, KeyPolicy.TRIM)
+
+    def hashing() -> object:
+        hasher = hashlib.sha256(head)
+        hasher.update(canonical)
+        hasher.update(b',"route":null,"scope":%s}' % _dumps(["promptcache", AGENT_ID, "0", None]))
+        return hasher.hexdigest()
+
+    def timed(fn: Callable[[], object]) -> float:
+        return median_us(fn, batches=500, per_batch=10)
+
+    total = timed(lambda: make_key(request, agent_id=AGENT_ID))
+    rows = [
+        (
+            "field rules (bypass check, key_body)",
+            timed(lambda: (server_state_reason(ep, request), key_body(ep, request))),
+        ),
+        ("text policy: trim", timed(lambda: _with_text_policy(body, fields, messages, TRIM_RULE))),
+        ("canonical JSON: orjson.dumps", timed(lambda: orjson.dumps(trimmed, option=_FAST_OPTIONS))),
+        ("canonical JSON: float/type scan", timed(lambda: _needs_walk(trimmed))),
+        (
+            "scope: prefix and scope bytes",
+            timed(
+                lambda: (agent_prefix("promptcache", AGENT_ID), _dumps(["promptcache", AGENT_ID, "0", None]))
+            ),
+        ),
+        ("hashing: sha256, hexdigest", timed(hashing)),
+    ]
+    rest = total - sum(value for _, value in rows)
+    cores = [
+        (
+            f"trim's line-end regex over its {len(texts)} texts",
+            timed(lambda: [_BLANK_BEFORE_LINE_END.search(t) for t in texts]),
+        ),
+        (f"scan's gc.get_referents over {level_walk(trimmed)} objects", timed(lambda: level_walk(trimmed))),
+    ]
+    print(f"make_key on request (b), {len(canonical) / 1024:.1f} KB canonical: median µs per stage")
+    print("-" * 68)
+    for label, value in [*rows, ("rest (enums, CacheKey, store key, model)", rest)]:
+        print(f"{label:<52} {value:>8.1f} {value / total:>6.0%}")
+    print(f"{'make_key total':<52} {total:>8.1f}")
+    print()
+    print("at the core of the two checks:")
+    for label, value in cores:
+        print(f"  {label:<50} {value:>8.1f}")
+
+
 if __name__ == "__main__":
-    main()
+    if "--stages" in sys.argv[1:]:
+        stages()
+    else:
+        main()

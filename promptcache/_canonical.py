@@ -356,10 +356,9 @@ def _needs_walk(body: dict[str, Any]) -> bool:
         level = gc.get_referents(*level)
         if not level:
             return False
-        kinds = set(map(type, level))
-        if kinds <= _PLAIN_TYPES:
+        if _PLAIN_TYPES.issuperset(map(type, level)):  # stops at the first other type; no set built
             continue
-        if not kinds <= _FAST_TYPES:
+        if not _FAST_TYPES.issuperset(map(type, level)):
             return True  # tuples, subclasses, enums ...: let the full walk decide
         floats = list(itertools.compress(level, map(_is_float_type, map(type, level))))
         if any(map(float.is_integer, floats)) or not all(map(math.isfinite, floats)):
