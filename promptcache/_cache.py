@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from promptcache._config import CacheConfig, config_with
 from promptcache._events import Emitter, Result
+from promptcache._fences import FENCE_TTL, fence_for, fence_key, fence_value
 from promptcache._flight import SingleFlight
 from promptcache._guard import StoreGuard, delete_prefix
 from promptcache._keymemo import KeyMemo
@@ -81,7 +82,7 @@ class PromptCache(Lifecycle):
         self._events = Emitter(self._hooks, self.config.namespace)
         self.store = store
         self._owns_store = owns_store
-        self._counters = Counters()
+        self._counters, self._clock = Counters(), clock
         self._keys = KeyMemo(self.config.namespace)
         self._guard = StoreGuard(store, self.config, self._counters, self._events, monotonic=monotonic)
         self.breaker = self._guard.breaker
@@ -362,10 +363,12 @@ class PromptCache(Lifecycle):
         if data is None:
             return False
         store_key = key.store_key if chunks is None else key.stream_store_key
+        # An upstream call's answer (it took time) is not written over a change made since it began.
+        fence = fence_for(key, self._clock() - latency) if latency > 0 else None
         if not wait:
-            self._writer.spawn(store_key, data, ttl_s)
+            self._writer.spawn(store_key, data, ttl_s, fence=fence)
             return True
-        return await self._writer.write(store_key, data, ttl_s)
+        return await self._writer.write(store_key, data, ttl_s, fence)
 
     def count_upstream_call(self) -> None:
         """Count an upstream call an integration made itself (a streamed miss)."""
@@ -402,7 +405,11 @@ class PromptCache(Lifecycle):
         self._check_open()
         prefix = agent_prefix(self.config.namespace, agent_id, agent_version)
         what = f"invalidating agent {agent_id!r}"
-        return await delete_prefix(self.store, prefix, self.config.invalidate_timeout, what, self._guard.tier)
+        # First the fence (answers of calls begun before now are not written after it: _fences.py).
+        fence = (fence_key(prefix), fence_value(self._clock()), FENCE_TTL)
+        return await delete_prefix(
+            self.store, prefix, self.config.invalidate_timeout, what, self._guard.tier, fence=fence
+        )
 
     def stats(self) -> CacheStats:
         """A snapshot of this cache's counters."""

@@ -106,7 +106,8 @@ class StoreEvent:
     """One store call (or one the open breaker skipped).
 
     Attributes:
-        operation: ``get``, ``set``, ``lock`` or ``unlock``.
+        operation: ``get``, ``set``, ``delete``, ``lock``, ``unlock``, or ``fence`` (the one batched read
+            before an upstream call's answer is written: :mod:`promptcache._fences`).
         outcome: ``ok``, ``error``, ``timeout`` or ``skipped``.
         seconds: How long the call took (0 when skipped).
         error: The exception's type name, for errors and timeouts.

@@ -21,6 +21,7 @@ import orjson
 
 from promptcache._entry import Entry, decode_entry
 from promptcache._events import Result
+from promptcache._fences import fence_for
 from promptcache._gate import usage_of
 from promptcache._loops import PerLoop
 from promptcache._tier import pause_due
@@ -312,7 +313,7 @@ class SingleFlight:
             found, token = await self._lock_or_wait(self._locks, key)
             if found is not None:
                 return found.body, True
-        started = self._mono()
+        started, began = self._mono(), self._clock()  # began: its answer is fenced from then (_fences.py)
         try:
             body = await call()
         except BaseException:
@@ -330,7 +331,7 @@ class SingleFlight:
             # The lock is released only once the entry is written, so no other process sees "no lock,
             # no entry" in between and pays for a second upstream call.
             then = None if token is None else functools.partial(self.unlock, key, token)
-            self._writer.spawn(key.store_key, data, ttl, then=then)
+            self._writer.spawn(key.store_key, data, ttl, then=then, fence=fence_for(key, began))
         return body, False
 
     # -- the cross-process lock --------------------------------------------------------------------

@@ -212,22 +212,26 @@ class StoreGuard:
         )
 
 
-async def delete_prefix(
+async def delete_prefix(  # noqa: PLR0913 - the deletion, its bound and label, what else it touches
     store: Any,  # noqa: ANN401 - a Store
     prefix: str,
     within: float,
     what: str,
     tier: HotTier | None = None,
+    fence: tuple[str, bytes, float] | None = None,
 ) -> int:
     """``store.delete_prefix(prefix)`` within ``within`` seconds; every failure raised as StoreError.
 
     Invalidation errors are never swallowed: ``what`` ("invalidating agent 'x'") names it in the message.
     The keys also leave the hot ``tier`` before and after (this process sees its own invalidation at once).
+    A ``fence`` (key, value, ttl) is written first, within the same time.
     """
     try:
         if tier is not None:
             tier.discard_prefix(prefix)
         async with asyncio.timeout(within):
+            if fence is not None:
+                await store.set(*fence)
             return int(await store.delete_prefix(prefix))
     except TimeoutError as exc:
         raise StoreError(f"{what} did not finish within {within} s") from exc

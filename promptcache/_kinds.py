@@ -59,11 +59,13 @@ class KindReader:
         return counters.store_errors + counters.store_timeouts + counters.store_skipped
 
     async def _lookup(self, key: CacheKey) -> tuple[Entry | None, bool]:
-        """``(entry, healthy)``: healthy is False when the read met a store fault (or the open breaker);
-        then the other kind is not read either (no second wait on a failing store)."""
+        """``(entry, healthy)``: healthy is False when no entry came back and a store fault (or the open
+        breaker) was counted meanwhile; then the other kind is not read either (no second wait on a
+        failing store). A found entry is always served: the faults counted meanwhile may be other calls'
+        (a burst of background writes refused by a full Redis made stored entries read as misses)."""
         faults = self._faults()
         entry = await self._flight.lookup(key)
-        return entry, self._faults() == faults
+        return entry, entry is not None or self._faults() == faults
 
     def now(self, key: CacheKey, *, stream: bool, include_usage: bool) -> Entry | None:
         """The asked kind's own stored answer found with no I/O (:meth:`SingleFlight.entry_now`), in the

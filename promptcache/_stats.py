@@ -36,6 +36,7 @@ class Counters:
     oversize: int = 0
     writes: int = 0
     writes_dropped: int = 0
+    superseded: int = 0
     store_errors: int = 0
     store_timeouts: int = 0
     store_skipped: int = 0
@@ -107,6 +108,7 @@ class CacheStats:
     oversize: int
     writes: int
     writes_dropped: int
+    superseded: int
     store_errors: int
     store_timeouts: int
     store_skipped: int

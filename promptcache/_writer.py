@@ -19,6 +19,7 @@ import orjson
 
 from promptcache._compact import compact_request, compact_route
 from promptcache._entry import Entry, encode_entry, scope_of
+from promptcache._fences import superseded_by
 from promptcache._gate import refusal_reason, stream_refusal, stream_summary
 from promptcache._loops import PerLoop
 from promptcache._route import route_record
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
 
     from promptcache._config import CacheConfig
+    from promptcache._fences import Fence
     from promptcache._guard import StoreGuard
     from promptcache._keys import CacheKey
     from promptcache._stats import Counters
@@ -46,7 +48,9 @@ class _LoopWrites:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     # Writes not finished yet, by task: a task cancelled before it wrote (``asyncio.run`` cancels every
     # task of a loop before finalising it) leaves its write here, and the loop's finaliser makes it.
-    unwritten: dict[asyncio.Task[None], tuple[str, bytes, float, Any]] = field(default_factory=dict)
+    unwritten: dict[asyncio.Task[None], tuple[str, bytes, float, Any, Fence | None]] = field(
+        default_factory=dict
+    )
     release: Callable[[], None] | None = None
 
 
@@ -157,10 +161,20 @@ class EntryWriter:
         record = route_record(key.route)
         return record if self._config.keep_request else compact_route(record)
 
-    async def write(self, store_key: str, data: bytes, ttl: float) -> bool:
-        """Write now; True when the store took it (a failure is already counted and logged)."""
+    async def write(self, store_key: str, data: bytes, ttl: float, fence: Fence | None = None) -> bool:
+        """Write now; True when the store took it (a failure is already counted and logged). With a
+        ``fence`` (an upstream call's answer), not over a change made after that call began (_fences.py)."""
         store = self._store
         guard = self._guard
+        if fence is not None:
+            check = guard.run("fence", lambda: superseded_by(store, fence), deadline=guard.write_timeout)
+            ok, why = await check
+            if not ok:
+                return False  # the store failed the check (counted): a write now would fail alike
+            if why is not None:
+                self._counters.superseded += 1
+                log.info("promptcache: not storing %s: %s came after its call began", store_key, why)
+                return False
         guard.forget(store_key)
         ok, _ = await guard.run("set", lambda: store.set(store_key, data, ttl), deadline=guard.write_timeout)
         guard.forget(store_key)
@@ -175,6 +189,7 @@ class EntryWriter:
         ttl: float,
         *,
         then: Callable[[], Awaitable[object]] | None = None,
+        fence: Fence | None = None,
     ) -> None:
         """Write in the background (tracked, bounded), then run ``then`` whatever became of the write."""
         if self.closed:
@@ -187,9 +202,9 @@ class EntryWriter:
                 ("set", "backlog"), "promptcache: %d writes pending; dropping one", len(writes.tasks)
             )
             data = b""  # nothing to write, but the follow-up (a lock release) must still run
-        task = asyncio.create_task(self._write_then(store_key, data, ttl, then))
+        task = asyncio.create_task(self._write_then(store_key, data, ttl, then, fence))
         writes.tasks.add(task)
-        writes.unwritten[task] = (store_key, data, ttl, then)
+        writes.unwritten[task] = (store_key, data, ttl, then, fence)
         task.add_done_callback(lambda t: _settled(writes, t))
 
     async def settle(self, store_keys: set[str]) -> None:
@@ -220,19 +235,24 @@ class EntryWriter:
         try:
             while writes.tasks:
                 await asyncio.gather(*writes.tasks, return_exceptions=True)
-            for store_key, data, ttl, then in list(writes.unwritten.values()):
-                await self._write_then(store_key, data, ttl, then)
+            for store_key, data, ttl, then, fence in list(writes.unwritten.values()):
+                await self._write_then(store_key, data, ttl, then, fence)
             writes.unwritten.clear()
         finally:
             if writes.release is not None:
                 writes.release()
 
     async def _write_then(
-        self, store_key: str, data: bytes, ttl: float, then: Callable[[], Awaitable[object]] | None
+        self,
+        store_key: str,
+        data: bytes,
+        ttl: float,
+        then: Callable[[], Awaitable[object]] | None,
+        fence: Fence | None,
     ) -> None:
         try:
             if data:
-                await self.write(store_key, data, ttl)
+                await self.write(store_key, data, ttl, fence)
         finally:
             if then is not None:
                 await then()

@@ -235,3 +235,60 @@ def attempts(within: float = 15.0, pause: float = 0.002) -> Iterator[int]:
         yield n
         n += 1
         time.sleep(pause)
+
+
+# --- write fences on a real store (tests/redis/test_fences_redis.py, tests/cluster) ------------------
+
+
+def _text_of(body: Any) -> str:
+    return str(body["choices"][0]["message"]["content"])
+
+
+def _from_url(url: str, **config: Any) -> PromptCache:
+    from promptcache import PromptCache  # noqa: PLC0415 - helpers import promptcache lazily
+
+    return PromptCache.from_url(url, **config)
+
+
+FENCE_REQUEST: dict[str, Any] = {"model": "gpt-test", "messages": [{"role": "user", "content": "fenced?"}]}
+
+
+async def fence_race(url: str, change: Callable[[PromptCache], Awaitable[object]]) -> list[str | None]:
+    """Two caches on ``url`` stand for two processes: A's miss in flight, B's ``change``, then A's answer
+    (superseded: write fences). What A (twice: the second may come from its tier) and B read after."""
+    a, b = _from_url(url, namespace="fence"), _from_url(url, namespace="fence")
+    try:
+        gate, started = asyncio.Event(), asyncio.Event()
+
+        async def held() -> dict[str, Any]:  # A's upstream call, answering once the gate opens
+            started.set()
+            await gate.wait()
+            return chat_body("old")
+
+        pending = asyncio.create_task(a.get_or_call(FENCE_REQUEST, held, agent_id="a"))
+        await started.wait()
+        await change(b)
+        await b.drain()
+        gate.set()
+        assert _text_of(await pending) == "old"
+        await a.drain()
+        assert a.stats().superseded == 1
+        seen: list[str | None] = []
+        for cache in (a, a, b):  # A twice: its second read may come from its hot tier
+            found = await cache.get(FENCE_REQUEST, agent_id="a")
+            seen.append(None if found is None else _text_of(found))
+        return seen
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def fence_refresh(b: PromptCache) -> None:
+    async def new() -> dict[str, Any]:
+        return chat_body("new")
+
+    await b.get_or_call(FENCE_REQUEST, new, agent_id="a", refresh=True)
+
+
+async def fence_invalidate(b: PromptCache) -> None:
+    assert await b.invalidate("a") == 0

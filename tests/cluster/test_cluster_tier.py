@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
-from helpers import attempts, until
+from helpers import attempts, fence_invalidate, fence_race, fence_refresh, until
 
 from promptcache import PromptCache
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from redis_cluster import LocalRedisCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.anyio]
@@ -219,3 +221,11 @@ def test_cluster_nodes_output_names_every_reachable_node() -> None:
         ("127.0.0.1", 7003),
         ("10.0.0.9", 7004),
     }
+
+
+@pytest.mark.parametrize(("change", "expected"), [(fence_refresh, "new"), (fence_invalidate, None)])
+def test_an_older_answer_never_lands_after_a_change_on_a_cluster(
+    cluster: LocalRedisCluster, change: Callable[[PromptCache], Awaitable[object]], expected: str | None
+) -> None:
+    """Entries and write fences live in different slots: the fence read gathers them from their nodes."""
+    assert asyncio.run(fence_race(cluster.url, change)) == [expected] * 3

@@ -362,7 +362,13 @@ def test_invalidate_one_agent_or_one_version(cli: Run, url: str) -> None:
     )
     code, out, _ = cli("invalidate", "--agent", "classifier", "--url", url, "--namespace", NS)
     assert "invalidated 2 entries" in out
-    assert all(":writer:" in k for k in raw_values(url))
+    # What is left: the other agent's entries, and the two invalidations' write fences (_fences.py)
+    left = raw_values(url)
+    assert all(":writer:" in k for k in left if ":fence:" not in k)
+    assert sorted(k for k in left if ":fence:" in k) == [
+        f"{NS}:fence:v2:classifier:",
+        f"{NS}:fence:v2:classifier:2:",
+    ]
     code, out, err = cli("invalidate", "--agent", "classifier", "--url", url, "--namespace", NS)
     assert (code, out.strip()) == (0, "invalidated 0 entries of agent 'classifier' in namespace 'app'")
     assert "warning: no entries for agent 'classifier'" in err

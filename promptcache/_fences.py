@@ -1,0 +1,97 @@
+"""Write fences: an answer is not written over a change made after its upstream call began.
+
+An upstream call takes seconds; meanwhile another caller (in any process) may refresh the same request,
+or the agent may be invalidated. Written afterwards, the older call's answer would replace the newer one,
+or bring back what the invalidation removed, until its TTL ends. So before an answer of an upstream call
+is written, one batched read looks at:
+
+* the entries under both kinds of its key (body and stream): one whose own call began later (its
+  ``created_at - latency``) is newer, and stays;
+* the fences of its agent and of its agent version: :meth:`PromptCache.invalidate` records when it ran
+  (``<namespace>:fence:v<schema>:<agent>:[<version>:]``, outside every entry prefix, kept
+  :data:`FENCE_TTL` seconds) before it deletes; an answer whose call began before that is dropped.
+
+A superseded answer is counted (``stats().superseded``), not written. The check and the write are two
+store calls, not one atomic step: a change landing between them (one round trip) can still be
+overwritten. Clocks: both sides use wall-clock time (the cache's clock), so hosts whose clocks differ by
+more than a call's duration can miss a fence (never worse than with no fence). When the read fails (a
+counted store fault), the answer is not written either: the store is failing, and nothing is known.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from promptcache._entry import parse_entry
+from promptcache._keys import agent_prefix
+from promptcache.backends import BatchReadStore
+from promptcache.exceptions import EntryError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from promptcache._keys import CacheKey
+    from promptcache.backends import Store
+
+__all__ = ["FENCE_TTL", "Fence", "fence_for", "fence_key", "fence_value", "superseded_by"]
+
+FENCE_TTL: Final = 3600.0  # seconds an invalidation fences answers of calls that began before it
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """What an answer's write is checked against: when its call began, and the keys that may hold a
+    newer change (the other kind's entry, then the agent's and the agent version's fences)."""
+
+    started: float
+    entries: tuple[str, ...]
+    fences: tuple[str, ...]
+
+
+def fence_key(prefix: str) -> str:
+    """Where an invalidation of the entries under ``prefix`` (an :func:`agent_prefix`) records its time."""
+    namespace, _, rest = prefix.partition(":")
+    return f"{namespace}:fence:{rest}"
+
+
+def fence_for(key: CacheKey, started: float) -> Fence:
+    """The fence of an answer to ``key`` whose upstream call began at ``started`` (wall clock)."""
+    agent = agent_prefix(key.namespace, key.agent_id)
+    version = agent_prefix(key.namespace, key.agent_id, key.agent_version)
+    return Fence(started, (key.store_key, key.stream_store_key), (fence_key(agent), fence_key(version)))
+
+
+def fence_value(now: float) -> bytes:
+    """A fence's stored value: the invalidation's wall-clock time."""
+    return repr(now).encode()
+
+
+async def superseded_by(store: Store, fence: Fence) -> str | None:
+    """What makes an answer fenced by ``fence`` stale ("a newer answer", "an invalidation"), or None."""
+    keys = [*fence.entries, *fence.fences]
+    values = await _read(store, keys)
+    for raw in values[: len(fence.entries)]:
+        if raw is None:
+            continue
+        try:
+            entry = parse_entry(raw)
+        except EntryError:
+            continue
+        if entry.created_at - entry.latency > fence.started:
+            return "a newer answer"
+    for raw in values[len(fence.entries) :]:
+        try:
+            if raw is not None and float(raw) >= fence.started:
+                return "an invalidation"
+        except ValueError:
+            continue
+    return None
+
+
+async def _read(store: Store, keys: Sequence[str]) -> list[bytes | None]:
+    if isinstance(store, BatchReadStore):
+        return await store.get_many(keys)
+    # One after the other: a memory store's reads never suspend, so its write still lands before the
+    # event loop's next turn (a caller repeating the request at once finds it); gather would take turns.
+    return [await store.get(k) for k in keys]

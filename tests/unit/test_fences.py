@@ -1,0 +1,191 @@
+"""Write fences: an upstream call's answer is never written over a change made after the call began.
+
+Two caches on one store stand for two processes (each has its own single-flight; only the store is
+shared). Process A's miss is held in flight by a gate; meanwhile B refreshes or invalidates; then A's
+call returns its (older) answer. From a user trial: both orders left A's older answer stored, served to
+everyone until its TTL (the refresh was silently lost; the invalidation undone). Last, a neighbour
+found while writing these: a read that found its entry is a hit even when other calls fail meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from helpers import chat_body
+
+from promptcache import Endpoint, PromptCache
+from promptcache._fences import fence_key
+from promptcache._keys import agent_prefix
+from promptcache._synth import events_from_body
+from promptcache.backends.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+pytestmark = pytest.mark.anyio
+
+REQUEST: dict[str, Any] = {"model": "gpt-test", "messages": [{"role": "user", "content": "status?"}]}
+
+
+def answer(text: str) -> Callable[[], Awaitable[dict[str, Any]]]:
+    async def call() -> dict[str, Any]:
+        return chat_body(text)
+
+    return call
+
+
+def held(text: str, gate: asyncio.Event, started: asyncio.Event) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """An upstream call that has begun (``started``) and answers ``text`` once ``gate`` opens."""
+
+    async def call() -> dict[str, Any]:
+        started.set()
+        await gate.wait()
+        return chat_body(text)
+
+    return call
+
+
+def text_of(body: Any) -> str:
+    return str(body["choices"][0]["message"]["content"])
+
+
+async def stored_text(cache: PromptCache, agent: str = "a", version: str = "0") -> str | None:
+    found = await cache.get(REQUEST, agent_id=agent, agent_version=version)
+    return None if found is None else text_of(found)
+
+
+async def race(
+    change: Callable[[PromptCache], Awaitable[object]], *, agent: str = "a", version: str = "0"
+) -> tuple[PromptCache, PromptCache]:
+    """A's miss (agent, version) in flight since t=1000; at t=1001 ``change`` runs on B and finishes; then
+    A's call answers (wall clocks injected, one for both "processes")."""
+    store, now = MemoryStore(), [1000.0]
+    a, b = PromptCache(store, clock=lambda: now[0]), PromptCache(store, clock=lambda: now[0])
+    gate, started = asyncio.Event(), asyncio.Event()
+    pending = asyncio.create_task(
+        a.get_or_call(REQUEST, held("old", gate, started), agent_id=agent, agent_version=version)
+    )
+    await started.wait()
+    now[0] = 1001.0
+    await change(b)
+    await b.drain()
+    gate.set()
+    assert text_of(await pending) == "old"  # A's caller still gets its answer
+    await a.drain()
+    return a, b
+
+
+async def test_a_refresh_that_finished_is_not_overwritten_by_an_older_call() -> None:
+    async def refresh(b: PromptCache) -> None:
+        body = await b.get_or_call(REQUEST, answer("new"), agent_id="a", refresh=True)
+        assert text_of(body) == "new"
+
+    a, b = await race(refresh)
+    assert await stored_text(b) == "new"
+    assert (a.stats().superseded, a.stats().writes) == (1, 0)
+
+
+async def test_an_invalidation_is_not_undone_by_a_call_that_began_before_it() -> None:
+    async def invalidate(b: PromptCache) -> None:
+        assert await b.invalidate("a") == 0  # nothing stored yet
+
+    a, b = await race(invalidate)
+    assert await stored_text(b) is None
+    assert a.stats().superseded == 1
+
+
+async def test_an_invalidation_of_the_agents_version_fences_that_version_only() -> None:
+    async def invalidate_v2(b: PromptCache) -> None:
+        await b.invalidate("a", agent_version="2")
+
+    a, b = await race(invalidate_v2, version="2")
+    assert await stored_text(b, version="2") is None
+    a, b = await race(invalidate_v2, version="1")
+    assert await stored_text(b, version="1") == "old"
+    assert a.stats().superseded == 0
+
+
+async def test_another_agents_invalidation_fences_nothing() -> None:
+    async def invalidate_other(b: PromptCache) -> None:
+        await b.invalidate("b")
+
+    a, b = await race(invalidate_other)
+    assert await stored_text(b) == "old"
+    assert (a.stats().superseded, a.stats().writes) == (0, 1)
+
+
+async def test_a_call_that_began_after_the_invalidation_is_written() -> None:
+    store = MemoryStore()
+    a, b = PromptCache(store), PromptCache(store)
+    await b.invalidate("a")
+    await a.get_or_call(REQUEST, answer("after"), agent_id="a")
+    await a.drain()
+    assert await stored_text(b) == "after"
+    assert await store.get(fence_key(agent_prefix("promptcache", "a"))) is not None
+
+
+async def test_a_stream_answer_is_not_written_over_a_newer_body() -> None:
+    """A stream's entry (written with its call's latency, as the SDK transport does) is dropped when the
+    body of the same request was refreshed after the stream's call began, and written when it began
+    after the refresh (wall clocks injected: the refresh at t=1000, the stream written at t=1010)."""
+    store, now = MemoryStore(), [1000.0]
+    a, b = PromptCache(store, clock=lambda: now[0]), PromptCache(store, clock=lambda: now[0])
+    key = a.key(REQUEST, agent_id="a")
+    await b.get_or_call(REQUEST, answer("new"), agent_id="a", refresh=True)
+    await b.drain()
+    now[0] = 1010.0
+    chunks = events_from_body(Endpoint.CHAT_COMPLETIONS, chat_body("old"))
+    assert chunks is not None
+    assert not await a.put_entry(key, REQUEST, chunks=chunks, latency=60.0)  # began at t=950
+    assert await store.get(key.stream_store_key) is None
+    assert a.stats().superseded == 1
+    assert await a.put_entry(key, REQUEST, chunks=chunks, latency=5.0)  # began at t=1005
+    assert await store.get(key.stream_store_key) is not None
+
+
+async def test_an_explicit_write_is_never_fenced() -> None:
+    """``set`` (and ``put_entry`` with no latency) is the caller's own word, not an upstream answer."""
+    store = MemoryStore()
+    a, b = PromptCache(store), PromptCache(store)
+    await b.invalidate("a")
+    assert await a.set(REQUEST, chat_body("mine"), agent_id="a")
+    assert await stored_text(b) == "mine"
+
+
+class _GatedStore(MemoryStore):
+    """Reads wait for ``gate``; writes fail once ``failing`` is set (a store refusing writes, e.g. full)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.failing = False
+
+    async def get(self, key: str) -> bytes | None:
+        await self.gate.wait()
+        return await super().get(key)
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        if self.failing:
+            raise ConnectionError("refused")
+        await super().set(key, value, ttl)
+
+
+async def test_a_found_entry_is_served_while_other_calls_fail() -> None:
+    """A store fault counted while a read is in flight may be another call's: the entry it found is still
+    a hit (a full Redis refusing a burst of background writes made stored entries read as misses)."""
+    store = _GatedStore()
+    store.gate.set()
+    cache = PromptCache(store)
+    assert await cache.set(REQUEST, chat_body("stored"), agent_id="a")
+    store.gate.clear()
+    store.failing = True
+    reading = asyncio.create_task(cache.get(REQUEST, agent_id="a"))
+    await asyncio.sleep(0)  # the read is waiting on the store
+    assert not await cache.set({**REQUEST, "model": "other"}, chat_body("x"), agent_id="a")
+    assert cache.stats().store_errors == 1
+    store.gate.set()
+    found = await reading
+    assert found is not None
+    assert text_of(found) == "stored"
