@@ -20,6 +20,7 @@ A chat stream is served in the shape the caller asked for (with or without the u
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any, Final
 
@@ -59,6 +60,8 @@ class _Passthrough(Exception):  # noqa: N818 - carries a non-cacheable upstream 
         self.content = content
 
 
+log = logging.getLogger("promptcache")
+
 _PLANNED: Final = "promptcache.plan"  # a request's plan (or its error), made once by hit_now()
 _UNPLANNED: Final = object()
 
@@ -69,6 +72,7 @@ class CachingCore:
     def __init__(self, cache: PromptCache, scope: Scope) -> None:
         self.cache = cache
         self.scope = scope
+        self._told_closed = False
 
     def hit_now(self, request: Any) -> Any:  # noqa: ANN401
         """The response to ``request`` when it is a hit found on the caller's thread with no I/O (hot tier,
@@ -110,7 +114,14 @@ class CachingCore:
                 return await send(request)
             if self.cache.closed:
                 # The cache was closed while the client lives on: answer uncached (an error raised here
-                # would reach the caller only as the SDK's "Connection error"), counted as a bypass.
+                # would reach the caller only as the SDK's "Connection error"), counted as a bypass,
+                # and said once per client (every call now pays upstream).
+                if not self._told_closed:
+                    self._told_closed = True
+                    log.warning(
+                        "promptcache: the cache is closed; client of agent %r now calls upstream uncached",
+                        plan.scope.agent_id,
+                    )
                 self.cache.count_bypass(scope=plan.scope, request=plan.body)
                 return await send(request)
             if plan.stream:
@@ -137,7 +148,7 @@ class CachingCore:
             except orjson.JSONDecodeError:
                 own.append(upstream)
                 raise _Passthrough(200, clean_headers(upstream.headers), upstream.content) from None
-            upstream.headers["x-promptcache"] = "miss"
+            upstream.headers["x-promptcache"] = "bypass" if plan.bypass else "miss"
             own.append(upstream)
             return body
 
@@ -163,7 +174,9 @@ class CachingCore:
         cache = self.cache
         if plan.bypass:
             cache.count_bypass(scope=plan.scope, request=plan.body)
-            return await send(request)
+            upstream = await send(request)
+            upstream.headers["x-promptcache"] = "bypass"
+            return upstream
         try:
             key = cache.key(plan.body, endpoint=plan.endpoint, scope=plan.scope, route=plan.route)
         except UncacheableRequestError as exc:

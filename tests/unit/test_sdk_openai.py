@@ -243,6 +243,26 @@ def test_bypass_header_neither_reads_nor_writes(drv: Driver, server: FakeLLM) ->
     assert stats.hits == 1
 
 
+def test_a_bypassed_answer_is_marked_bypass(drv: Driver) -> None:
+    """What x-promptcache-bypass sent upstream comes back marked ``bypass`` (as stats count it), not miss."""
+    bypass = {"x-promptcache-bypass": "1"}
+
+    def sync_header(c: Any) -> str:
+        raw = c.chat.completions.with_raw_response.create(
+            model="gpt-test", messages=chat("bp"), extra_headers=bypass
+        )
+        return str(raw.headers["x-promptcache"])
+
+    async def async_header(c: Any) -> str:
+        raw = await c.chat.completions.with_raw_response.create(
+            model="gpt-test", messages=chat("bp"), extra_headers=bypass
+        )
+        return str(raw.headers["x-promptcache"])
+
+    assert drv.run(sync_header if drv.kind == "sync" else async_header) == "bypass"
+    assert drv.cache.stats().bypasses == 1
+
+
 def test_refresh_header_overwrites_the_entry(drv: Driver, server: FakeLLM) -> None:
     """x-promptcache-refresh: 1 calls upstream and the new answer replaces the stored one."""
     drv.run(create("refresh"))
@@ -743,3 +763,22 @@ def test_sync_cache_close_flushes_background_writes(server: FakeLLM, tmp_path: P
     request = {"model": "gpt-test", "messages": [{"role": "user", "content": "sync close"}]}
     with pytest.raises(PromptCacheError, match="closed"):
         asyncio.run(cache.get(request, agent_id="s"))
+
+
+def test_a_closed_cache_says_once_that_its_clients_now_call_upstream(
+    drv: Driver, server: FakeLLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wrapped client outliving its cache still answers (uncached, counted as bypasses: an error would
+    reach the caller only as the SDK's connection error) and the log says so, once per client."""
+    drv.run(create("late"))
+    if drv.kind == "sync":
+        _portal.call(drv.cache.aclose)
+    else:
+        drv.run(lambda _client: drv.cache.aclose())  # on the loop the async client runs on
+    with caplog.at_level("WARNING", logger="promptcache"):
+        drv.run(create("late"))
+        drv.run(create("late"))
+    assert server.calls == 3
+    told = [r for r in caplog.records if "cache is closed" in r.getMessage()]
+    assert len(told) == 1
+    assert drv.cache.stats().bypasses == 2
