@@ -16,7 +16,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from promptcache._validate import positive
-from promptcache.backends._loopclient import LoopClients, admission_of
+from promptcache.backends._lane import FULL, GetLane
+from promptcache.backends._loopclient import LoopClient, LoopClients, admission_of
 
 if TYPE_CHECKING:
     import asyncio
@@ -88,6 +89,20 @@ def _clone(client: aioredis.Redis) -> aioredis.Redis:
     if isinstance(pool, aioredis.BlockingConnectionPool):
         return aioredis.Redis.from_pool(aioredis.BlockingConnectionPool(timeout=pool.timeout, **options))
     return aioredis.Redis.from_pool(aioredis.ConnectionPool(**options))
+
+
+def _lane_of(slot: LoopClient[aioredis.Redis]) -> GetLane | bool:
+    """This loop's GET lane (see :mod:`._lane`), made on first use; False for a client that keeps one
+    connection of its own (``single_connection_client``), whose GETs go through it."""
+    client = slot.client
+    lane: GetLane | bool = False
+    if not getattr(client, "single_connection_client", False):
+        width = getattr(client.connection_pool, "max_connections", None)
+        limit = width if isinstance(width, int) and 0 < width <= DEFAULT_MAX_CONNECTIONS else None
+        lane = GetLane(client.connection_pool, limit or DEFAULT_MAX_CONNECTIONS)
+        slot.closers.append(lane.aclose)
+    slot.extras["lane"] = lane
+    return lane
 
 
 async def _close(client: aioredis.Redis) -> None:
@@ -187,7 +202,13 @@ class RedisStore:
         return RedisTracking(sync_connection_factory(self._clients.first.connection_pool), prefix)
 
     async def get(self, key: str) -> bytes | None:
-        value = await self.client.get(key)
+        slot = self._clients.get()
+        lane = slot.extras.get("lane")
+        if lane is None:
+            lane = _lane_of(slot)
+        value = FULL if lane is False else await lane.get(key)  # type: ignore[union-attr] # a GetLane
+        if value is FULL:
+            value = await slot.client.get(key)
         return value if value is None or isinstance(value, bytes) else str(value).encode()
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
