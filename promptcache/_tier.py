@@ -96,10 +96,16 @@ class HotTier:
             self.discard(key.store_key)
         return found
 
-    def begin(self, store_key: str) -> Ticket | None:
-        """Before a store read: a ticket for :meth:`offer`, or None when nothing may be kept now."""
+    def begin(self, store_key: str, *, polled: bool = False) -> Ticket | None:
+        """Before a store read: a ticket for :meth:`offer`, or None when nothing may be kept now.
+
+        ``polled``: the caller's tier lookup of this key polled the store a moment ago, with nothing
+        awaited since; this one then does not poll again. A change pushed in between is applied by
+        offer's own poll while the key is marked as being read, so it counts as a change during the read
+        and nothing is kept: the ticket errs only on the safe side.
+        """
         with self._lock:
-            if not self._sync():
+            if not (self._session if polled else self._sync()):
                 return None
             self._reading[store_key] = self._reading.get(store_key, 0) + 1
             return self._epoch, self._changes.get(store_key, 0)
@@ -120,7 +126,9 @@ class HotTier:
         Always call it once per ticket (``raw=None`` when nothing is to be kept: absent, or not decodable).
         """
         with self._lock:
-            live = self._sync()
+            # A value too big to keep needs no poll (nothing is kept, so nothing can be stale); the next
+            # tier operation applies what was pushed.
+            live = raw is not None and self._fits(store_key, raw) and self._sync()
             left = self._reading.get(store_key, 1) - 1
             changed = ticket != (self._epoch, self._changes.get(store_key, 0))
             if left:
@@ -169,6 +177,9 @@ class HotTier:
             for key in keys:
                 self._drop(key)
         return session != 0
+
+    def _fits(self, store_key: str, raw: bytes) -> bool:
+        return len(raw) + len(store_key) + _OVERHEAD <= self._max
 
     def _keep(self, store_key: str, raw: bytes) -> None:
         cost = len(raw) + len(store_key) + _OVERHEAD

@@ -188,3 +188,50 @@ def test_memory_and_sqlite_stores_have_no_tier(tmp_path: object) -> None:
 
     cache = PromptCache.from_url("memory://")
     assert cache._guard.tier is None
+
+
+def test_a_lookup_then_a_polled_begin_polls_once_and_a_change_between_keeps_nothing() -> None:
+    """The read path polls the store once for its lookup and its ticket (``polled=True``); a change
+    pushed between the two is applied at the offer, while the key is being read, so the possibly old
+    bytes are not kept (the safe side); the next read may keep."""
+    source = Source()
+    tier = HotTier(source, 1 << 20)
+    assert tier.get("ns:a") is None
+    polls = source.polls
+    source.push("ns:a")  # arrives after the lookup's poll, before the ticket
+    ticket = tier.begin("ns:a", polled=True)
+    assert ticket is not None
+    assert source.polls == polls  # the ticket did not poll again
+    tier.offer("ns:a", b"old", ticket)
+    assert tier.get("ns:a") is None
+    assert tier.get("ns:a") is None
+    ticket = tier.begin("ns:a", polled=True)
+    assert ticket is not None
+    tier.offer("ns:a", b"new", ticket)
+    assert tier.get("ns:a") == b"new"
+
+
+def test_a_polled_begin_gives_no_ticket_when_the_last_poll_found_no_subscription() -> None:
+    """Nothing may be kept while the subscription is down: a ticket taken right after a lookup that saw
+    no live session is None, as an unpolled one is."""
+    source = Source()
+    source.session = 0
+    tier = HotTier(source, 1 << 20)
+    assert tier.get("ns:a") is None
+    assert tier.begin("ns:a", polled=True) is None
+    assert tier.begin("ns:a") is None
+
+
+def test_offering_a_value_too_big_to_keep_does_not_poll_and_later_pushes_still_apply() -> None:
+    """A value larger than the tier is never kept, so its offer skips the poll; what was pushed meanwhile
+    is applied by the next operation (a kept key changed then is dropped)."""
+    source = Source()
+    tier = filled(source, "ns:a", max_bytes=1000)
+    ticket = tier.begin("ns:big")
+    assert ticket is not None
+    source.push("ns:a")
+    polls = source.polls
+    tier.offer("ns:big", b"x" * 2000, ticket)
+    assert source.polls == polls
+    assert tier.get("ns:big") is None
+    assert tier.get("ns:a") is None  # the push, applied now
