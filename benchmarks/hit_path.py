@@ -267,9 +267,9 @@ class Ours(Contender):
         store = self.cache.store
         assert isinstance(store, RedisStore)
         await asyncio.gather(*(store.client.ping() for _ in range(min(level, POOL))))
-        # GETs use the store's GET lane, its own connections beside the pool: open those too (a GET of a
-        # key nobody has, outside the cache's deadline), as the pings open the pool's.
-        await asyncio.gather(*(store.get("bench:connect") for _ in range(min(level, POOL))))
+        # GETs use the store's GET lane, its own connections beside the pool: open those too, as the
+        # pings open the pool's.
+        await store.preconnect(min(level, POOL))
 
     def tier_hits(self) -> int:
         return int(getattr(self.cache.stats(), "tier_hits", 0))

@@ -94,6 +94,9 @@ def _clone(client: aioredis.Redis) -> aioredis.Redis:
 def _lane_of(slot: LoopClient[aioredis.Redis]) -> GetLane | bool:
     """This loop's GET lane (see :mod:`._lane`), made on first use; False for a client that keeps one
     connection of its own (``single_connection_client``), whose GETs go through it."""
+    if (found := slot.extras.get("lane")) is not None:
+        lane_found: GetLane | bool = found
+        return lane_found
     client = slot.client
     lane: GetLane | bool = False
     if not getattr(client, "single_connection_client", False):
@@ -210,6 +213,19 @@ class RedisStore:
         if value is FULL:
             value = await slot.client.get(key)
         return value if value is None or isinstance(value, bytes) else str(value).encode()
+
+    async def preconnect(self, connections: int) -> int:
+        """Open up to ``connections`` connections for this loop's GETs now (at most the pool's width), so
+        a first burst of hits finds them open; returns how many are open. Optional: GETs open them as
+        they need them, in the background. Connections Redis refuses are not opened (no error).
+
+        .. versionadded:: 0.4.0
+        """
+        lane = _lane_of(self._clients.get())
+        if lane is False:
+            return 0
+        await lane.open(connections)  # type: ignore[union-attr] # a GetLane
+        return lane.connections  # type: ignore[union-attr]
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         await self.client.set(key, value, px=max(1, int(positive(ttl, "ttl") * 1000)))
