@@ -86,7 +86,8 @@ class GetLane:
                 if len(self._packed) >= PACKED_KEYS:
                     self._packed.clear()
                 self._packed[key] = packed
-            await conn.send_packed_command(packed)
+            # A health check only where the client asked for them (it is a no-op at interval 0).
+            await conn.send_packed_command(packed, check_health=bool(conn.health_check_interval))
             return await conn.read_response()
         finally:
             # After a fault redis-py has disconnected it already; it reconnects on its next use.

@@ -245,3 +245,29 @@ async def test_a_single_connection_client_keeps_its_gets_on_its_connection(redis
     finally:
         await raw.aclose()
         await store.aclose()
+
+
+@pytest.mark.parametrize("interval", [0, 30])
+async def test_a_lane_get_health_checks_only_where_the_client_asks(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, interval: int
+) -> None:
+    """A client built with health_check_interval gets redis-py's health check before each lane GET, as
+    its own commands do; at interval 0 (the store's default) the lane skips the no-op."""
+    store = RedisStore(aioredis.Redis.from_url(redis_url, health_check_interval=interval))
+    try:
+        await store.client.set("k", "v")
+        lane = await warm_lane(store, 1)
+        (conn,) = lane._idle
+        checks = 0
+        check = conn.check_health
+
+        async def counted() -> None:
+            nonlocal checks
+            checks += 1
+            await check()  # type: ignore[no-untyped-call] # redis-py leaves it untyped
+
+        monkeypatch.setattr(conn, "check_health", counted)
+        assert await store.get("k") == b"v"
+        assert checks == (1 if interval else 0)
+    finally:
+        await store.aclose()
