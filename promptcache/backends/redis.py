@@ -4,6 +4,8 @@ redis-py's own retries are turned off (``Retry(NoBackoff(), 0)``): the cache put
 milliseconds on every call and a circuit breaker around the store, and a retry hidden inside a call would
 break that deadline. A command cancelled mid-reply makes redis-py drop the connection rather than return
 it to the pool half-read (redis-py >= 4.5.5), so a cancelled caller can never receive another's reply.
+GETs (every cache hit) go through the loop's GET lane (:mod:`._lane`): connections of their own beside
+the pool, spoken to through redis-py's connection API, past the client's per-command layers.
 """
 
 from __future__ import annotations
@@ -176,6 +178,7 @@ class RedisStore:
 
         The pool holds at most ``max_connections`` connections per event loop (default
         :data:`DEFAULT_MAX_CONNECTIONS`); a call beyond that waits for a free one instead of failing.
+        GETs have a lane of at most as many connections again, opened as concurrent GETs need them.
         """
         timeout = None if socket_timeout is None else positive(socket_timeout, "socket_timeout")
         kwargs: dict[str, Any] = {
