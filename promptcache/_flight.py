@@ -133,7 +133,7 @@ class SingleFlight:
                 await asyncio.sleep(0)  # let the loop's other tasks run (a tier hit awaits nothing)
             return found
         if again:
-            return self._decode(key, await self._fetch(key, self._begin(key, polled=True)), again=True)
+            return self._decode(key, await self._fetch(key, self._begin(key, poll=False)), again=True)
         state, tier, store_key = self._loops.get(), self._tier, key.store_key
         reads = state.reads
         if (pending := reads.get(store_key)) is not None:
@@ -144,7 +144,7 @@ class SingleFlight:
                 if raw is not _RETRY:
                     return self._decode(key, raw, again=True)  # the first reader counted a bad value
             return self._decode(key, await self._fetch(key, self._begin(key)), again=again)
-        ticket = self._begin(key, polled=True)  # the tier lookup above polled, nothing awaited since
+        ticket = self._begin(key, poll=False)  # see HotTier.begin: right after the tier lookup
         pending = reads[store_key] = asyncio.get_running_loop().create_future()
         state.tickets[store_key] = ticket
         try:
@@ -164,9 +164,9 @@ class SingleFlight:
         """The entry for ``key`` from the hot tier, with no I/O (None: no tier, or not kept there)."""
         return None if self._tier is None else self._tier.entry(key, self._clock())
 
-    def _begin(self, key: CacheKey, *, polled: bool = False) -> Ticket | None:
+    def _begin(self, key: CacheKey, *, poll: bool = True) -> Ticket | None:
         """The tier's ticket for a read of ``key`` about to begin (None: keep nothing); see HotTier.begin."""
-        return None if self._tier is None else self._tier.begin(key.store_key, polled=polled)
+        return None if self._tier is None else self._tier.begin(key.store_key, poll=poll)
 
     async def _fetch(self, key: CacheKey, ticket: Ticket | None) -> bytes | None:
         """One store GET; its bytes are offered to the tier under ``ticket`` (from :meth:`_begin`)."""

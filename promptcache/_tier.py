@@ -2,7 +2,8 @@
 
 A bounded (in bytes) LRU of the raw bytes of entries this process read from the store, in front of a store
 that pushes invalidations (:class:`~promptcache.backends.TrackingStore`: Redis's own client-side caching
-with ``CLIENT TRACKING``). Every operation first applies what the store pushed since the last one, so:
+with ``CLIENT TRACKING``). Every operation that could serve or keep an entry first applies what the store
+pushed since the last one, so:
 
 * an entry is served only while this process holds a live subscription; a lost one (disconnect, Redis
   restarted, ``CLIENT KILL``, silence past the lease) or a new one empties the tier before the next read;
@@ -74,6 +75,11 @@ class HotTier:
 
     def get(self, store_key: str) -> bytes | None:
         """The kept bytes under ``store_key`` when the subscription is live, else None."""
+        if store_key not in self._entries:
+            # What Redis pushed can only drop entries, never add one: a key not kept now is not kept
+            # after the poll either, so its lookup skips the poll (the store read that follows takes its
+            # ticket with begin(poll=False), and offer polls before keeping anything).
+            return None
         with self._lock:
             if not self._sync():
                 return None
@@ -81,6 +87,11 @@ class HotTier:
             if raw is not None:
                 self._entries.move_to_end(store_key)
             return raw
+
+    def refresh(self) -> bool:
+        """Apply what the store pushed now (lookups of keys not kept skip it); True while live."""
+        with self._lock:
+            return self._sync()
 
     def entry(self, key: CacheKey, now: float) -> Entry | None:
         """The kept entry for ``key``, decoded and checked as a store value is, or None (an expired or
@@ -96,16 +107,17 @@ class HotTier:
             self.discard(key.store_key)
         return found
 
-    def begin(self, store_key: str, *, polled: bool = False) -> Ticket | None:
+    def begin(self, store_key: str, *, poll: bool = True) -> Ticket | None:
         """Before a store read: a ticket for :meth:`offer`, or None when nothing may be kept now.
 
-        ``polled``: the caller's tier lookup of this key polled the store a moment ago, with nothing
-        awaited since; this one then does not poll again. A change pushed in between is applied by
-        offer's own poll while the key is marked as being read, so it counts as a change during the read
-        and nothing is kept: the ticket errs only on the safe side.
+        ``poll=False`` (the read path, right after its lookup) skips the poll while the last one found
+        the subscription live. What was pushed meanwhile is applied by offer's own poll while the key is
+        marked as being read, so it counts as a change during the read and nothing is kept: the ticket
+        errs only on the safe side.
         """
         with self._lock:
-            if not (self._session if polled else self._sync()):
+            live = self._sync() if poll or not self._session else True  # else: live at the last poll
+            if not live:
                 return None
             self._reading[store_key] = self._reading.get(store_key, 0) + 1
             return self._epoch, self._changes.get(store_key, 0)
