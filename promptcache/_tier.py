@@ -6,7 +6,7 @@ with ``CLIENT TRACKING``). Every operation that could serve or keep an entry fir
 pushed since the last one, so:
 
 * an entry is served only while this process holds a live subscription; a lost one (disconnect, Redis
-  restarted, ``CLIENT KILL``, silence past the lease) or a new one empties the tier before the next read;
+  restarted, ``CLIENT KILL``, silence past the lease) or a new one empties the tier before it serves again;
 * an overwrite, a refresh, an invalidation or an expiry by any process reaches every process's tier through
   Redis; this process's own writes also drop the key here at once;
 * a read that raced a change never fills the tier: a key invalidated while its store read was in flight
