@@ -43,7 +43,8 @@ class CacheConfig:
             so they may take longer than a read before they count as a store fault.
         max_connections: Connections a Redis store keeps per event loop (per node on a cluster) when
             opened by ``from_url``; callers beyond it wait for a free one (within their deadline)
-            instead of failing or opening more.
+            instead of failing or opening more. A single server's GETs keep at most as many again of
+            their own (the GET lane), opened as concurrent hits need them.
         breaker_threshold: Consecutive store failures that open the circuit breaker.
         breaker_cooldown: Seconds the breaker stays open before one probe call.
         max_entry_bytes: Encoded entries larger than this are returned but not stored (counted).

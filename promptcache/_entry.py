@@ -189,21 +189,29 @@ def decode_entry(raw: bytes | str, key: CacheKey, now: float, *, from_tier: bool
     Raises:
         EntryError: Corrupt, foreign (written for another digest or scope) or of another format.
     """
-    doc = _load(raw)
-    if type(doc) is not dict or doc.get("version") != ENTRY_FORMAT:
+    if type(raw) is bytes and not raw.startswith(_ZLIB_MAGIC):  # the common case, parsed here at once
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise EntryError(f"entry is not valid JSON ({exc})") from None
+    else:
+        doc = _load(raw)
+    if type(doc) is not dict:
         _entry_of(doc)  # raises the precise EntryError
-    if doc.get("digest") != key.digest:
+    get = doc.get
+    if get("version") != ENTRY_FORMAT:
+        _entry_of(doc)
+    if get("digest") != key.digest:
         raise EntryError("entry was written for another key")
-    if doc.get("scope") != [key.namespace, key.agent_id, key.agent_version, key.tenant]:
+    scope = (key.namespace, key.agent_id, key.agent_version, key.tenant)
+    if get("scope") != [*scope]:
         raise EntryError("entry was written for another scope")
-    if doc.get("endpoint") != key.endpoint.value:
+    endpoint = get("endpoint")
+    if endpoint != key.endpoint:  # a StrEnum: equal to its value (the stored string, kept below)
         raise EntryError("entry was written for another endpoint")
-    expires_at = doc.get("expires_at")
-    created_at = doc.get("created_at")
-    chunks = doc.get("chunks")
-    usage = doc.get("usage")
-    model = doc.get("model")
-    latency = doc.get("latency")
+    expires_at = get("expires_at")
+    created_at = get("created_at")
+    chunks = get("chunks")
     if (
         type(expires_at) not in (int, float)
         or type(created_at) not in (int, float)
@@ -213,17 +221,20 @@ def decode_entry(raw: bytes | str, key: CacheKey, now: float, *, from_tier: bool
         _entry_of(doc)  # raises the precise EntryError
     if expires_at <= now:
         return None
+    usage = get("usage")
+    model = get("model")
+    latency = get("latency")
     return Entry(
-        digest=key.digest,
-        scope=(key.namespace, key.agent_id, key.agent_version, key.tenant),
-        endpoint=key.endpoint.value,
-        created_at=float(created_at),
-        expires_at=float(expires_at),
-        body=doc.get("body"),
-        chunks=chunks,
-        model=model if type(model) is str else None,
-        usage=usage if type(usage) is dict else None,
-        latency=float(latency) if type(latency) in (int, float) else 0.0,
-        request=doc.get("request"),
+        key.digest,
+        scope,
+        endpoint,
+        float(created_at),
+        float(expires_at),
+        get("body"),
+        chunks,
+        model if type(model) is str else None,
+        usage if type(usage) is dict else None,
+        float(latency) if type(latency) in (int, float) else 0.0,
+        get("request"),
         from_tier=from_tier,
     )

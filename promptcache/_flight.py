@@ -136,7 +136,7 @@ class SingleFlight:
                 await asyncio.sleep(0)  # let the loop's other tasks run (a tier hit awaits nothing)
             return found
         if again:
-            return self._decode(key, await self._fetch(key, self._begin(key)), again=True)
+            return self._decode(key, await self._fetch(key, self._begin(key, poll=False)), again=True)
         state, store_key = self._loops.get(), key.store_key
         reads = state.reads
         if (pending := reads.get(store_key)) is not None:
@@ -147,7 +147,7 @@ class SingleFlight:
                 if raw is not _RETRY:
                     return self._decode(key, raw, again=True)  # the first reader counted a bad value
             return self._decode(key, await self._fetch(key, self._begin(key)), again=again)
-        ticket = self._begin(key)
+        ticket = self._begin(key, poll=False)  # see HotTier.begin: right after the tier lookup
         pending = reads[store_key] = asyncio.get_running_loop().create_future()
         state.tickets[store_key] = ticket
         try:
@@ -170,9 +170,9 @@ class SingleFlight:
         raw = None if self._immediate is None else self._immediate.get_now(key.store_key)
         return None if raw is None else self._decode(key, raw, again=True)  # lookup() counts a bad one
 
-    def _begin(self, key: CacheKey) -> Ticket | None:
-        """The tier's ticket for a store read of ``key`` about to begin (None: nothing may be kept)."""
-        return None if self._tier is None else self._tier.begin(key.store_key)
+    def _begin(self, key: CacheKey, *, poll: bool = True) -> Ticket | None:
+        """The tier's ticket for a read of ``key`` about to begin (None: keep nothing); see HotTier.begin."""
+        return None if self._tier is None else self._tier.begin(key.store_key, poll=poll)
 
     async def _fetch(self, key: CacheKey, ticket: Ticket | None) -> bytes | None:
         """One store GET; its bytes are offered to the tier under ``ticket`` (from :meth:`_begin`)."""

@@ -19,6 +19,7 @@ __all__ = [
     "refusal_reason",
     "stream_refusal",
     "stream_summary",
+    "tokens_of",
     "usage_of",
 ]
 
@@ -168,7 +169,11 @@ def refusal_reason(
 
 def usage_of(body: object) -> tuple[int, int]:
     """``(input_tokens, output_tokens)`` reported in a body, for any endpoint; (0, 0) when absent."""
-    usage = body.get("usage") if isinstance(body, dict) else None
+    return tokens_of(body.get("usage") if isinstance(body, dict) else None)
+
+
+def tokens_of(usage: object) -> tuple[int, int]:
+    """``(input_tokens, output_tokens)`` of a body's ``usage`` value; (0, 0) when it is not a dict."""
     if not isinstance(usage, dict):
         return (0, 0)
     prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))

@@ -126,46 +126,37 @@ class StoreGuard:
             self._counters.store_skipped += 1
             return False, None
         gate = None if self._admission is None else self._admission()
-        if gate is None:
-            return await self._run(operation, call, exempt=exempt, deadline=deadline)
-        if gate.locked():  # every pooled connection is busy: queue here, outside the call's deadline
+        if gate is not None:
+            if gate.locked():  # every pooled connection is busy: queue here, outside the call's deadline
+                try:
+                    async with asyncio.timeout(self.write_timeout):
+                        await gate.acquire()
+                except TimeoutError as exc:
+                    # Overload, not a store fault: counted and logged, but the breaker does not hear of it.
+                    overload = TimeoutError(f"no free connection for {operation}")
+                    self._on_store_error(operation, overload, True)  # noqa: FBT003 - positional callback flag
+                    if not self._config.fail_open:
+                        raise StoreError(f"store {operation} failed: no free connection") from exc
+                    return False, exc
+            else:
+                await gate.acquire()  # free: returns at once
+        # One coroutine frame less on the hit path: the guarded call is awaited right here.
+        try:
+            if self._events.hooks:
+                return await self._run_timed(operation, call, exempt=exempt, deadline=deadline)
             try:
-                async with asyncio.timeout(self.write_timeout):
-                    await gate.acquire()
-            except TimeoutError as exc:
-                # Overload, not a store fault: counted and logged, but the breaker does not hear of it.
-                overload = TimeoutError(f"no free connection for {operation}")
-                self._on_store_error(operation, overload, True)  # noqa: FBT003 - positional callback flag
+                return True, await self._guard.run(operation, call, exempt=exempt, deadline=deadline)
+            except StoreSkipped:
+                self._counters.store_skipped += 1
+            except Exception as exc:
+                # Counted and logged by the guard; only fail_open decides whether it reaches the caller.
                 if not self._config.fail_open:
-                    raise StoreError(f"store {operation} failed: no free connection") from exc
+                    raise StoreError(f"store {operation} failed: {type(exc).__name__}") from exc
                 return False, exc
-        else:
-            await gate.acquire()  # free: returns at once
-        try:
-            return await self._run(operation, call, exempt=exempt, deadline=deadline)
+            return False, None
         finally:
-            gate.release()
-
-    async def _run(
-        self,
-        operation: str,
-        call: Callable[[], Awaitable[Any]],
-        *,
-        exempt: bool,
-        deadline: float | None,
-    ) -> tuple[bool, Any]:
-        if self._events.hooks:
-            return await self._run_timed(operation, call, exempt=exempt, deadline=deadline)
-        try:
-            return True, await self._guard.run(operation, call, exempt=exempt, deadline=deadline)
-        except StoreSkipped:
-            self._counters.store_skipped += 1
-        except Exception as exc:
-            # Counted and logged by the guard; only the fail_open flag decides whether it reaches the caller.
-            if not self._config.fail_open:
-                raise StoreError(f"store {operation} failed: {type(exc).__name__}") from exc
-            return False, exc
-        return False, None
+            if gate is not None:
+                gate.release()
 
     async def _run_timed(
         self, operation: str, call: Callable[[], Awaitable[Any]], *, exempt: bool, deadline: float | None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final
@@ -71,8 +70,10 @@ class KeyMemo:
                 )
                 found = self._keys.get(memo)
                 if found is not None:
-                    with contextlib.suppress(KeyError):  # another thread may have just evicted it
+                    try:  # noqa: SIM105 - contextlib.suppress costs a context manager per hit
                         self._keys.move_to_end(memo)
+                    except KeyError:  # another thread has just evicted it: still the right key
+                        pass
                     return found
         key = make_key(
             request,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -135,49 +136,99 @@ class CircuitBreaker:
             self._on_change(old, new)
 
 
+class _Watchdog:
+    """One event loop's deadline timer, shared by every store call of one guard in that loop.
+
+    Scheduling and cancelling a timer per call costs several microseconds on the hit path (a TimerHandle,
+    a push onto the loop's heap, cancelled handles left there until the loop sweeps them). Instead each
+    call registers its due time here, and one timer, armed at the earliest due time of the calls in
+    progress, looks at them when it fires; a call that ended is simply gone from :attr:`calls`, and a
+    timer that finds nothing due re-arms for the earliest due time left (or not at all). In a steady flow
+    of calls it fires about once per deadline, not once per call.
+    """
+
+    __slots__ = ("armed", "calls", "handle", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.calls: dict[_Deadline, None] = {}
+        self.handle: asyncio.TimerHandle | None = None
+        self.armed = math.inf  # when the timer fires (inf: not armed)
+
+    def arm(self, when: float) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        self.armed = when
+        self.handle = self.loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self.handle, self.armed = None, math.inf
+        now = self.loop.time()
+        nearest = math.inf
+        for call in list(self.calls):
+            if call.due <= now:
+                del self.calls[call]
+                call.expire()
+            elif call.due < nearest:
+                nearest = call.due
+        if nearest < math.inf:
+            self.arm(nearest)
+
+
 class _Deadline:
-    """A timer that cancels ``task`` once ``limit`` seconds have run out on a loop that was free to run it.
+    """Cancels ``task`` once ``limit`` seconds have run out on a loop that was free to run it.
 
     Why not asyncio.timeout: it is implemented in Python on 3.11 and costs several microseconds per call
     on the hit path. This is the same mechanism (a timer that cancels the task; the caller uses uncancel to
-    tell this cancellation from another) in a few lines, plus an allowance for event-loop lag, which alone
-    must not count as a store fault: a reply that has arrived needs a few loop turns to reach its task
-    (the selector poll, the protocol callback, the task's wake-up), and a new connection a few round trips.
-    So when ``limit`` runs out the timer looks again after each of :data:`GRACE_TURNS` loop turns, and
-    while those turns are sluggish (each longer than :data:`LAG_SHARE` of the limit: a CPU-bound
-    neighbour, a burst of requests, an import) it keeps waiting, up to :data:`MAX_STRETCH` times the
-    limit in all. On a loop that turns freely, a hung store is cancelled a few microseconds after its
-    deadline.
+    tell this cancellation from another), on the loop's shared :class:`_Watchdog` timer, plus an allowance
+    for event-loop lag, which alone must not count as a store fault: a reply that has arrived needs a few
+    loop turns to reach its task (the selector poll, the protocol callback, the task's wake-up), and a new
+    connection a few round trips. So when ``limit`` runs out the deadline looks again after each of
+    :data:`GRACE_TURNS` loop turns, and while those turns are sluggish (each longer than :data:`LAG_SHARE`
+    of the limit: a CPU-bound neighbour, a burst of requests, an import) it keeps waiting, up to
+    :data:`MAX_STRETCH` times the limit in all. On a loop that turns freely, a hung store is cancelled a
+    few microseconds after its deadline.
     """
 
-    __slots__ = ("_grace", "_handle", "_last", "_limit", "_loop", "_stop", "_task", "expired")
+    __slots__ = ("_grace", "_handle", "_last", "_limit", "_stop", "_task", "_watchdog", "due", "expired")
 
-    def __init__(self, task: asyncio.Task[Any], limit: float) -> None:
+    def __init__(self, task: asyncio.Task[Any], limit: float, watchdog: _Watchdog) -> None:
         self._task = task
         self._limit = limit
-        self._loop = loop = task.get_loop()
-        due = loop.time() + limit
-        self._stop = due + limit * (MAX_STRETCH - 1)
-        self._last = due  # when the loop was last seen turning (a late first check is a sluggish turn)
-        self._grace = GRACE_TURNS
-        self._handle: asyncio.Handle = loop.call_at(due, self._expire)
+        self._watchdog = watchdog
+        self.due = due = watchdog.loop.time() + limit
+        self._handle: asyncio.Handle | None = None
         self.expired = False
+        watchdog.calls[self] = None
+        if due < watchdog.armed:
+            watchdog.arm(due)
 
-    def _expire(self) -> None:
-        now = self._loop.time()
+    def expire(self) -> None:
+        """The due time has come (called by the watchdog): check the loop's lag, then cancel the task."""
+        self._stop = self.due + self._limit * (MAX_STRETCH - 1)
+        self._last = self.due  # when the loop was last seen turning (a late first check is a sluggish turn)
+        self._grace = GRACE_TURNS
+        self._check()
+
+    def _check(self) -> None:
+        loop = self._watchdog.loop
+        now = loop.time()
         if now < self._stop:
             if now - self._last > self._limit * LAG_SHARE:
                 self._grace = GRACE_TURNS  # that turn was the loop's lag, not the store's: start over
             self._last = now
             if self._grace:
                 self._grace -= 1
-                self._handle = self._loop.call_soon(self._expire)
+                self._handle = loop.call_soon(self._check)
                 return
+        self._handle = None
         self.expired = True
         self._task.cancel()
 
     def cancel(self) -> None:
-        self._handle.cancel()
+        self._watchdog.calls.pop(self, None)
+        if self._handle is not None:
+            self._handle.cancel()
 
 
 class Guard:
@@ -207,6 +258,15 @@ class Guard:
         # counted and logged, but does not feed the breaker, so one odd key cannot stop every other hit.
         self._answered = answered
         self._timed_out = timed_out
+        # Each loop's deadline timer (loops differ by thread; each entry is touched only in its own loop).
+        self._watchdogs: dict[asyncio.AbstractEventLoop, _Watchdog] = {}
+
+    def _watchdog(self, loop: asyncio.AbstractEventLoop) -> _Watchdog:
+        """``loop``'s watchdog, made on first use there (closed loops' ones dropped then)."""
+        for old in [old for old in list(self._watchdogs) if old.is_closed()]:
+            self._watchdogs.pop(old, None)
+        watchdog = self._watchdogs[loop] = _Watchdog(loop)
+        return watchdog
 
     def is_timeout(self, exc: BaseException) -> bool:
         """True for a timeout, whoever noticed it: this guard's deadline or the store client's own."""
@@ -241,7 +301,9 @@ class Guard:
             raise RuntimeError("store calls must run inside an asyncio task")
         cancelling = task.cancelling()
         limit = self.timeout if deadline is None else deadline
-        timer = _Deadline(task, limit)
+        loop = task.get_loop()
+        watchdog = self._watchdogs.get(loop) or self._watchdog(loop)
+        timer = _Deadline(task, limit, watchdog)
         try:
             result = await call()
         except asyncio.CancelledError as exc:

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING
 
 from promptcache._events import Result
-from promptcache._gate import usage_of
+from promptcache._gate import tokens_of
 from promptcache.exceptions import ServerStateError
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class Counters:
         self.hits += 1
         if entry.from_tier:
             self.tier_hits += 1
-        inp, out = usage_of({"usage": entry.usage})
+        inp, out = tokens_of(entry.usage)
         self.input_tokens_saved += inp
         self.output_tokens_saved += out
         self.latency_saved += entry.latency

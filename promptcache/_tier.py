@@ -2,10 +2,11 @@
 
 A bounded (in bytes) LRU of the raw bytes of entries this process read from the store, in front of a store
 that pushes invalidations (:class:`~promptcache.backends.TrackingStore`: Redis's own client-side caching
-with ``CLIENT TRACKING``). Every operation first applies what the store pushed since the last one, so:
+with ``CLIENT TRACKING``). Every operation that could serve or keep an entry first applies what the store
+pushed since the last one, so:
 
 * an entry is served only while this process holds a live subscription; a lost one (disconnect, Redis
-  restarted, ``CLIENT KILL``, silence past the lease) or a new one empties the tier before the next read;
+  restarted, ``CLIENT KILL``, silence past the lease) or a new one empties the tier before it serves again;
 * an overwrite, a refresh, an invalidation or an expiry by any process reaches every process's tier through
   Redis; this process's own writes also drop the key here at once;
 * a read that raced a change never fills the tier: a key invalidated while its store read was in flight
@@ -74,6 +75,11 @@ class HotTier:
 
     def get(self, store_key: str) -> bytes | None:
         """The kept bytes under ``store_key`` when the subscription is live, else None."""
+        if store_key not in self._entries:
+            # What Redis pushed can only drop entries, never add one: a key not kept now is not kept
+            # after the poll either, so its lookup skips the poll (the store read that follows takes its
+            # ticket with begin(poll=False), and offer polls before keeping anything).
+            return None
         with self._lock:
             if not self._sync():
                 return None
@@ -81,6 +87,11 @@ class HotTier:
             if raw is not None:
                 self._entries.move_to_end(store_key)
             return raw
+
+    def refresh(self) -> bool:
+        """Apply what the store pushed now (lookups of keys not kept skip it); True while live."""
+        with self._lock:
+            return self._sync()
 
     def entry(self, key: CacheKey, now: float) -> Entry | None:
         """The kept entry for ``key``, decoded and checked as a store value is, or None (an expired or
@@ -96,10 +107,17 @@ class HotTier:
             self.discard(key.store_key)
         return found
 
-    def begin(self, store_key: str) -> Ticket | None:
-        """Before a store read: a ticket for :meth:`offer`, or None when nothing may be kept now."""
+    def begin(self, store_key: str, *, poll: bool = True) -> Ticket | None:
+        """Before a store read: a ticket for :meth:`offer`, or None when nothing may be kept now.
+
+        ``poll=False`` (the read path, right after its lookup) skips the poll while the last one found
+        the subscription live. What was pushed meanwhile is applied by offer's own poll while the key is
+        marked as being read, so it counts as a change during the read and nothing is kept: the ticket
+        errs only on the safe side.
+        """
         with self._lock:
-            if not self._sync():
+            live = self._sync() if poll or not self._session else True  # else: live at the last poll
+            if not live:
                 return None
             self._reading[store_key] = self._reading.get(store_key, 0) + 1
             return self._epoch, self._changes.get(store_key, 0)
@@ -120,7 +138,9 @@ class HotTier:
         Always call it once per ticket (``raw=None`` when nothing is to be kept: absent, or not decodable).
         """
         with self._lock:
-            live = self._sync()
+            # A value too big to keep needs no poll (nothing is kept, so nothing can be stale); the next
+            # tier operation applies what was pushed.
+            live = raw is not None and self._fits(store_key, raw) and self._sync()
             left = self._reading.get(store_key, 1) - 1
             changed = ticket != (self._epoch, self._changes.get(store_key, 0))
             if left:
@@ -169,6 +189,9 @@ class HotTier:
             for key in keys:
                 self._drop(key)
         return session != 0
+
+    def _fits(self, store_key: str, raw: bytes) -> bool:
+        return len(raw) + len(store_key) + _OVERHEAD <= self._max
 
     def _keep(self, store_key: str, raw: bytes) -> None:
         cost = len(raw) + len(store_key) + _OVERHEAD

@@ -37,6 +37,9 @@ class LoopClient(Generic[C]):
     holds: int = 0
     released: asyncio.Event = field(default_factory=asyncio.Event)
     extras: dict[str, Any] = field(default_factory=dict)  # per-loop state a store keeps beside its client
+    # Closed in this loop before the client, whether or not the store owns the client (a store's own
+    # connections beside the client's pool).
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
 # Pools wider than this are treated as unbounded (redis-py's plain pool allows 2**31 connections).
@@ -136,5 +139,9 @@ class LoopClients(Generic[C]):
             # Bounded: a holder that never lets go (a cache nobody closed) must not stop the loop closing.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(slot.released.wait(), HOLD_TIMEOUT)
-        if slot.owned:
-            await self._close_client(slot.client)
+        try:
+            for closer in slot.closers:
+                await closer()
+        finally:
+            if slot.owned:
+                await self._close_client(slot.client)

@@ -4,6 +4,8 @@ redis-py's own retries are turned off (``Retry(NoBackoff(), 0)``): the cache put
 milliseconds on every call and a circuit breaker around the store, and a retry hidden inside a call would
 break that deadline. A command cancelled mid-reply makes redis-py drop the connection rather than return
 it to the pool half-read (redis-py >= 4.5.5), so a cancelled caller can never receive another's reply.
+GETs (every cache hit) go through the loop's GET lane (:mod:`._lane`): connections of their own beside
+the pool, spoken to through redis-py's connection API, past the client's per-command layers.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from promptcache._validate import positive
-from promptcache.backends._loopclient import LoopClients, admission_of
+from promptcache.backends._lane import FULL, GetLane
+from promptcache.backends._loopclient import LoopClient, LoopClients, admission_of
 
 if TYPE_CHECKING:
     import asyncio
@@ -90,6 +93,23 @@ def _clone(client: aioredis.Redis) -> aioredis.Redis:
     return aioredis.Redis.from_pool(aioredis.ConnectionPool(**options))
 
 
+def _lane_of(slot: LoopClient[aioredis.Redis]) -> GetLane | bool:
+    """This loop's GET lane (see :mod:`._lane`), made on first use; False for a client that keeps one
+    connection of its own (``single_connection_client``), whose GETs go through it."""
+    if (found := slot.extras.get("lane")) is not None:
+        lane_found: GetLane | bool = found
+        return lane_found
+    client = slot.client
+    lane: GetLane | bool = False
+    if not getattr(client, "single_connection_client", False):
+        width = getattr(client.connection_pool, "max_connections", None)
+        limit = width if isinstance(width, int) and 0 < width <= DEFAULT_MAX_CONNECTIONS else None
+        lane = GetLane(client.connection_pool, limit or DEFAULT_MAX_CONNECTIONS)
+        slot.closers.append(lane.aclose)
+    slot.extras["lane"] = lane
+    return lane
+
+
 async def _close(client: aioredis.Redis) -> None:
     await client.aclose()
 
@@ -158,6 +178,7 @@ class RedisStore:
 
         The pool holds at most ``max_connections`` connections per event loop (default
         :data:`DEFAULT_MAX_CONNECTIONS`); a call beyond that waits for a free one instead of failing.
+        GETs have a lane of at most as many connections again, opened as concurrent GETs need them.
         """
         timeout = None if socket_timeout is None else positive(socket_timeout, "socket_timeout")
         kwargs: dict[str, Any] = {
@@ -187,8 +208,27 @@ class RedisStore:
         return RedisTracking(sync_connection_factory(self._clients.first.connection_pool), prefix)
 
     async def get(self, key: str) -> bytes | None:
-        value = await self.client.get(key)
+        slot = self._clients.get()
+        lane = slot.extras.get("lane")
+        if lane is None:
+            lane = _lane_of(slot)
+        value = FULL if lane is False else await lane.get(key)  # type: ignore[union-attr] # a GetLane
+        if value is FULL:
+            value = await slot.client.get(key)
         return value if value is None or isinstance(value, bytes) else str(value).encode()
+
+    async def preconnect(self, connections: int) -> int:
+        """Open up to ``connections`` connections for this loop's GETs now (at most the pool's width), so
+        a first burst of hits finds them open; returns how many are open. Optional: GETs open them as
+        they need them, in the background. Connections Redis refuses are not opened (no error).
+
+        .. versionadded:: 0.4.0
+        """
+        lane = _lane_of(self._clients.get())
+        if lane is False:
+            return 0
+        await lane.open(connections)  # type: ignore[union-attr] # a GetLane
+        return lane.connections  # type: ignore[union-attr]
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         await self.client.set(key, value, px=max(1, int(positive(ttl, "ttl") * 1000)))

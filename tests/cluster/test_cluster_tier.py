@@ -127,7 +127,7 @@ async def test_a_failover_empties_the_tier_and_nothing_stale_is_served(cluster: 
 def _tier_empty(cache: PromptCache) -> bool:
     tier = cache._guard.tier
     assert tier is not None
-    tier.get("probe")  # applies what the subscriptions saw
+    tier.refresh()  # applies what the subscriptions saw
     return len(tier) == 0
 
 

@@ -726,3 +726,71 @@ async def test_a_store_slow_after_the_lag_still_times_out() -> None:
     with pytest.raises(TimeoutError):
         await call
     assert errors == [("get", "TimeoutError", True)]
+
+
+async def test_a_short_deadline_begun_during_a_long_one_still_fires_first() -> None:
+    """The loop's one deadline timer re-arms for an earlier due time: a 20 ms read that hangs, begun
+    while a call with a 10 s deadline is in progress, is cut at its own deadline, and the long call then
+    finishes (not cut with it at the later due time)."""
+    breaker, _, _ = _breaker(threshold=5)
+    guard, errors = _guard(breaker, timeout=0.02)
+    release = asyncio.Event()
+
+    async def slow_write() -> str:
+        await release.wait()
+        return "written"
+
+    async def hangs() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            release.set()  # the long call ends once this one is cut
+
+    write = asyncio.create_task(guard.run("set", slow_write, deadline=10.0))
+    await asyncio.sleep(0)  # the write is in flight, the timer armed for its 10 s
+    with pytest.raises(TimeoutError):
+        await guard.run("get", hangs)
+    assert await write == "written"
+    assert errors == [("get", "TimeoutError", True)]
+
+
+async def test_a_call_begun_after_finished_ones_is_cut_at_its_own_deadline() -> None:
+    """Calls that ended leave the shared timer armed for their due times; when it fires with none of them
+    left it re-arms for the call still running, which is then cut at its deadline (not left hanging)."""
+    breaker, _, _ = _breaker(threshold=5)
+    guard, errors = _guard(breaker, timeout=0.05)
+
+    async def quick() -> str:
+        return "ok"
+
+    async def hangs() -> None:
+        await asyncio.Event().wait()
+
+    for _ in range(20):
+        assert await guard.run("get", quick) == "ok"
+    await asyncio.sleep(0.01)  # the hung call's due time is later than the armed one
+    with pytest.raises(TimeoutError):
+        await guard.run("get", hangs)
+    assert errors == [("get", "TimeoutError", True)]
+
+
+async def test_calls_in_sequence_share_one_deadline_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run of quick guarded calls arms the loop's timer once, not once per call (the hit path's cost)."""
+    breaker, _, _ = _breaker(threshold=5)
+    guard, _ = _guard(breaker, timeout=10.0)
+    loop = asyncio.get_running_loop()
+    armed: list[float] = []
+    call_at = loop.call_at
+
+    def counting_call_at(when: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
+        armed.append(when)
+        return call_at(when, callback, *args)
+
+    monkeypatch.setattr(loop, "call_at", counting_call_at)
+
+    async def quick() -> str:
+        return "ok"
+
+    for _ in range(100):
+        assert await guard.run("get", quick) == "ok"
+    assert len(armed) == 1

@@ -188,3 +188,77 @@ def test_memory_and_sqlite_stores_have_no_tier(tmp_path: object) -> None:
 
     cache = PromptCache.from_url("memory://")
     assert cache._guard.tier is None
+
+
+def test_a_read_of_a_key_not_kept_polls_once_and_a_change_before_it_keeps_nothing() -> None:
+    """The read path of a key the tier does not hold: its lookup and its ticket (``poll=False``) do not
+    poll (pushes only drop entries); a change pushed before is applied at the offer, while the key is
+    being read, so those bytes are not kept (the safe side); the next read keeps."""
+    source = Source()
+    tier = filled(source, "ns:other")  # polled: the subscription is live
+    polls = source.polls
+    source.push("ns:a")
+    assert tier.get("ns:a") is None
+    ticket = tier.begin("ns:a", poll=False)
+    assert ticket is not None
+    assert source.polls == polls  # neither the lookup nor the ticket polled
+    tier.offer("ns:a", b"old", ticket)
+    assert source.polls == polls + 1
+    assert tier.get("ns:a") is None
+    ticket = tier.begin("ns:a", poll=False)
+    assert ticket is not None
+    tier.offer("ns:a", b"new", ticket)
+    assert tier.get("ns:a") == b"new"
+
+
+def test_refresh_applies_the_pushes_that_lookups_of_absent_keys_skip() -> None:
+    """A lost subscription empties the tier at the next refresh, with no kept key looked up."""
+    source = Source()
+    tier = filled(source, "ns:a", "ns:b")
+    source.session = 0
+    assert tier.get("ns:absent") is None
+    assert len(tier) == 2  # not applied yet: nothing was served or kept
+    assert tier.refresh() is False
+    assert len(tier) == 0
+
+
+def test_a_kept_key_is_looked_up_after_a_poll() -> None:
+    """A key the tier holds is served only after the pushes are applied: its lookup polls."""
+    source = Source()
+    tier = filled(source, "ns:a")
+    polls = source.polls
+    source.push("ns:a")
+    assert tier.get("ns:a") is None
+    assert source.polls == polls + 1
+
+
+def test_a_ticket_without_a_poll_polls_when_the_last_poll_saw_no_subscription() -> None:
+    """``poll=False`` skips the poll only while the subscription was live at the last one: a fresh tier
+    (never polled), or one whose last poll saw none, asks the store, so it fills once the subscription
+    is live and keeps nothing while it is not."""
+    source = Source()
+    tier = HotTier(source, 1 << 20)
+    ticket = tier.begin("ns:a", poll=False)
+    assert ticket is not None
+    tier.offer("ns:a", b"v", ticket)
+    assert tier.get("ns:a") == b"v"
+    source.session = 0
+    assert tier.get("ns:a") is None  # the lost subscription empties the tier
+    assert tier.begin("ns:b", poll=False) is None
+    source.session = 2
+    assert tier.begin("ns:b", poll=False) is not None
+
+
+def test_offering_a_value_too_big_to_keep_does_not_poll_and_later_pushes_still_apply() -> None:
+    """A value larger than the tier is never kept, so its offer skips the poll; what was pushed meanwhile
+    is applied by the next operation (a kept key changed then is dropped)."""
+    source = Source()
+    tier = filled(source, "ns:a", max_bytes=1000)
+    ticket = tier.begin("ns:big")
+    assert ticket is not None
+    source.push("ns:a")
+    polls = source.polls
+    tier.offer("ns:big", b"x" * 2000, ticket)
+    assert source.polls == polls
+    assert tier.get("ns:big") is None
+    assert tier.get("ns:a") is None  # the push, applied now
