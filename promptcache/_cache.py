@@ -100,7 +100,7 @@ class PromptCache(Lifecycle):
             monotonic=monotonic,
             tier=tier,
         )
-        self._kinds = KindReader(self._flight, self.config, self._counters, self._guard, store)
+        self._kinds = KindReader(self._flight, self.config, self._counters, self._guard, store, clock)
         self._closed = False
 
     @classmethod

@@ -9,7 +9,10 @@ is written, one batched read looks at:
   ``created_at - latency``) is newer, and stays;
 * the fences of its agent and of its agent version: :meth:`PromptCache.invalidate` records when it ran
   (``<namespace>:fence:v<schema>:<agent>:[<version>:]``, outside every entry prefix, kept
-  :data:`FENCE_TTL` seconds) before it deletes; an answer whose call began before that is dropped.
+  :data:`FENCE_TTL` seconds) before it deletes; an answer whose call began before that is dropped;
+* the fence of its key: a refresh (of either kind) records when it began, before its own call, so an
+  older call's answer landing while the refresh's call runs is dropped too (``<namespace>:fence:`` and
+  the rest of the entry's store key).
 
 A superseded answer is counted (``stats().superseded``), not written. The check and the write are two
 store calls, not one atomic step: a change landing between them (one round trip) can still be
@@ -34,7 +37,15 @@ if TYPE_CHECKING:
     from promptcache._keys import CacheKey
     from promptcache.backends import Store
 
-__all__ = ["FENCE_TTL", "Fence", "fence_for", "fence_key", "fence_value", "superseded_by"]
+__all__ = [
+    "FENCE_TTL",
+    "Fence",
+    "fence_for",
+    "fence_key",
+    "fence_value",
+    "refresh_fence",
+    "superseded_by",
+]
 
 FENCE_TTL: Final = 3600.0  # seconds an invalidation fences answers of calls that began before it
 
@@ -55,11 +66,21 @@ def fence_key(prefix: str) -> str:
     return f"{namespace}:fence:{rest}"
 
 
+def refresh_fence(key: CacheKey) -> str:
+    """Where a refresh of ``key`` records when it began (beside the entry: the same hash tag): an answer
+    of either kind whose call began before it is not written, even while the refresh's own call runs."""
+    return fence_key(key.store_key)
+
+
 def fence_for(key: CacheKey, started: float) -> Fence:
     """The fence of an answer to ``key`` whose upstream call began at ``started`` (wall clock)."""
     agent = agent_prefix(key.namespace, key.agent_id)
     version = agent_prefix(key.namespace, key.agent_id, key.agent_version)
-    return Fence(started, (key.store_key, key.stream_store_key), (fence_key(agent), fence_key(version)))
+    return Fence(
+        started,
+        (key.store_key, key.stream_store_key),
+        (fence_key(agent), fence_key(version), refresh_fence(key)),
+    )
 
 
 def fence_value(now: float) -> bytes:
@@ -82,8 +103,8 @@ async def superseded_by(store: Store, fence: Fence) -> str | None:
             return "a newer answer"
     for raw in values[len(fence.entries) :]:
         try:
-            if raw is not None and float(raw) >= fence.started:
-                return "an invalidation"
+            if raw is not None and float(raw) > fence.started:
+                return "an invalidation or a refresh"
         except ValueError:
             continue
     return None

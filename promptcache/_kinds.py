@@ -15,8 +15,11 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from promptcache._convert import body_from_stream, shape_stream, stream_from_body
+from promptcache._fences import FENCE_TTL, fence_value, refresh_fence
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from promptcache._config import CacheConfig
     from promptcache._entry import Entry
     from promptcache._flight import SingleFlight
@@ -36,20 +39,31 @@ def stream_kind(key: CacheKey) -> CacheKey:
 class KindReader:
     """Answers of the asked kind from what is stored under either kind of one key."""
 
-    def __init__(
-        self, flight: SingleFlight, config: CacheConfig, counters: Counters, guard: StoreGuard, store: Store
+    def __init__(  # noqa: PLR0913 - the parts it reads through, and the wall clock of refresh fences
+        self,
+        flight: SingleFlight,
+        config: CacheConfig,
+        counters: Counters,
+        guard: StoreGuard,
+        store: Store,
+        clock: Callable[[], float],
     ) -> None:
         self._flight = flight
         self._config = config
         self._counters = counters
         self._guard = guard
         self._store = store
+        self._clock = clock
 
     async def forget_other(self, key: CacheKey, *, stream: bool) -> None:
         """On a refresh of one kind: delete the other kind's answer, so the old answer does not outlive
-        the refreshed one (the next caller of the other kind gets the new answer, converted)."""
+        the refreshed one (the next caller of the other kind gets the new answer, converted). First the
+        key's fence: an older call's answer of either kind, landing while this refresh's call runs, is
+        not written (_fences.py)."""
         other = key.store_key if stream else key.stream_store_key
         store = self._store
+        fence = (refresh_fence(key), fence_value(self._clock()), FENCE_TTL)
+        await self._guard.run("set", lambda: store.set(*fence))
         self._guard.forget(other)
         await self._guard.run("delete", lambda: store.delete(other))
         self._guard.forget(other)

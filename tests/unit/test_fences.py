@@ -189,3 +189,28 @@ async def test_a_found_entry_is_served_while_other_calls_fail() -> None:
     found = await reading
     assert found is not None
     assert text_of(found) == "stored"
+
+
+async def test_an_older_stream_landing_while_a_refresh_runs_is_not_written() -> None:
+    """B refreshes the body (its call still running); A's stream, begun before the refresh, completes
+    now: it must not be written, or stream callers would get it after the refresh is done. (From a user
+    trial: the refresh deletes the other kind first, and A's stream landed in between.)"""
+    store, now = MemoryStore(), [1000.0]
+    a, b = PromptCache(store, clock=lambda: now[0]), PromptCache(store, clock=lambda: now[0])
+    key = a.key(REQUEST, agent_id="a")
+    gate, started = asyncio.Event(), asyncio.Event()
+    now[0] = 1001.0
+    refreshing = asyncio.create_task(
+        b.get_or_call(REQUEST, held("new", gate, started), agent_id="a", refresh=True)
+    )
+    await started.wait()  # the refresh's call runs; nothing of it is stored yet
+    now[0] = 1002.0
+    chunks = events_from_body(Endpoint.CHAT_COMPLETIONS, chat_body("old"))
+    assert chunks is not None
+    assert not await a.put_entry(key, REQUEST, chunks=chunks, latency=2.0)  # began at t=1000
+    assert a.stats().superseded == 1
+    gate.set()
+    assert text_of(await refreshing) == "new"
+    await b.drain()
+    assert await store.get(key.stream_store_key) is None
+    assert await stored_text(b) == "new"
