@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from promptcache._config import CacheConfig, config_with
 from promptcache._events import Emitter, Result
-from promptcache._fences import FENCE_TTL, fence_for, fence_key, fence_value
+from promptcache._fences import fence_for, fence_key, fence_record
 from promptcache._flight import SingleFlight
 from promptcache._guard import StoreGuard, delete_prefix
 from promptcache._keymemo import KeyMemo
@@ -406,7 +406,7 @@ class PromptCache(Lifecycle):
         prefix = agent_prefix(self.config.namespace, agent_id, agent_version)
         what = f"invalidating agent {agent_id!r}"
         # First the fence (answers of calls begun before now are not written after it: _fences.py).
-        fence = (fence_key(prefix), fence_value(self._clock()), FENCE_TTL)
+        fence = fence_record(fence_key(prefix), self._clock())
         return await delete_prefix(
             self.store, prefix, self.config.invalidate_timeout, what, self._guard.tier, fence=fence
         )

@@ -42,18 +42,18 @@ __all__ = [
     "Fence",
     "fence_for",
     "fence_key",
-    "fence_value",
+    "fence_record",
     "refresh_fence",
     "superseded_by",
 ]
 
-FENCE_TTL: Final = 3600.0  # seconds an invalidation fences answers of calls that began before it
+FENCE_TTL: Final = 3600.0  # seconds an invalidation or a refresh fences answers of calls begun before it
 
 
 @dataclass(frozen=True, slots=True)
 class Fence:
     """What an answer's write is checked against: when its call began, and the keys that may hold a
-    newer change (the other kind's entry, then the agent's and the agent version's fences)."""
+    newer change (both kinds' entries; the agent's, the agent version's and the key's refresh fences)."""
 
     started: float
     entries: tuple[str, ...]
@@ -83,13 +83,15 @@ def fence_for(key: CacheKey, started: float) -> Fence:
     )
 
 
-def fence_value(now: float) -> bytes:
-    """A fence's stored value: the invalidation's wall-clock time."""
-    return repr(now).encode()
+def fence_record(fence: str, now: float) -> tuple[str, bytes, float]:
+    """The ``store.set`` arguments that record an invalidation or refresh at ``now`` (wall clock) under
+    the fence key ``fence``."""
+    return fence, repr(now).encode(), FENCE_TTL
 
 
 async def superseded_by(store: Store, fence: Fence) -> str | None:
-    """What makes an answer fenced by ``fence`` stale ("a newer answer", "an invalidation"), or None."""
+    """What makes an answer fenced by ``fence`` stale ("a newer answer", "an invalidation or a refresh"),
+    or None."""
     keys = [*fence.entries, *fence.fences]
     values = await _read(store, keys)
     for raw in values[: len(fence.entries)]:

@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from promptcache._convert import body_from_stream, shape_stream, stream_from_body
-from promptcache._fences import FENCE_TTL, fence_value, refresh_fence
+from promptcache._fences import fence_record, refresh_fence
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -62,7 +62,7 @@ class KindReader:
         not written (_fences.py)."""
         other = key.store_key if stream else key.stream_store_key
         store = self._store
-        fence = (refresh_fence(key), fence_value(self._clock()), FENCE_TTL)
+        fence = fence_record(refresh_fence(key), self._clock())
         await self._guard.run("set", lambda: store.set(*fence))
         self._guard.forget(other)
         await self._guard.run("delete", lambda: store.delete(other))

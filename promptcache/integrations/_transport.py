@@ -126,7 +126,7 @@ class CachingCore:
                 return await send(request)
             if plan.stream:
                 return await self._stream(plan, request, send)
-            return await self._json(plan, request, send)  # a tier hit is found there, by the cache's lookup
+            return await self._json(plan, request, send)
         except (ConfigError, InvalidScopeError) as exc:
             error = {"error": {"message": f"promptcache: {exc}", "type": "invalid_request_error"}}
             return json_response(request, error, "error", status=400)

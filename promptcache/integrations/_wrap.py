@@ -86,7 +86,7 @@ class CachingTransport:
         core = _core_for(self.cores, request)
         if core is None:
             return self.inner.handle_request(request)
-        hit = core.hit_now(request)  # a hot-tier hit: answered here, no hop to the portal thread
+        hit = core.hit_now(request)  # a hit needing no I/O (hot tier, memory): no hop to the portal thread
         if hit is not None:
             return hit
         return handle_sync(core.handle, request, self.inner.handle_request)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
-from helpers import attempts, fence_invalidate, fence_race, fence_refresh, until
+from helpers import attempts, chat_body, fence_invalidate, fence_race, fence_refresh, until
+from tier_worker import AGENT, request_for
 
 from promptcache import PromptCache
 
@@ -21,24 +22,7 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.cluster, pytest.mark.anyio]
 
-AGENT = "tiered"
 PROMPTS = [f"q{i}" for i in range(24)]  # spread over every primary's slots
-
-
-def request_for(prompt: str) -> dict[str, Any]:
-    return {"model": "gpt-4o", "messages": [{"role": "user", "content": prompt}], "temperature": 0}
-
-
-def answer(content: str) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-c",
-        "object": "chat.completion",
-        "model": "gpt-4o",
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-        ],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
-    }
 
 
 async def content(cache: PromptCache, prompt: str) -> str | None:
@@ -48,7 +32,7 @@ async def content(cache: PromptCache, prompt: str) -> str | None:
 
 async def write_all(cache: PromptCache, value: str) -> None:
     for prompt in PROMPTS:
-        assert await cache.set(request_for(prompt), answer(f"{value} {prompt}"), agent_id=AGENT)
+        assert await cache.set(request_for(prompt), chat_body(f"{value} {prompt}"), agent_id=AGENT)
 
 
 async def warm(cache: PromptCache, value: str) -> None:

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 import redis
-from helpers import FakeClock, attempts
+from helpers import FakeClock, attempts, chat_body
+from tier_worker import AGENT, request_for
 
 from promptcache import PromptCache
 from promptcache.backends._tracking import CLIENT_NAME
@@ -29,24 +30,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.redis
 
 NS = "tier"
-AGENT = "tiered"
 WORKER = Path(__file__).resolve().parents[1] / "tier_worker.py"
-
-
-def request_for(prompt: str) -> dict[str, Any]:
-    return {"model": "gpt-4o", "messages": [{"role": "user", "content": prompt}], "temperature": 0}
-
-
-def answer(content: str) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-t",
-        "object": "chat.completion",
-        "model": "gpt-4o",
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-        ],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
-    }
 
 
 class Worker:
@@ -125,7 +109,7 @@ def test_another_process_overwrite_refresh_and_invalidation_reach_this_tier(
         request = request_for(f"q{round_}")
 
         async def write(cache: PromptCache, content: str, request: dict[str, Any] = request) -> Any:
-            return await cache.set(request, answer(content), agent_id=AGENT)
+            return await cache.set(request, chat_body(content), agent_id=AGENT)
 
         async def refresh(cache: PromptCache, request: dict[str, Any] = request) -> Any:
             # The write finishes before B's cache closes.
@@ -149,20 +133,20 @@ def test_another_process_overwrite_refresh_and_invalidation_reach_this_tier(
 
 def _answering(content: str) -> Callable[[], Any]:
     async def call() -> dict[str, Any]:
-        return answer(content)
+        return chat_body(content)
 
     return call
 
 
 def test_a_killed_subscription_empties_the_tier(worker: Worker, redis_url: str) -> None:
-    b_side(redis_url, lambda c: c.set(request_for("k"), answer("v1"), agent_id=AGENT))
+    b_side(redis_url, lambda c: c.set(request_for("k"), chat_body("v1"), agent_id=AGENT))
     worker.warm("k", "v1")
     client = redis.Redis.from_url(redis_url)
     assert client.execute_command("CLIENT", "KILL", "ID", _tier_client_id(client)) == 1  # type: ignore[no-untyped-call]
     # Killed, and the entry changed with nobody to tell A: A must not serve its kept copy.
     client.delete(*client.keys(f"{NS}:*"))
     assert worker.get("k")[0] is None
-    b_side(redis_url, lambda c: c.set(request_for("k"), answer("v2"), agent_id=AGENT))
+    b_side(redis_url, lambda c: c.set(request_for("k"), chat_body("v2"), agent_id=AGENT))
     worker.warm("k", "v2")  # A subscribes again and its tier serves again
 
 
@@ -176,20 +160,20 @@ def test_redis_restarted_empty_serves_nothing_stale(private_redis: Callable[...,
     server = private_redis()
     w = Worker(server.url)
     try:
-        b_side(server.url, lambda c: c.set(request_for("r"), answer("v1"), agent_id=AGENT))
+        b_side(server.url, lambda c: c.set(request_for("r"), chat_body("v1"), agent_id=AGENT))
         w.warm("r", "v1")
         server.stop()
         server.start()  # same port, empty
         wrong = sum(w.get("r")[0] is not None for _ in range(20))
         assert wrong == 0
-        b_side(server.url, lambda c: c.set(request_for("r"), answer("v2"), agent_id=AGENT))
+        b_side(server.url, lambda c: c.set(request_for("r"), chat_body("v2"), agent_id=AGENT))
         w.warm("r", "v2")
     finally:
         w.close()
 
 
 def test_a_flush_reaches_the_tier(worker: Worker, redis_url: str) -> None:
-    b_side(redis_url, lambda c: c.set(request_for("f"), answer("v1"), agent_id=AGENT))
+    b_side(redis_url, lambda c: c.set(request_for("f"), chat_body("v1"), agent_id=AGENT))
     worker.warm("f", "v1")
     redis.Redis.from_url(redis_url).flushall()
     assert worker.get("f")[0] is None
@@ -203,7 +187,7 @@ def test_the_entry_expiry_is_honoured_by_the_tier(redis_url: str) -> None:
         cache = PromptCache.from_url(redis_url, namespace=NS)
         cache._flight._clock = clock
         cache._writer._clock = clock
-        await cache.set(request_for("e"), answer("v1"), agent_id=AGENT, ttl=60)
+        await cache.set(request_for("e"), chat_body("v1"), agent_id=AGENT, ttl=60)
         await read_until_tiered(cache, "e")
         assert cache.stats().tier_hits, "never served from the tier"
         before = await cache.get(request_for("e"), agent_id=AGENT)
@@ -224,7 +208,7 @@ def test_this_process_sees_its_own_writes_at_once(redis_url: str) -> None:
         cache = PromptCache.from_url(redis_url, namespace=NS)
         wrong = 0
         for i in range(50):
-            await cache.set(request_for("own"), answer(f"v{i}"), agent_id=AGENT)
+            await cache.set(request_for("own"), chat_body(f"v{i}"), agent_id=AGENT)
             for _ in range(3):
                 got = await cache.get(request_for("own"), agent_id=AGENT)
                 wrong += got is not None and got["choices"][0]["message"]["content"] != f"v{i}"
@@ -246,7 +230,7 @@ def test_a_tier_hit_makes_no_store_call(redis_url: str) -> None:
 
     async def go() -> tuple[int, int]:
         cache = PromptCache.from_url(redis_url, namespace=NS)
-        await cache.set(request_for("n"), answer("v1"), agent_id=AGENT)
+        await cache.set(request_for("n"), chat_body("v1"), agent_id=AGENT)
         await read_until_tiered(cache, "n")
         before_hits, before_gets = cache.stats().tier_hits, gets()
         for _ in range(100):
@@ -263,7 +247,7 @@ def test_a_tier_hit_makes_no_store_call(redis_url: str) -> None:
 def test_hot_tier_off_reads_the_store_every_time(redis_url: str) -> None:
     async def go() -> int:
         cache = PromptCache.from_url(redis_url, namespace=NS, hot_tier_bytes=0)
-        await cache.set(request_for("o"), answer("v1"), agent_id=AGENT)
+        await cache.set(request_for("o"), chat_body("v1"), agent_id=AGENT)
         for _ in range(20):
             assert await cache.get(request_for("o"), agent_id=AGENT) is not None
         await cache.aclose()
@@ -411,7 +395,7 @@ def test_a_forked_child_never_reads_its_parents_subscription(redis_url: str) -> 
     cache = PromptCache.from_url(redis_url, namespace=NS)
 
     async def warm_here() -> int:
-        await cache.set(request_for("fork"), answer("v1"), agent_id=AGENT)
+        await cache.set(request_for("fork"), chat_body("v1"), agent_id=AGENT)
         await read_until_tiered(cache, "fork")
         return cache.stats().tier_hits
 
@@ -454,7 +438,7 @@ def test_a_read_begun_after_an_overwrite_returned_never_shares_an_older_read(red
             version = 0
             while not stop.is_set():
                 version += 1
-                if await cache.set(request_for("join"), answer(str(version)), agent_id=AGENT):
+                if await cache.set(request_for("join"), chat_body(str(version)), agent_id=AGENT):
                     current[0] = version
                 await asyncio.sleep(0.003)
             await cache.aclose()
@@ -463,7 +447,7 @@ def test_a_read_begun_after_an_overwrite_returned_never_shares_an_older_read(red
 
     async def readers() -> tuple[list[tuple[int, int]], int]:
         cache = PromptCache.from_url(redis_url, namespace=NS)
-        await cache.set(request_for("live"), answer("live"), agent_id=AGENT)
+        await cache.set(request_for("live"), chat_body("live"), agent_id=AGENT)
         await read_until_tiered(cache, "live")  # the subscription is live
         thread = threading.Thread(target=writer)
         thread.start()
@@ -515,7 +499,7 @@ def test_tier_hits_in_a_loop_let_the_event_loop_run_its_other_tasks(redis_url: s
 
     async def go() -> tuple[int, int]:
         cache = PromptCache.from_url(redis_url, namespace=NS)
-        await cache.set(request_for("busy"), answer("v1"), agent_id=AGENT)
+        await cache.set(request_for("busy"), chat_body("v1"), agent_id=AGENT)
         await read_until_tiered(cache, "busy")
         ticks = 0
 
