@@ -39,7 +39,9 @@ if TYPE_CHECKING:
 
     from promptcache._entry import Entry
     from promptcache._events import Hook
+    from promptcache._kinds import Form
     from promptcache._route import Route
+    from promptcache._tier import Rendered
     from promptcache.backends import Store
 
 __all__ = ["PromptCache"]
@@ -201,18 +203,16 @@ class PromptCache(Lifecycle):
         body, _ = await self.answer(request, call, who, endpoint, bypass=bypass, refresh=refresh, route=route)
         return body
 
-    def answer_now(  # noqa: PLR0913 - the planned request, and the kind asked
+    def answer_now(
         self,
         request: Mapping[str, Any],
         scope: Scope,
         endpoint: Endpoint | str,
         route: Route | None,
-        *,
-        stream: bool = False,
-        include_usage: bool = False,
-    ) -> Entry | None:
-        """A hit found and counted with no I/O (hot tier, memory store) of the asked kind (a body, or a
-        stream's chunks in the caller's shape), else None: use :meth:`answer` / :meth:`get_entry`. A sync
+        form: Form,
+    ) -> Rendered | None:
+        """A hit found and counted with no I/O (hot tier, memory store), sent as ``form`` says: ``(entry,
+        bytes)`` (the entry without its answer), else None: use :meth:`answer` / :meth:`get_entry`. A sync
         client calls it on its own thread, before any hop to the portal."""
         if self._closed or not self._flight.immediate:
             return None
@@ -220,11 +220,11 @@ class PromptCache(Lifecycle):
             key = self._key(request, scope, endpoint, route)
         except PromptCacheError:
             return None  # uncacheable or invalid: the full path counts it, or raises it, once
-        if (entry := self._kinds.now(key, stream=stream, include_usage=include_usage)) is None:
+        if (found := self._kinds.now(key, form)) is None:
             return None
         self._counters.requests += 1
-        self._counters.hit(entry, key, self._events)
-        return entry
+        self._counters.hit(found[0], key, self._events)
+        return found
 
     async def answer(  # noqa: PLR0913 - get_or_call's arguments with the scope as one value
         self,

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from promptcache._guard import StoreGuard
     from promptcache._keys import CacheKey
     from promptcache._stats import Counters
-    from promptcache._tier import HotTier, Ticket
+    from promptcache._tier import HotTier, Render, Rendered, Ticket
     from promptcache._writer import EntryWriter
     from promptcache.backends import Store
 
@@ -99,7 +99,7 @@ class SingleFlight:
         self._store = store
         self._tier = tier
         self._immediate = store if isinstance(store, ImmediateStore) else None
-        self.immediate = tier is not None or self._immediate is not None  # entry_now() can find anything
+        self.immediate = tier is not None or self._immediate is not None  # rendered_now() can find any
         self._locks = store if isinstance(store, LockingStore) else None
         self._guard = guard
         self._writer = writer
@@ -163,12 +163,14 @@ class SingleFlight:
                 state.tickets.pop(store_key, None)
         return self._decode(key, raw, again=again)
 
-    def entry_now(self, key: CacheKey) -> Entry | None:
-        """``key``'s entry found with no I/O, from any thread: the hot tier's, or a memory store's."""
+    def rendered_now(self, key: CacheKey, store_key: str, form: object, render: Render) -> Rendered | None:
+        """The entry of ``key`` under ``store_key`` as ``render`` sends it (HotTier.rendered), found with no
+        I/O from any thread: the hot tier's (rendered once per form), or a memory store's."""
         if self._tier is not None:
-            return self._tier.entry(key, self._clock())
-        raw = None if self._immediate is None else self._immediate.get_now(key.store_key)
-        return None if raw is None else self._decode(key, raw, again=True)  # lookup() counts a bad one
+            return self._tier.rendered(key, store_key, self._clock(), form, render)
+        raw = None if self._immediate is None else self._immediate.get_now(store_key)
+        entry = None if raw is None else self._decode(key, raw, again=True)  # lookup() counts a bad one
+        return None if entry is None or (payload := render(entry)) is None else (entry, payload)
 
     def _begin(self, key: CacheKey, *, poll: bool = True) -> Ticket | None:
         """The tier's ticket for a read of ``key`` about to begin (None: keep nothing); see HotTier.begin."""

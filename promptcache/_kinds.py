@@ -11,8 +11,8 @@ An entry written by an older release may hold either kind under ``store_key``: i
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from promptcache._convert import body_from_stream, shape_stream, stream_from_body
 from promptcache._fences import fence_record, refresh_fence
@@ -26,9 +26,23 @@ if TYPE_CHECKING:
     from promptcache._guard import StoreGuard
     from promptcache._keys import CacheKey
     from promptcache._stats import Counters
+    from promptcache._tier import Rendered
     from promptcache.backends import Store
 
-__all__ = ["KindReader", "stream_kind"]
+__all__ = ["Form", "KindReader", "stream_kind"]
+
+
+@dataclass(frozen=True, eq=False)
+class Form:
+    """How an integration sends a hit found with no I/O (:meth:`PromptCache.answer_now`): a body, or a
+    stream with or without the usage chunk, encoded by ``encode`` (the body, or the shaped events).
+
+    The hot tier keeps each entry's encoded bytes per form: make each form once (a module constant).
+    """
+
+    stream: bool
+    include_usage: bool
+    encode: Callable[[Any], bytes]
 
 
 def stream_kind(key: CacheKey) -> CacheKey:
@@ -81,17 +95,22 @@ class KindReader:
         entry = await self._flight.lookup(key)
         return entry, entry is not None or self._faults() == faults
 
-    def now(self, key: CacheKey, *, stream: bool, include_usage: bool) -> Entry | None:
-        """The asked kind's own stored answer found with no I/O (:meth:`SingleFlight.entry_now`), in the
-        caller's shape; None: ask :meth:`body` or :meth:`stream` (which also convert the other kind)."""
-        if not stream:
-            entry = self._flight.entry_now(key)
-            return entry if entry is not None and entry.chunks is None else None
-        own = self._flight.entry_now(stream_kind(key))
-        if own is None or own.chunks is None:
-            return None
-        shaped = shape_stream(key.endpoint, own.chunks, include_usage=include_usage)
-        return None if shaped is None else replace(own, chunks=shaped)
+    def now(self, key: CacheKey, form: Form) -> Rendered | None:
+        """The asked kind's own stored answer found with no I/O (:meth:`SingleFlight.rendered_now`), in the
+        caller's shape and sent as ``form`` says; None: ask :meth:`body` or :meth:`stream` (which also
+        convert the other kind)."""
+        endpoint = key.endpoint
+
+        def render(entry: Entry) -> bytes | None:
+            if not form.stream:
+                return None if entry.chunks is not None else form.encode(entry.body)
+            if entry.chunks is None:
+                return None
+            shaped = shape_stream(endpoint, entry.chunks, include_usage=form.include_usage)
+            return None if shaped is None else form.encode(shaped)
+
+        store_key = key.stream_store_key if form.stream else key.store_key
+        return self._flight.rendered_now(key, store_key, form, render)
 
     async def body(self, key: CacheKey) -> Entry | None:
         """The body answer for ``key``: stored, assembled from a stored stream, or None."""

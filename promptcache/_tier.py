@@ -14,6 +14,8 @@ pushed since the last one, so:
 * the entry's own expiry (the same instant as the store TTL) is checked by the decoder on every hit.
 
 Entries are kept as bytes, decoded per hit: a caller that changes the answer it got changes only its copy.
+An SDK hit (:meth:`HotTier.rendered`) is the exception: the bytes it sends are immutable, so they are made
+once per kept entry and form, charged to the same bound, and go with the entry.
 One tier serves every thread and event loop of the process (one lock, held for dictionary work only).
 """
 
@@ -22,20 +24,27 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Final
+from dataclasses import replace
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 from promptcache._entry import Entry, decode_entry
 from promptcache.backends import TrackingStore
 from promptcache.exceptions import EntryError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from promptcache._config import CacheConfig
     from promptcache._keys import CacheKey
     from promptcache.backends import Invalidations
 
-__all__ = ["HotTier", "Ticket", "pause_due", "tier_for"]
+__all__ = ["HotTier", "Render", "Rendered", "Ticket", "pause_due", "tier_for"]
 
 Ticket = tuple[int, int]  # (clears so far, changes of the key while read): what a read began with
+# A hit as sent: the entry with its answer left out (what counting it needs) and the answer's bytes.
+Rendered = tuple[Entry, bytes]
+# An integration's bytes of an entry's answer (None: the entry is not of the kind it sends).
+Render: TypeAlias = "Callable[[Entry], bytes | None]"
 
 PAUSE_EVERY: Final = 16  # tier hits between turns given to the event loop
 _hits = itertools.count(1)
@@ -55,6 +64,7 @@ class HotTier:
         self._max = max_bytes
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, bytes] = OrderedDict()
+        self._renders: dict[str, dict[object, Rendered]] = {}  # by store key, then by form
         self._bytes = 0
         self._session = 0
         self._epoch = 0  # bumped by every clear: a read begun before it must not fill the tier
@@ -67,7 +77,7 @@ class HotTier:
 
     @property
     def size(self) -> int:
-        """Bytes charged now (values, keys and per-entry overhead); never above ``max_bytes``."""
+        """Bytes charged now (values, keys, rendered hits, per-entry overhead); never above ``max_bytes``."""
         return self._bytes
 
     def __len__(self) -> int:
@@ -97,15 +107,48 @@ class HotTier:
         """The kept entry for ``key``, decoded and checked as a store value is, or None (an expired or
         unreadable one is dropped)."""
         raw = self.get(key.store_key)
-        if raw is None:
-            return None
+        return None if raw is None else self._decoded(key, key.store_key, raw, now)
+
+    def _decoded(self, key: CacheKey, store_key: str, raw: bytes, now: float) -> Entry | None:
+        """``raw`` decoded and checked as a store value is; an expired or unreadable one is dropped."""
         try:
             found = decode_entry(raw, key, now, from_tier=True)
         except EntryError:
             found = None
         if found is None:
-            self.discard(key.store_key)
+            self.discard(store_key)
         return found
+
+    def rendered(
+        self, key: CacheKey, store_key: str, now: float, form: object, render: Render
+    ) -> Rendered | None:
+        """The kept entry under ``store_key`` (an entry of ``key``) as ``render`` sends it in ``form`` (any
+        hashable naming the render), or None. Rendered once per kept entry and form: the bytes go with
+        the entry, so a change of it (pushed, or this process's) drops them too. ``render`` returning
+        None (not the asked kind) keeps nothing."""
+        if store_key not in self._entries:
+            return None
+        with self._lock:
+            if not self._sync() or (raw := self._entries.get(store_key)) is None:
+                return None
+            self._entries.move_to_end(store_key)
+            done = self._renders.get(store_key, {}).get(form)
+        if done is not None:
+            if done[0].expires_at > now:
+                return done
+            self.discard(store_key)
+            return None
+        entry = self._decoded(key, store_key, raw, now)
+        if entry is None or (payload := render(entry)) is None:
+            return None
+        done = (replace(entry, body=None, chunks=None, request=None, route=None), payload)
+        cost = len(payload) + _OVERHEAD
+        with self._lock:  # kept once, only if the entry is the one rendered and it fits beside the rest
+            fresh = form not in self._renders.get(store_key, {})
+            if fresh and self._entries.get(store_key) is raw and self._make_room(cost, store_key):
+                self._renders.setdefault(store_key, {})[form] = done
+                self._bytes += cost
+        return done
 
     def begin(self, store_key: str, *, poll: bool = True) -> Ticket | None:
         """Before a store read: a ticket for :meth:`offer`, or None when nothing may be kept now.
@@ -198,23 +241,36 @@ class HotTier:
         if cost > self._max:
             return
         self._drop(store_key)
+        self._make_room(cost)
+        self._entries[store_key] = raw
+        self._bytes += cost
+
+    def _make_room(self, cost: int, spare: str | None = None) -> bool:
+        """Evict least recently used entries until ``cost`` more bytes fit; never ``spare`` (False then)."""
         entries = self._entries
         while entries and self._bytes + cost > self._max:
-            old_key, old = entries.popitem(last=False)
-            self._bytes -= len(old) + len(old_key) + _OVERHEAD
+            old_key = next(iter(entries))
+            if old_key == spare:
+                return False
+            self._bytes -= self._cost_of(old_key, entries.pop(old_key))
             self.evictions += 1
-        entries[store_key] = raw
-        self._bytes += cost
+        return self._bytes + cost <= self._max
+
+    def _cost_of(self, store_key: str, raw: bytes) -> int:
+        """What a removed entry was charged, with its renders (which go with it)."""
+        renders = self._renders.pop(store_key, None) or {}
+        return len(raw) + len(store_key) + _OVERHEAD + sum(len(r[1]) + _OVERHEAD for r in renders.values())
 
     def _drop(self, store_key: str) -> None:
         raw = self._entries.pop(store_key, None)
         if raw is not None:
-            self._bytes -= len(raw) + len(store_key) + _OVERHEAD
+            self._bytes -= self._cost_of(store_key, raw)
         if store_key in self._reading:
             self._changes[store_key] = self._changes.get(store_key, 0) + 1
 
     def _clear(self) -> None:
         self._entries.clear()
+        self._renders.clear()
         self._bytes = 0
         self._epoch += 1
 

@@ -292,3 +292,29 @@ async def fence_refresh(b: PromptCache) -> None:
 
 async def fence_invalidate(b: PromptCache) -> None:
     assert await b.invalidate("a") == 0
+
+
+class ScriptedPushes:
+    """A hot tier's invalidation source, scripted: the session number and the keys the store pushed as
+    changed since the last poll."""
+
+    def __init__(self) -> None:
+        self.session = 1
+        self.pending: list[str] | None = []
+        self.closed = False
+        self.polls = 0
+
+    def push(self, *keys: str) -> None:
+        if self.pending is not None:
+            self.pending.extend(keys)
+
+    def flush(self) -> None:
+        self.pending = None
+
+    def poll(self) -> tuple[int, list[str] | None]:
+        self.polls += 1
+        out, self.pending = self.pending, []
+        return self.session, out
+
+    def close(self) -> None:
+        self.closed = True

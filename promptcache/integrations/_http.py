@@ -20,6 +20,7 @@ import orjson
 
 from promptcache._gate import is_terminal
 from promptcache._keys import Endpoint
+from promptcache._kinds import Form
 from promptcache._route import KEY_HEADERS, Route, route_of
 from promptcache.exceptions import ConfigError
 from promptcache.integrations._sse import SSEParser, encode_events
@@ -30,11 +31,15 @@ if TYPE_CHECKING:
     from promptcache._scope import Scope
 
 __all__ = [
+    "BODY",
     "CONTROL_HEADERS",
+    "STREAM",
+    "STREAM_USAGE",
     "Plan",
     "clean_headers",
     "endpoint_for",
     "event_stream_response",
+    "hit_response",
     "httpx_module",
     "is_event_stream",
     "json_response",
@@ -164,16 +169,19 @@ def _route(  # noqa: PLR0913 - the raw parts of one request's route
     )
 
 
-def plan_request(request: Any, scope: Scope) -> Plan | None:  # noqa: ANN401
-    """Decide how to treat one request; strips the control headers in every case.
+def plan_request(request: Any, scope: Scope, controls: dict[str, str] | None = None) -> Plan | None:  # noqa: ANN401
+    """Decide how to treat one request; strips the control headers in every case (``controls``: what
+    :func:`take_controls` already took from it).
 
     Returns None for a request that passes through untouched (not a cached endpoint, not a JSON object).
 
     Raises:
         ConfigError: A control header has a bad value.
     """
-    controls = take_controls(request.headers)
-    found = _endpoint_and_prefix(request.method, request.url.path)
+    if controls is None:
+        controls = take_controls(request.headers)
+    path: str = request.url.path
+    found = _endpoint_and_prefix(request.method, path)
     if found is None:
         return None
     endpoint, prefix = found
@@ -183,17 +191,18 @@ def plan_request(request: Any, scope: Scope) -> Plan | None:  # noqa: ANN401
         return None  # not a JSON body we can key (or a streaming upload): pass through
     if not isinstance(body, dict):
         return None
-    path: str = request.url.path
     if "/deployments/" in path:
         # Azure names the model in the URL, not the body: the deployment must change the key.
         body = {**body, "azure_deployment": path.split("/deployments/", 1)[1].split("/", 1)[0]}
-    overrides: dict[str, Any] = {
-        field: controls[HEADER_PREFIX + header]
-        for header, field in _SCOPE_HEADERS
-        if HEADER_PREFIX + header in controls
-    }
-    if HEADER_PREFIX + "ttl" in controls:
-        overrides["ttl"] = _ttl(controls[HEADER_PREFIX + "ttl"])
+    overrides: dict[str, Any] = {}
+    if controls:
+        overrides = {
+            field: controls[HEADER_PREFIX + header]
+            for header, field in _SCOPE_HEADERS
+            if HEADER_PREFIX + header in controls
+        }
+        if HEADER_PREFIX + "ttl" in controls:
+            overrides["ttl"] = _ttl(controls[HEADER_PREFIX + "ttl"])
     return Plan(
         endpoint=endpoint,
         body=body,
@@ -227,14 +236,31 @@ def response(request: Any, status: int, headers: Iterable[tuple[str, str]], cont
 
 def json_response(request: Any, body: Any, marker: str, status: int = 200) -> Any:  # noqa: ANN401
     """A JSON response marked ``x-promptcache: <marker>`` (hit, replay, error)."""
-    headers = [("content-type", "application/json"), ("x-promptcache", marker)]
-    return response(request, status, headers, orjson.dumps(body))
+    return response(request, status, _json_headers(marker), orjson.dumps(body))
 
 
 def event_stream_response(request: Any, events: list[dict[str, Any]], marker: str) -> Any:  # noqa: ANN401
     """A recorded event stream served again, marked ``x-promptcache: <marker>``."""
-    headers = [("content-type", "text/event-stream"), ("x-promptcache", marker)]
-    return response(request, 200, headers, encode_events(events))
+    return response(request, 200, _stream_headers(marker), encode_events(events))
+
+
+def _json_headers(marker: str) -> list[tuple[str, str]]:
+    return [("content-type", "application/json"), ("x-promptcache", marker)]
+
+
+def _stream_headers(marker: str) -> list[tuple[str, str]]:
+    return [("content-type", "text/event-stream"), ("x-promptcache", marker)]
+
+
+def hit_response(request: Any, stream: bool, payload: bytes) -> Any:  # noqa: ANN401, FBT001
+    """A hit's response from its encoded bytes (:data:`BODY`, :data:`STREAM`, :data:`STREAM_USAGE`)."""
+    return response(request, 200, _stream_headers("hit") if stream else _json_headers("hit"), payload)
+
+
+# How a hit found with no I/O is sent (the hot tier keeps each entry's bytes per form).
+BODY: Final = Form(stream=False, include_usage=False, encode=orjson.dumps)
+STREAM: Final = Form(stream=True, include_usage=False, encode=encode_events)
+STREAM_USAGE: Final = Form(stream=True, include_usage=True, encode=encode_events)
 
 
 def tee(  # noqa: PLR0913 - the stream, where it goes, and what to do when it completes

@@ -26,7 +26,7 @@ class _Recording:
 
 def production_cache_steps_aside() -> bool:
     """True while the pytest plugin records or replays the current request without the production cache."""
-    return any(wants() for wants in _Recording.active)
+    return bool(_Recording.active) and any(wants() for wants in _Recording.active)
 
 
 @contextlib.contextmanager

@@ -29,10 +29,14 @@ import orjson
 from promptcache._convert import wants_usage
 from promptcache.exceptions import ConfigError, InvalidScopeError, UncacheableRequestError
 from promptcache.integrations._http import (
+    BODY,
     CONTROL_HEADERS,
+    STREAM,
+    STREAM_USAGE,
     Plan,
     clean_headers,
     event_stream_response,
+    hit_response,
     is_event_stream,
     json_response,
     plan_request,
@@ -74,27 +78,24 @@ class CachingCore:
         self.scope = scope
         self._told_closed = False
 
-    def hit_now(self, request: Any) -> Any:  # noqa: ANN401
+    def hit_now(self, request: Any, controls: dict[str, str] | None = None) -> Any:  # noqa: ANN401
         """The response to ``request`` when it is a hit found on the caller's thread with no I/O (hot tier,
         memory store: a sync client then needs no hop to the portal); None: ask :meth:`handle`, which
-        reuses the plan made here (planning strips the control headers: planning twice would lose them)."""
+        reuses the plan made here (planning strips the control headers: planning twice would lose them).
+        ``controls``: the control headers the transport already took from the request."""
         try:
-            plan = plan_request(request, self.scope)  # strips the control headers: handle() reuses it
+            plan = plan_request(request, self.scope, controls)  # handle() reuses it
         except (ConfigError, InvalidScopeError) as exc:
             request.extensions[_PLANNED] = exc  # handle() answers it with a 400 naming the problem
             return None
         request.extensions[_PLANNED] = plan
         if plan is None or plan.bypass or plan.refresh or production_cache_steps_aside():
             return None
-        usage = plan.stream and wants_usage(plan.endpoint, plan.body)
-        entry = self.cache.answer_now(
-            plan.body, plan.scope, plan.endpoint, plan.route, stream=plan.stream, include_usage=usage
-        )
-        if entry is None:
-            return None
-        if entry.chunks is not None:
-            return event_stream_response(request, entry.chunks, "hit")
-        return json_response(request, entry.body, "hit")
+        form = BODY
+        if plan.stream:
+            form = STREAM_USAGE if wants_usage(plan.endpoint, plan.body) else STREAM
+        found = self.cache.answer_now(plan.body, plan.scope, plan.endpoint, plan.route, form)
+        return None if found is None else hit_response(request, plan.stream, found[1])
 
     async def handle(self, request: Any, send: Callable[[Any], Awaitable[Any]]) -> Any:  # noqa: ANN401
         """Answer ``request`` from the cache, or with ``send(request)`` (the inner transport).

@@ -38,12 +38,12 @@ registered token (an unwrapped client on the same HTTP client) passes through un
 Cores = dict[str, CachingCore]
 
 
-def _core_for(cores: Cores, request: Any) -> CachingCore | None:  # noqa: ANN401 - httpx or httpx2
-    token = request.headers.get(CLIENT_HEADER)
-    core = cores.get(token) if token is not None else None
-    if core is None:
-        take_controls(request.headers)  # never sent upstream, whoever set them
-    return core
+def _core_for(cores: Cores, request: Any) -> tuple[CachingCore | None, dict[str, str]]:  # noqa: ANN401
+    """The core of the wrapped client that sent ``request`` and the request's other control headers, all
+    taken off it in one pass (never sent upstream, whoever set them)."""
+    controls = take_controls(request.headers)
+    token = controls.pop(CLIENT_HEADER, None)
+    return (None if token is None else cores.get(token)), controls
 
 
 class AsyncCachingTransport:
@@ -54,10 +54,10 @@ class AsyncCachingTransport:
         self.cores = cores
 
     async def handle_async_request(self, request: Any) -> Any:  # noqa: ANN401
-        core = _core_for(self.cores, request)
+        core, controls = _core_for(self.cores, request)
         if core is None:
             return await self.inner.handle_async_request(request)
-        hit = core.hit_now(request)  # a hit needing no I/O (hot tier, memory): none of the awaiting below
+        hit = core.hit_now(request, controls)  # a hit needing no I/O (tier, memory): none of the awaits below
         if hit is not None:
             if pause_due():
                 await asyncio.sleep(0)  # let the loop's other tasks run (such a hit awaits nothing)
@@ -83,10 +83,10 @@ class CachingTransport:
         self.cores = cores
 
     def handle_request(self, request: Any) -> Any:  # noqa: ANN401
-        core = _core_for(self.cores, request)
+        core, controls = _core_for(self.cores, request)
         if core is None:
             return self.inner.handle_request(request)
-        hit = core.hit_now(request)  # a hit needing no I/O (hot tier, memory): no hop to the portal thread
+        hit = core.hit_now(request, controls)  # a hit needing no I/O (tier, memory): no hop to the portal
         if hit is not None:
             return hit
         return handle_sync(core.handle, request, self.inner.handle_request)

@@ -5,34 +5,10 @@ from __future__ import annotations
 import random
 
 import pytest
+from helpers import ScriptedPushes as Source
 
 from promptcache import CacheConfig, ConfigError
 from promptcache._tier import HotTier
-
-
-class Source:
-    """What the store pushed, scripted: the session number and the keys changed since the last poll."""
-
-    def __init__(self) -> None:
-        self.session = 1
-        self.pending: list[str] | None = []
-        self.closed = False
-        self.polls = 0
-
-    def push(self, *keys: str) -> None:
-        if self.pending is not None:
-            self.pending.extend(keys)
-
-    def flush(self) -> None:
-        self.pending = None
-
-    def poll(self) -> tuple[int, list[str] | None]:
-        self.polls += 1
-        out, self.pending = self.pending, []
-        return self.session, out
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def filled(source: Source, *keys: str, max_bytes: int = 1 << 20) -> HotTier:
