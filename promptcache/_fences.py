@@ -14,11 +14,19 @@ is written, one batched read looks at:
   older call's answer landing while the refresh's call runs is dropped too (``<namespace>:fence:`` and
   the rest of the entry's store key).
 
-A superseded answer is counted (``stats().superseded``), not written. The check and the write are two
-store calls, not one atomic step: a change landing between them (one round trip) can still be
-overwritten. Clocks: both sides use wall-clock time (the cache's clock), so hosts whose clocks differ by
-more than a call's duration can miss a fence (never worse than with no fence). When the read fails (a
-counted store fault), the answer is not written either: the store is failing, and nothing is known.
+A superseded answer is counted (``stats().superseded``), not written. When a newer answer supersedes
+it, an entry of the answer's own kind older than the answer goes too (:attr:`Verdict.older`): a refresh
+of one kind whose write a newer answer of the other kind superseded would otherwise leave the answer it
+refreshed served to its kind's callers.
+
+The check and the write are two store calls, and a busy event loop can hold the write back for many
+milliseconds after its check. So after the write the fences are read again (:func:`fenced_since`): an
+invalidation or a refresh recorded meanwhile (it wrote its fence, then deleted, and the write landed
+after its delete) takes the write back (deleted only while the key still holds exactly what was
+written). That leaves a window of one round trip in which the answer can be read, never a stored one.
+Clocks: both sides use wall-clock time (the cache's clock), so hosts whose clocks differ by more than a
+call's duration can miss a fence (never worse than with no fence). When the read fails (a counted store
+fault), the answer is not written either: the store is failing, and nothing is known.
 """
 
 from __future__ import annotations
@@ -40,9 +48,11 @@ if TYPE_CHECKING:
 __all__ = [
     "FENCE_TTL",
     "Fence",
+    "Verdict",
     "fence_for",
     "fence_key",
     "fence_record",
+    "fenced_since",
     "refresh_fence",
     "superseded_by",
 ]
@@ -58,6 +68,16 @@ class Fence:
     started: float
     entries: tuple[str, ...]
     fences: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the check before a write found: what makes the answer stale (None: nothing), and, when that
+    is a newer answer, the bytes of an entry of the answer's own kind older than the answer (to delete:
+    it is older than the newer answer too)."""
+
+    why: str | None = None
+    older: bytes | None = None
 
 
 def fence_key(prefix: str) -> str:
@@ -89,27 +109,49 @@ def fence_record(fence: str, now: float) -> tuple[str, bytes, float]:
     return fence, repr(now).encode(), FENCE_TTL
 
 
-async def superseded_by(store: Store, fence: Fence) -> str | None:
-    """What makes an answer fenced by ``fence`` stale ("a newer answer", "an invalidation or a refresh"),
-    or None."""
-    keys = [*fence.entries, *fence.fences]
-    values = await _read(store, keys)
-    for raw in values[: len(fence.entries)]:
-        if raw is None:
-            continue
+async def superseded_by(store: Store, fence: Fence, own: str) -> Verdict:
+    """Whether an answer fenced by ``fence``, to be written under ``own`` (one of ``fence.entries``), is
+    stale ("a newer answer", "an invalidation or a refresh") before it is written."""
+    values = await _read(store, [*fence.entries, *fence.fences])
+    newer, older = False, None
+    for name, raw in zip(fence.entries, values, strict=False):
+        began = _began(raw)
+        if began is not None and began > fence.started:
+            newer = True
+        elif began is not None and name == own:
+            older = raw
+    if newer:
+        return Verdict("a newer answer", older)
+    if _fenced(values[len(fence.entries) :], fence.started):
+        return Verdict("an invalidation or a refresh")
+    return Verdict()
+
+
+async def fenced_since(store: Store, fence: Fence) -> bool:
+    """After the answer fenced by ``fence`` was written: whether an invalidation or a refresh recorded
+    since its call began (landed between the check and the write: the write must be taken back)."""
+    return _fenced(await _read(store, fence.fences), fence.started)
+
+
+def _began(raw: bytes | None) -> float | None:
+    """When the upstream call of a stored entry began (None: no entry, or not one we can read)."""
+    if raw is None:
+        return None
+    try:
+        entry = parse_entry(raw)
+    except EntryError:
+        return None
+    return entry.created_at - entry.latency
+
+
+def _fenced(values: Sequence[bytes | None], started: float) -> bool:
+    for raw in values:
         try:
-            entry = parse_entry(raw)
-        except EntryError:
-            continue
-        if entry.created_at - entry.latency > fence.started:
-            return "a newer answer"
-    for raw in values[len(fence.entries) :]:
-        try:
-            if raw is not None and float(raw) > fence.started:
-                return "an invalidation or a refresh"
+            if raw is not None and float(raw) > started:
+                return True
         except ValueError:
             continue
-    return None
+    return False
 
 
 async def _read(store: Store, keys: Sequence[str]) -> list[bytes | None]:

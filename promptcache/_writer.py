@@ -19,12 +19,12 @@ import orjson
 
 from promptcache._compact import compact_request, compact_route
 from promptcache._entry import Entry, encode_entry, scope_of
-from promptcache._fences import superseded_by
+from promptcache._fences import fenced_since, superseded_by
 from promptcache._gate import refusal_reason, stream_refusal, stream_summary
 from promptcache._loops import PerLoop
 from promptcache._route import route_record
 from promptcache._tally import StoreTally, store_tally
-from promptcache.backends._base import LoopHoldingStore
+from promptcache.backends._base import ComparingStore, LoopHoldingStore
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -167,20 +167,50 @@ class EntryWriter:
         store = self._store
         guard = self._guard
         if fence is not None:
-            check = guard.run("fence", lambda: superseded_by(store, fence), deadline=guard.write_timeout)
-            ok, why = await check
+            check = guard.run(
+                "fence", lambda: superseded_by(store, fence, store_key), deadline=guard.write_timeout
+            )
+            ok, verdict = await check
             if not ok:
                 return False  # the store failed the check (counted): a write now would fail alike
-            if why is not None:
-                self._counters.superseded += 1
-                log.info("promptcache: not storing %s: %s came after its call began", store_key, why)
+            if verdict.why is not None:
+                self._superseded(store_key, verdict.why)
+                if verdict.older is not None:  # older than the newer answer too: it goes
+                    await self._take_back(store_key, verdict.older)
                 return False
         guard.forget(store_key)
         ok, _ = await guard.run("set", lambda: store.set(store_key, data, ttl), deadline=guard.write_timeout)
         guard.forget(store_key)
-        if ok:
-            self._counters.writes += 1
-        return ok
+        if not ok:
+            return False
+        self._counters.writes += 1
+        if fence is not None:
+            # A change recorded between the check and the write (its delete ran before the write landed).
+            late, fenced = await guard.run(
+                "fence", lambda: fenced_since(store, fence), deadline=guard.write_timeout
+            )
+            if late and fenced:
+                self._superseded(store_key, "an invalidation or a refresh")
+                await self._take_back(store_key, data)
+                return False
+        return True
+
+    def _superseded(self, store_key: str, why: str) -> None:
+        self._counters.superseded += 1
+        log.info("promptcache: not storing %s: %s came after its call began", store_key, why)
+
+    async def _take_back(self, store_key: str, data: bytes) -> None:
+        """Delete ``store_key`` while it holds exactly ``data`` (a store that cannot compare: plainly)."""
+        store = self._store
+        if isinstance(store, ComparingStore):
+            await self._guard.run(
+                "delete", lambda: store.delete_if(store_key, data), deadline=self._guard.write_timeout
+            )
+        else:
+            await self._guard.run(
+                "delete", lambda: store.delete(store_key), deadline=self._guard.write_timeout
+            )
+        self._guard.forget(store_key)
 
     def spawn(
         self,

@@ -7,6 +7,7 @@ for several processes), :mod:`.redis` (``redis.asyncio``, pooled). They can be f
 from __future__ import annotations
 
 from promptcache.backends._base import BatchReadStore as BatchReadStore
+from promptcache.backends._base import ComparingStore as ComparingStore
 from promptcache.backends._base import CountingStore as CountingStore
 from promptcache.backends._base import ImmediateStore as ImmediateStore
 from promptcache.backends._base import Invalidations as Invalidations
@@ -20,6 +21,7 @@ from promptcache.backends._base import TrackingStore as TrackingStore
 
 __all__ = [
     "BatchReadStore",
+    "ComparingStore",
     "CountingStore",
     "ImmediateStore",
     "Invalidations",

@@ -131,6 +131,15 @@ class ListingStore(Protocol):
 
 
 @runtime_checkable
+class ComparingStore(Protocol):
+    """A store that deletes a key only while it holds a given value, in one step (every store here)."""
+
+    async def delete_if(self, key: str, value: bytes) -> bool:
+        """Delete ``key`` only if it holds exactly ``value`` now; True when deleted."""
+        ...
+
+
+@runtime_checkable
 class BatchReadStore(Protocol):
     """A store that reads many keys in fewer round trips than one ``get`` each (Redis, Redis Cluster)."""
 

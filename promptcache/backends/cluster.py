@@ -264,9 +264,12 @@ class RedisClusterStore:
         # Plain EVAL rather than a registered script: EVALSHA would need the script on whichever node now
         # owns the slot (a promoted replica has an empty script cache) and SCRIPT LOAD goes to every
         # primary, so one dead primary would break unlocking everywhere. EVAL with one key goes to one slot.
+        return await self.delete_if(name, token.encode())
+
+    async def delete_if(self, key: str, value: bytes) -> bool:
         if getattr(self.client, self._stale_flag, False):
             await self._refresh_topology()
-        return bool(await self.client.eval(_UNLOCK_LUA, 1, name, token))
+        return bool(await self.client.eval(_UNLOCK_LUA, 1, key, value))
 
     # -- every primary -----------------------------------------------------------------------------
 

@@ -72,6 +72,14 @@ class MemoryStore:
             item = self._data.pop(key, None)
         return item is not None and item[1] > self._clock()
 
+    async def delete_if(self, key: str, value: bytes) -> bool:
+        with self._lock:
+            item = self._data.get(key)
+            if item is None or item[0] != value:
+                return False
+            del self._data[key]
+        return True
+
     async def delete_prefix(self, prefix: str) -> int:
         if not prefix:
             raise ValueError("delete_prefix needs a non-empty prefix")

@@ -267,11 +267,14 @@ class RedisStore:
         return bool(await self.client.set(name, token, nx=True, px=max(1, int(ttl * 1000))))
 
     async def unlock(self, name: str, token: str) -> bool:
+        return await self.delete_if(name, token.encode())
+
+    async def delete_if(self, key: str, value: bytes) -> bool:
         slot = self._clients.get()
         script: AsyncScript | None = slot.extras.get("unlock")
         if script is None:
             script = slot.extras["unlock"] = slot.client.register_script(_UNLOCK_LUA)
-        return bool(await script(keys=[name], args=[token]))
+        return bool(await script(keys=[key], args=[value]))
 
     async def keys(self, prefix: str = "") -> list[str]:
         """Keys starting with ``prefix`` (SCAN, never KEYS; for the CLI and tests)."""

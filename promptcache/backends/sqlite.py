@@ -151,6 +151,13 @@ class SQLiteStore:
 
         return await self._run(op)
 
+    async def delete_if(self, key: str, value: bytes) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("DELETE FROM promptcache_entries WHERE key = ? AND value = ?", (key, value))
+            return cur.rowcount > 0
+
+        return await self._run(op)
+
     async def delete_prefix(self, prefix: str) -> int:
         if not prefix:
             raise ValueError("delete_prefix needs a non-empty prefix")

@@ -161,6 +161,21 @@ async def test_lock_is_exclusive_token_checked_and_expires(cluster: LocalRedisCl
         await until(relocked, "the lock expiring")
 
 
+async def test_delete_if_deletes_only_the_exact_value_on_its_slot(cluster: LocalRedisCluster) -> None:
+    """delete_if (a superseded write taken back) compares and deletes in one step, on whichever primary
+    owns each key."""
+    value = bytes(range(256)) * 8
+    async with RedisClusterStore.from_url(cluster.url) as store:
+        keys = [f"e:{{{n}}}" for n in range(12)]  # hash tags spread over the primaries
+        for key in keys:
+            await store.set(key, value, 60)
+        for key in keys:
+            assert await store.delete_if(key, value + b"x") is False
+            assert await store.get(key) == value
+            assert await store.delete_if(key, value) is True
+            assert await store.get(key) is None
+
+
 async def test_aclose_is_idempotent_and_spares_a_borrowed_client(cluster: LocalRedisCluster) -> None:
     """A store over the caller's RedisCluster leaves it open on aclose (twice); an owned one closes it."""
     client = RedisCluster.from_url(cluster.redis_url, retry=Retry(NoBackoff(), 0))

@@ -214,3 +214,109 @@ async def test_an_older_stream_landing_while_a_refresh_runs_is_not_written() -> 
     await b.drain()
     assert await store.get(key.stream_store_key) is None
     assert await stored_text(b) == "new"
+
+
+def stream_of(text: str) -> list[Any]:
+    chunks = events_from_body(Endpoint.CHAT_COMPLETIONS, chat_body(text))
+    assert chunks is not None
+    return chunks
+
+
+async def test_a_superseded_refresh_still_removes_the_answer_it_refreshed() -> None:
+    """From a user trial: a stream is stored; a refresh of the stream begins; a plain call begun after it
+    answers first (a newer body); the refresh's own answer is then superseded and not written. The stream
+    it refreshed must not stay: stream callers got the pre-refresh answer until its TTL."""
+    store, now = MemoryStore(), [1000.0]
+    cache = PromptCache(store, clock=lambda: now[0])
+    key = cache.key(REQUEST, agent_id="a")
+    assert await cache.put_entry(key, REQUEST, chunks=stream_of("before"), latency=1.0)  # began at t=999
+    now[0] = 1001.0
+    assert await cache.get_entry(key, stream=True, refresh=True) is None  # the refresh begins
+    now[0] = 1003.0
+    assert await cache.put_entry(key, REQUEST, body=chat_body("plain"), latency=1.5)  # began at t=1001.5
+    assert not await cache.put_entry(key, REQUEST, chunks=stream_of("refreshed"), latency=1.9)  # t=1001.1
+    assert cache.stats().superseded == 1
+    assert await store.get(key.stream_store_key) is None
+    entry = await cache.get_entry(key, stream=True)
+    assert entry is not None
+    assert entry.converted  # the newer body, as a stream
+    assert await stored_text(cache) == "plain"
+
+
+async def test_an_older_entry_of_the_answers_kind_stays_when_nothing_newer_supersedes() -> None:
+    """Only a newer answer takes an older entry of the superseded answer's kind with it: a fence does not
+    (the invalidation or refresh deleted what it meant to, and a newer entry is left alone)."""
+    store, now = MemoryStore(), [1000.0]
+    a, b = PromptCache(store, clock=lambda: now[0]), PromptCache(store, clock=lambda: now[0])
+    key = a.key(REQUEST, agent_id="a")
+    await b.invalidate("a")  # fence at t=1000
+    now[0] = 1002.0
+    assert await b.put_entry(key, REQUEST, body=chat_body("after"), latency=1.0)  # began at t=1001
+    assert not await a.put_entry(key, REQUEST, body=chat_body("before"), latency=3.0)  # began at t=999
+    assert await stored_text(b) == "after"
+
+
+class _HeldWrites(MemoryStore):
+    """Entry writes wait for ``gate`` once ``hold`` is set: a write whose check passed, held back (a busy
+    event loop delayed such writes by 15-22 ms in a user trial) while another process changes things."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False
+        self.gate = asyncio.Event()
+        self.held = asyncio.Event()
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        if self.hold and ":fence:" not in key:
+            self.held.set()
+            await self.gate.wait()
+        await super().set(key, value, ttl)
+
+
+async def late_write(change: Callable[[PromptCache], Awaitable[object]]) -> tuple[PromptCache, _HeldWrites]:
+    """A's stream answer (its call began at t=999) passes its check at t=1000, then its write is held
+    while B runs ``change`` to the end at t=1001; then A's write lands."""
+    store, now = _HeldWrites(), [1000.0]
+    a, b = PromptCache(store, clock=lambda: now[0]), PromptCache(store, clock=lambda: now[0])
+    key = a.key(REQUEST, agent_id="a")
+    store.hold = True
+    writing = asyncio.create_task(a.put_entry(key, REQUEST, chunks=stream_of("old"), latency=1.0))
+    await store.held.wait()
+    store.hold = False
+    now[0] = 1001.0
+    await change(b)
+    await b.drain()
+    store.gate.set()
+    assert not await writing  # taken back
+    assert a.stats().superseded == 1
+    assert await store.get(key.stream_store_key) is None
+    return a, store
+
+
+async def test_a_write_landing_after_an_invalidation_is_taken_back() -> None:
+    async def invalidate(b: PromptCache) -> None:
+        await b.invalidate("a")
+
+    await late_write(invalidate)
+
+
+async def test_a_write_landing_after_a_refresh_began_is_taken_back() -> None:
+    async def refresh(b: PromptCache) -> None:
+        await b.get_or_call(REQUEST, answer("new"), agent_id="a", refresh=True)
+
+    a, _ = await late_write(refresh)
+    assert await stored_text(a) == "new"
+
+
+async def test_taking_a_write_back_never_deletes_a_newer_one() -> None:
+    """The take-back deletes only while the key holds exactly what was written."""
+    store = MemoryStore()
+    cache = PromptCache(store)
+    key = cache.key(REQUEST, agent_id="a")
+    assert await cache.set(REQUEST, chat_body("newer"), agent_id="a")
+    newer = await store.get(key.store_key)
+    assert newer is not None
+    assert not await store.delete_if(key.store_key, newer + b" ")
+    assert await store.get(key.store_key) == newer
+    assert await store.delete_if(key.store_key, newer)
+    assert await store.get(key.store_key) is None

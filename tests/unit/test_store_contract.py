@@ -23,7 +23,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from promptcache import CacheConfig, ConfigError, PromptCache, PromptCacheError, StoreError
 from promptcache._entry import parse_entry
-from promptcache.backends import BatchReadStore, CountingStore, ListingStore, LockingStore, Store
+from promptcache.backends import (
+    BatchReadStore,
+    ComparingStore,
+    CountingStore,
+    ListingStore,
+    LockingStore,
+    Store,
+)
 from promptcache.backends.memory import MemoryStore
 from promptcache.backends.redis import RedisStore
 from promptcache.backends.sqlite import SQLiteStore
@@ -191,6 +198,21 @@ async def test_delete_reports_whether_something_went(sc: StoreCase) -> None:
     assert await sc.store.delete("k") is False
     assert await sc.store.delete("never") is False
     assert await sc.store.get("other") == b"w"
+
+
+@pytest.mark.parametrize("value", [b"v", b"\x00\xff binary \r\n", bytes(range(256)) * 40])
+async def test_delete_if_deletes_only_the_exact_value(sc: StoreCase, value: bytes) -> None:
+    """delete_if (how a write superseded after it landed is taken back) removes a key only while it holds
+    exactly the given bytes: a newer value written meanwhile stays."""
+    assert isinstance(sc.store, ComparingStore)
+    await sc.store.set("k", value, 60)
+    assert await sc.store.delete_if("k", value + b"x") is False
+    assert await sc.store.delete_if("k", value[:-1]) is False
+    assert await sc.store.get("k") == value
+    assert await sc.store.delete_if("k", value) is True
+    assert await sc.store.get("k") is None
+    assert await sc.store.delete_if("k", value) is False
+    assert await sc.store.delete_if("never", value) is False
 
 
 async def _expire(sc: StoreCase, key: str, ttl: float) -> None:
