@@ -20,10 +20,13 @@ of one kind whose write a newer answer of the other kind superseded would otherw
 refreshed served to its kind's callers.
 
 The check and the write are two store calls, and a busy event loop can hold the write back for many
-milliseconds after its check. So after the write the fences are read again (:func:`fenced_since`): an
-invalidation or a refresh recorded meanwhile (it wrote its fence, then deleted, and the write landed
-after its delete) takes the write back (deleted only while the key still holds exactly what was
-written). That leaves a window of one round trip in which the answer can be read, never a stored one.
+milliseconds after its check. So the write checks the fences again in the same step
+(:class:`~promptcache.backends.FencingStore`: a Lua script on Redis, one statement on SQLite, under the
+lock in memory): an invalidation or a refresh recorded meanwhile forbids it. Redis Cluster keeps an
+agent's fences in other slots than its entries, so there the fences are read again after the write
+(:func:`fenced_since`), and a write that landed after an invalidation's or refresh's delete is taken
+back (deleted only while the key still holds exactly what was written): an answer can be read in that
+window of one round trip, but never stays stored.
 Clocks: both sides use wall-clock time (the cache's clock), so hosts whose clocks differ by more than a
 call's duration can miss a fence (never worse than with no fence). When the read fails (a counted store
 fault), the answer is not written either: the store is failing, and nothing is known.

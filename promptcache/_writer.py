@@ -24,7 +24,7 @@ from promptcache._gate import refusal_reason, stream_refusal, stream_summary
 from promptcache._loops import PerLoop
 from promptcache._route import route_record
 from promptcache._tally import StoreTally, store_tally
-from promptcache.backends._base import ComparingStore, LoopHoldingStore
+from promptcache.backends._base import ComparingStore, FencingStore, LoopHoldingStore
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -178,6 +178,8 @@ class EntryWriter:
                 if verdict.older is not None:  # older than the newer answer too: it goes
                     await self._take_back(store_key, verdict.older)
                 return False
+        if fence is not None and isinstance(store, FencingStore):
+            return await self._write_fenced(store, store_key, data, ttl, fence)
         guard.forget(store_key)
         ok, _ = await guard.run("set", lambda: store.set(store_key, data, ttl), deadline=guard.write_timeout)
         guard.forget(store_key)
@@ -185,7 +187,9 @@ class EntryWriter:
             return False
         self._counters.writes += 1
         if fence is not None:
-            # A change recorded between the check and the write (its delete ran before the write landed).
+            # A store that cannot check and write in one step (Redis Cluster: an agent's fences live in
+            # other slots): a fence recorded between the check and the write (its delete ran before the
+            # write landed) takes the write back.
             late, fenced = await guard.run(
                 "fence", lambda: fenced_since(store, fence), deadline=guard.write_timeout
             )
@@ -194,6 +198,24 @@ class EntryWriter:
                 await self._take_back(store_key, data)
                 return False
         return True
+
+    async def _write_fenced(
+        self, store: FencingStore, store_key: str, data: bytes, ttl: float, fence: Fence
+    ) -> bool:
+        """The write and its fences' check in one step: a fence recorded since the check above forbids it."""
+        guard = self._guard
+        guard.forget(store_key)
+        ok, written = await guard.run(
+            "set",
+            lambda: store.set_fenced(store_key, data, ttl, fence.fences, fence.started),
+            deadline=guard.write_timeout,
+        )
+        guard.forget(store_key)
+        if ok and not written:
+            self._superseded(store_key, "an invalidation or a refresh")
+        if ok and written:
+            self._counters.writes += 1
+        return bool(ok and written)
 
     def _superseded(self, store_key: str, why: str) -> None:
         self._counters.superseded += 1

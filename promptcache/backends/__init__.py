@@ -9,6 +9,7 @@ from __future__ import annotations
 from promptcache.backends._base import BatchReadStore as BatchReadStore
 from promptcache.backends._base import ComparingStore as ComparingStore
 from promptcache.backends._base import CountingStore as CountingStore
+from promptcache.backends._base import FencingStore as FencingStore
 from promptcache.backends._base import ImmediateStore as ImmediateStore
 from promptcache.backends._base import Invalidations as Invalidations
 from promptcache.backends._base import ListingStore as ListingStore
@@ -23,6 +24,7 @@ __all__ = [
     "BatchReadStore",
     "ComparingStore",
     "CountingStore",
+    "FencingStore",
     "ImmediateStore",
     "Invalidations",
     "ListingStore",

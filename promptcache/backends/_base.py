@@ -140,6 +140,19 @@ class ComparingStore(Protocol):
 
 
 @runtime_checkable
+class FencingStore(Protocol):
+    """A store that writes a value unless a fence forbids it, in one atomic step (Redis, SQLite, memory;
+    not Redis Cluster, whose fences of one agent live in other slots than its entries)."""
+
+    async def set_fenced(
+        self, key: str, value: bytes, ttl: float, fences: Sequence[str], after: float
+    ) -> bool:
+        """Set ``key`` unless one of ``fences`` holds a time (a float, wall-clock seconds) later than
+        ``after``; True when written. The check and the write are one step: no fence lands between."""
+        ...
+
+
+@runtime_checkable
 class BatchReadStore(Protocol):
     """A store that reads many keys in fewer round trips than one ``get`` each (Redis, Redis Cluster)."""
 

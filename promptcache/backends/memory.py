@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Self
 from promptcache._validate import positive
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
 __all__ = ["MemoryStore"]
 
@@ -62,15 +62,31 @@ class MemoryStore:
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         item = (bytes(value), self._clock() + positive(ttl, "ttl"))
         with self._lock:
-            self._data[key] = item
-            self._data.move_to_end(key)
-            while len(self._data) > self.max_entries:
-                self._data.popitem(last=False)
+            self._put(key, item)
+
+    def _put(self, key: str, item: tuple[bytes, float]) -> None:  # under the lock
+        self._data[key] = item
+        self._data.move_to_end(key)
+        while len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
 
     async def delete(self, key: str) -> bool:
         with self._lock:
             item = self._data.pop(key, None)
         return item is not None and item[1] > self._clock()
+
+    async def set_fenced(
+        self, key: str, value: bytes, ttl: float, fences: Sequence[str], after: float
+    ) -> bool:
+        now = self._clock()
+        item = (bytes(value), now + positive(ttl, "ttl"))
+        with self._lock:
+            for name in fences:
+                fence = self._data.get(name)
+                if fence is not None and fence[1] > now and _time_of(fence[0]) > after:
+                    return False
+            self._put(key, item)
+        return True
 
     async def delete_if(self, key: str, value: bytes) -> bool:
         with self._lock:
@@ -116,3 +132,11 @@ class MemoryStore:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def _time_of(value: bytes) -> float:
+    """A fence's recorded time (-inf for a value that is not one)."""
+    try:
+        return float(value)
+    except ValueError:
+        return float("-inf")

@@ -49,6 +49,18 @@ if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) 
 """
 
 
+# Set KEYS[1] unless a fence (KEYS[2..]) holds a time later than ARGV[3]: the fence check and the write in one
+# step, so an invalidation's or refresh's fence can never land between them (_fences.py).
+_SET_FENCED_LUA: Final = """
+local after = tonumber(ARGV[3])
+for i = 2, #KEYS do
+  local fence = tonumber(redis.call('get', KEYS[i]))
+  if fence and fence > after then return 0 end
+end
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 _USERINFO: Final = re.compile(r"//[^/@]*@")
 _QUERY_SECRET: Final = re.compile(r"(?i)((?:password|passwd|pwd|username|user)=)[^&#]*")
 
@@ -268,6 +280,16 @@ class RedisStore:
 
     async def unlock(self, name: str, token: str) -> bool:
         return await self.delete_if(name, token.encode())
+
+    async def set_fenced(
+        self, key: str, value: bytes, ttl: float, fences: Sequence[str], after: float
+    ) -> bool:
+        slot = self._clients.get()
+        script: AsyncScript | None = slot.extras.get("set_fenced")
+        if script is None:
+            script = slot.extras["set_fenced"] = slot.client.register_script(_SET_FENCED_LUA)
+        px = max(1, int(positive(ttl, "ttl") * 1000))
+        return bool(await script(keys=[key, *fences], args=[value, px, repr(after)]))
 
     async def delete_if(self, key: str, value: bytes) -> bool:
         slot = self._clients.get()

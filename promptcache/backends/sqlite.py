@@ -17,7 +17,7 @@ from promptcache._validate import positive
 from promptcache.exceptions import ConfigError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
 __all__ = ["SQLiteStore"]
 
@@ -148,6 +148,25 @@ class SQLiteStore:
             ).fetchone()
             conn.execute("DELETE FROM promptcache_entries WHERE key = ?", (key,))
             return live is not None
+
+        return await self._run(op)
+
+    async def set_fenced(
+        self, key: str, value: bytes, ttl: float, fences: Sequence[str], after: float
+    ) -> bool:
+        now = self._clock()
+        expires = now + positive(ttl, "ttl")
+        marks = ", ".join("?" * len(fences)) or "NULL"
+        sql = (  # only "?" placeholders are formatted in
+            "INSERT OR REPLACE INTO promptcache_entries (key, value, expires_at) SELECT ?, ?, ?"  # noqa: S608
+            f" WHERE NOT EXISTS (SELECT 1 FROM promptcache_entries WHERE key IN ({marks})"
+            " AND expires_at > ? AND CAST(CAST(value AS TEXT) AS REAL) > ?)"
+        )
+
+        def op(conn: sqlite3.Connection) -> bool:
+            # One statement: SQLite runs it atomically, so no fence lands between its check and its write.
+            cur = conn.execute(sql, (key, sqlite3.Binary(value), expires, *fences, now, after))
+            return cur.rowcount > 0
 
         return await self._run(op)
 

@@ -22,7 +22,7 @@ from promptcache._synth import events_from_body
 from promptcache.backends.memory import MemoryStore
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
 
 pytestmark = pytest.mark.anyio
 
@@ -266,17 +266,35 @@ class _HeldWrites(MemoryStore):
         self.gate = asyncio.Event()
         self.held = asyncio.Event()
 
-    async def set(self, key: str, value: bytes, ttl: float) -> None:
+    async def _wait(self, key: str) -> None:
         if self.hold and ":fence:" not in key:
             self.held.set()
             await self.gate.wait()
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        await self._wait(key)
         await super().set(key, value, ttl)
 
+    async def set_fenced(
+        self, key: str, value: bytes, ttl: float, fences: Sequence[str], after: float
+    ) -> bool:
+        await self._wait(key)
+        return await super().set_fenced(key, value, ttl, fences, after)
 
-async def late_write(change: Callable[[PromptCache], Awaitable[object]]) -> tuple[PromptCache, _HeldWrites]:
+
+class _HeldWritesNoFencedSet(_HeldWrites):
+    """The same, on a store that cannot check and write in one step (as Redis Cluster): the write lands,
+    then the fences read again take it back."""
+
+    set_fenced = None  # type: ignore[assignment]
+
+
+async def late_write(
+    change: Callable[[PromptCache], Awaitable[object]], store: _HeldWrites
+) -> tuple[PromptCache, _HeldWrites]:
     """A's stream answer (its call began at t=999) passes its check at t=1000, then its write is held
-    while B runs ``change`` to the end at t=1001; then A's write lands."""
-    store, now = _HeldWrites(), [1000.0]
+    while B runs ``change`` to the end at t=1001; then A's write goes on."""
+    now = [1000.0]
     a, b = PromptCache(store, clock=lambda: now[0]), PromptCache(store, clock=lambda: now[0])
     key = a.key(REQUEST, agent_id="a")
     store.hold = True
@@ -293,18 +311,26 @@ async def late_write(change: Callable[[PromptCache], Awaitable[object]]) -> tupl
     return a, store
 
 
-async def test_a_write_landing_after_an_invalidation_is_taken_back() -> None:
+HELD_STORES = [
+    pytest.param(_HeldWrites, id="one-step"),
+    pytest.param(_HeldWritesNoFencedSet, id="taken-back"),
+]
+
+
+@pytest.mark.parametrize("held_store", HELD_STORES)
+async def test_a_write_held_back_past_an_invalidation_never_stays(held_store: type[_HeldWrites]) -> None:
     async def invalidate(b: PromptCache) -> None:
         await b.invalidate("a")
 
-    await late_write(invalidate)
+    await late_write(invalidate, held_store())
 
 
-async def test_a_write_landing_after_a_refresh_began_is_taken_back() -> None:
+@pytest.mark.parametrize("held_store", HELD_STORES)
+async def test_a_write_held_back_past_a_refresh_never_stays(held_store: type[_HeldWrites]) -> None:
     async def refresh(b: PromptCache) -> None:
         await b.get_or_call(REQUEST, answer("new"), agent_id="a", refresh=True)
 
-    a, _ = await late_write(refresh)
+    a, _ = await late_write(refresh, held_store())
     assert await stored_text(a) == "new"
 
 

@@ -153,14 +153,13 @@ async def test_store_calls_are_reported_with_their_operation() -> None:
     await cache.drain()
     store = [e for e in hook.events if isinstance(e, StoreEvent)]
     # A miss reads the body, then the stream it could be assembled from (convert_kinds); its answer is
-    # checked against newer changes (the fence read), then written, and the fences read again (a change
-    # landing between the check and the write takes the write back).
+    # checked against newer changes (the fence read), then written (its fences checked again in the same
+    # step as the write: the memory store is a FencingStore).
     assert [(e.operation, e.outcome) for e in store] == [
         ("get", "ok"),
         ("get", "ok"),
         ("fence", "ok"),
         ("set", "ok"),
-        ("fence", "ok"),
     ]
     assert all(e.seconds >= 0 for e in store)
     await cache.aclose()
@@ -296,10 +295,10 @@ async def test_prometheus_output_parses_and_counts_by_agent_and_model() -> None:
     assert value(tokens, **agent, token_type="output") == 40  # noqa: S106
     assert value("promptcache_cost_saved_usd_total", **agent) == pytest.approx(2 * 140 / 1_000_000)
     # A hit is one GET; a miss reads the body, then the stream it could be assembled from (convert_kinds),
-    # and its write is a fence read, one SET and the fences read again.
+    # and its write is one fence read and one fenced SET.
     stats = cache.stats()
     assert value("promptcache_store_latency_seconds_count", operation="get") == stats.hits + 2 * stats.misses
-    assert value("promptcache_store_latency_seconds_count", operation="fence") == 2 * stats.writes
+    assert value("promptcache_store_latency_seconds_count", operation="fence") == stats.writes
     assert value("promptcache_store_latency_seconds_count", operation="set") == stats.writes
     assert value("promptcache_breaker_state", namespace="promptcache", state="closed") == 1
     assert value("promptcache_breaker_state", namespace="promptcache", state="open") == 0

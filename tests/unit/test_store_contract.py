@@ -27,6 +27,7 @@ from promptcache.backends import (
     BatchReadStore,
     ComparingStore,
     CountingStore,
+    FencingStore,
     ListingStore,
     LockingStore,
     Store,
@@ -213,6 +214,37 @@ async def test_delete_if_deletes_only_the_exact_value(sc: StoreCase, value: byte
     assert await sc.store.get("k") is None
     assert await sc.store.delete_if("k", value) is False
     assert await sc.store.delete_if("never", value) is False
+
+
+async def test_set_fenced_writes_unless_a_fence_is_later(sc: StoreCase) -> None:
+    """set_fenced (an answer's write, with the fences of its invalidations and refreshes) writes only while
+    no fence holds a time later than the answer's call began; absent, older or unreadable fences allow it."""
+    if not isinstance(sc.store, FencingStore):
+        pytest.skip(f"{sc.kind} cannot check and write in one step")
+    store = sc.store
+    assert await store.set_fenced("e", b"one", 60, ["f1", "f2"], 1000.5) is True  # no fences at all
+    assert await store.get("e") == b"one"
+    await store.set("f1", repr(1000.25).encode(), 60)  # older than the call
+    await store.set("f2", b"not a time", 60)
+    assert await store.set_fenced("e", b"two", 60, ["f1", "f2"], 1000.5) is True
+    assert await store.get("e") == b"two"
+    await store.set("f2", repr(1000.75).encode(), 60)  # later than the call: the write is refused
+    assert await store.set_fenced("e", b"three", 60, ["f1", "f2"], 1000.5) is False
+    assert await store.get("e") == b"two"
+    assert await store.set_fenced("e", b"four", 60, ["f1"], 1000.5) is True  # that fence not asked about
+    assert await store.set_fenced("e", b"five", 60, [], 1000.5) is True
+    assert await store.get("e") == b"five"
+    await store.set_fenced("short", b"v", 0.05, [], 0.0)
+    await _expire(sc, "short", 0.05)
+
+
+async def test_an_expired_fence_forbids_nothing(sc: StoreCase) -> None:
+    if not isinstance(sc.store, FencingStore) or sc.clock is None:
+        pytest.skip("a fence store with a fake clock")
+    await sc.store.set("f", repr(2000.0).encode(), 1)
+    assert await sc.store.set_fenced("e", b"v", 60, ["f"], 1000.0) is False
+    sc.clock.advance(2)
+    assert await sc.store.set_fenced("e", b"v", 60, ["f"], 1000.0) is True
 
 
 async def _expire(sc: StoreCase, key: str, ttl: float) -> None:
