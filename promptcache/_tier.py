@@ -132,7 +132,7 @@ class HotTier:
             if not self._sync() or (raw := self._entries.get(store_key)) is None:
                 return None
             self._entries.move_to_end(store_key)
-            done = self._renders.get(store_key, {}).get(form)
+            done = self._renders[store_key].get(form) if store_key in self._renders else None
         if done is not None:
             if done[0].expires_at > now:
                 return done
@@ -144,7 +144,7 @@ class HotTier:
         done = (replace(entry, body=None, chunks=None, request=None, route=None), payload)
         cost = len(payload) + _OVERHEAD
         with self._lock:  # kept once, only if the entry is the one rendered and it fits beside the rest
-            fresh = form not in self._renders.get(store_key, {})
+            fresh = form not in self._renders.get(store_key, ())
             if fresh and self._entries.get(store_key) is raw and self._make_room(cost, store_key):
                 self._renders.setdefault(store_key, {})[form] = done
                 self._bytes += cost

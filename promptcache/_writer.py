@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -178,15 +178,20 @@ class EntryWriter:
                 if verdict.older is not None:  # older than the newer answer too: it goes
                     await self._take_back(store_key, verdict.older)
                 return False
-        if fence is not None and isinstance(store, FencingStore):
-            return await self._write_fenced(store, store_key, data, ttl, fence)
+        # Where the store can, the write checks the fences again in the same step (none lands between).
+        one_step = fence if isinstance(store, FencingStore) else None
         guard.forget(store_key)
-        ok, _ = await guard.run("set", lambda: store.set(store_key, data, ttl), deadline=guard.write_timeout)
+        ok, written = await guard.run(
+            "set", lambda: self._put(store_key, data, ttl, one_step), deadline=guard.write_timeout
+        )
         guard.forget(store_key)
         if not ok:
             return False
+        if not written:
+            self._superseded(store_key, "an invalidation or a refresh")
+            return False
         self._counters.writes += 1
-        if fence is not None:
+        if fence is not None and one_step is None:
             # A store that cannot check and write in one step (Redis Cluster: an agent's fences live in
             # other slots): a fence recorded between the check and the write (its delete ran before the
             # write landed) takes the write back.
@@ -199,23 +204,13 @@ class EntryWriter:
                 return False
         return True
 
-    async def _write_fenced(
-        self, store: FencingStore, store_key: str, data: bytes, ttl: float, fence: Fence
-    ) -> bool:
-        """The write and its fences' check in one step: a fence recorded since the check above forbids it."""
-        guard = self._guard
-        guard.forget(store_key)
-        ok, written = await guard.run(
-            "set",
-            lambda: store.set_fenced(store_key, data, ttl, fence.fences, fence.started),
-            deadline=guard.write_timeout,
-        )
-        guard.forget(store_key)
-        if ok and not written:
-            self._superseded(store_key, "an invalidation or a refresh")
-        if ok and written:
-            self._counters.writes += 1
-        return bool(ok and written)
+    async def _put(self, store_key: str, data: bytes, ttl: float, fence: Fence | None) -> bool:
+        """One SET; with a ``fence`` (a FencingStore), refused when one of its fences is later: False."""
+        store = self._store
+        if fence is None:
+            await store.set(store_key, data, ttl)
+            return True
+        return await cast("FencingStore", store).set_fenced(store_key, data, ttl, fence.fences, fence.started)
 
     def _superseded(self, store_key: str, why: str) -> None:
         self._counters.superseded += 1
@@ -224,14 +219,13 @@ class EntryWriter:
     async def _take_back(self, store_key: str, data: bytes) -> None:
         """Delete ``store_key`` while it holds exactly ``data`` (a store that cannot compare: plainly)."""
         store = self._store
-        if isinstance(store, ComparingStore):
-            await self._guard.run(
-                "delete", lambda: store.delete_if(store_key, data), deadline=self._guard.write_timeout
-            )
-        else:
-            await self._guard.run(
-                "delete", lambda: store.delete(store_key), deadline=self._guard.write_timeout
-            )
+
+        async def delete() -> object:
+            if isinstance(store, ComparingStore):
+                return await store.delete_if(store_key, data)
+            return await store.delete(store_key)
+
+        await self._guard.run("delete", delete, deadline=self._guard.write_timeout)
         self._guard.forget(store_key)
 
     def spawn(

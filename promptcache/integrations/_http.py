@@ -252,9 +252,9 @@ def _stream_headers(marker: str) -> list[tuple[str, str]]:
     return [("content-type", "text/event-stream"), ("x-promptcache", marker)]
 
 
-def hit_response(request: Any, stream: bool, payload: bytes) -> Any:  # noqa: ANN401, FBT001
-    """A hit's response from its encoded bytes (:data:`BODY`, :data:`STREAM`, :data:`STREAM_USAGE`)."""
-    return response(request, 200, _stream_headers("hit") if stream else _json_headers("hit"), payload)
+def hit_response(request: Any, form: Form, payload: bytes) -> Any:  # noqa: ANN401
+    """A hit's response from the bytes ``form`` (:data:`BODY`, :data:`STREAM`, :data:`STREAM_USAGE`) made."""
+    return response(request, 200, _stream_headers("hit") if form.stream else _json_headers("hit"), payload)
 
 
 # How a hit found with no I/O is sent (the hot tier keeps each entry's bytes per form).

@@ -95,7 +95,7 @@ class CachingCore:
         if plan.stream:
             form = STREAM_USAGE if wants_usage(plan.endpoint, plan.body) else STREAM
         found = self.cache.answer_now(plan.body, plan.scope, plan.endpoint, plan.route, form)
-        return None if found is None else hit_response(request, plan.stream, found[1])
+        return None if found is None else hit_response(request, form, found[1])
 
     async def handle(self, request: Any, send: Callable[[Any], Awaitable[Any]]) -> Any:  # noqa: ANN401
         """Answer ``request`` from the cache, or with ``send(request)`` (the inner transport).
