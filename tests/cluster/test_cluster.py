@@ -327,6 +327,30 @@ async def hits_resume(cache: PromptCache, upstream: Upstream, within: float = 10
     return False
 
 
+async def test_reads_cut_off_by_the_deadline_give_their_connections_back(cluster: LocalRedisCluster) -> None:
+    """A pipelined read the cache's deadline cancels mid-reply returns its connection to the node's pool:
+    with two connections per node, five cancelled reads during a pause leave the store working after it.
+
+    redis-py 8.0.0 kept a cancelled pipeline's connection for good; once a node's pool was used up, every
+    command to it raised MaxConnectionsError, and a cache never recovered from a failover (seen in CI)."""
+    keys = [f"cut-off-{i}" for i in range(6)]  # spread over the slots, so over every primary
+    async with RedisClusterStore.from_url(cluster.url, max_connections=2) as store:
+        for key in keys:
+            await store.set(key, key.encode(), 60)
+        for node in cluster.primaries():
+            with node.client() as admin:
+                admin.execute_command("CLIENT", "PAUSE", 500, "ALL")
+        try:
+            for _ in range(5):
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(store.get_many(keys), 0.05)
+        finally:
+            for node in cluster.primaries():
+                with node.client() as admin:
+                    admin.execute_command("CLIENT", "UNPAUSE")
+        assert await store.get_many(keys) == [key.encode() for key in keys]
+
+
 # -- a primary dies mid-traffic (last: it changes which nodes are primaries) ------------------------------
 
 
