@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from promptcache._config import CacheConfig, config_with
-from promptcache._events import Emitter, Result
+from promptcache._events import Emitter
 from promptcache._fences import fence_for, fence_key, fence_record
 from promptcache._flight import SingleFlight
 from promptcache._guard import StoreGuard, delete_prefix
@@ -222,7 +222,7 @@ class PromptCache(Lifecycle):
             return None  # uncacheable or invalid: the full path counts it, or raises it, once
         if (found := self._kinds.now(key, form)) is None:
             return None
-        self._counters.requests += 1
+        self._counters.request()
         self._counters.hit(found[0], key, self._events)
         return found
 
@@ -251,20 +251,17 @@ class PromptCache(Lifecycle):
             log.debug("promptcache: request bypasses the cache: %s", exc)
             self.count_bypass(uncacheable=True, scope=scope, request=request, reason=exc)
             return await call(), False
-        counters.requests += 1  # counted once the key exists, so bad input never skews the invariant
+        counters.request()  # counted once the key exists, so bad input never skews the invariant
         if refresh:
             await self._kinds.forget_other(key, stream=False)  # the old stream must not outlive this
         else:
             try:
                 entry = await self._kinds.body(key)  # the stored stream only on a miss
             except BaseException:  # cancelled, or StoreError with fail_open=False: still one request
-                counters.misses += 1
-                if self._hooks:
-                    self._events.request(Result.MISS, key, reason="error")
+                counters.miss(key, self._events, reason="error")
                 raise
             if entry is not None:
-                counters.converted += entry.converted
-                self._counters.hit(entry, key, self._events)
+                counters.hit(entry, key, self._events)
                 return entry.body, entry.converted
         return await self._flight.join(key, request, call, ttl_s, refresh=refresh), False
 
@@ -322,17 +319,14 @@ class PromptCache(Lifecycle):
         ``refresh`` the store is not read (a counted miss). Only the key's scope ids matter to a read.
         """
         self._check_open()
-        self._counters.requests += 1
+        self._counters.request()
         if stream:
             entry = await self._kinds.stream(key, include_usage=include_usage, refresh=refresh)
         else:
             entry = None if refresh else await self._kinds.body(key)
         if entry is None:
-            self._counters.misses += 1
-            if self._hooks:
-                self._events.request(Result.MISS, key)
+            self._counters.miss(key, self._events)
             return None
-        self._counters.converted += entry.converted
         self._counters.hit(entry, key, self._events)
         return entry
 
@@ -388,7 +382,7 @@ class PromptCache(Lifecycle):
         ``reason`` is counted as ``server_state`` and labels the event ``server-state: <field>``.
         """
         label = self._counters.bypass(uncacheable=uncacheable, reason=reason)
-        if self._hooks:
+        if self._hooks and label is not None:
             self._events.bypass(label, scope, request)
 
     # -- invalidation, stats, lifecycle ------------------------------------------------------------

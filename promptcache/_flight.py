@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from promptcache._entry import Entry, decode_entry
-from promptcache._events import Result
 from promptcache._fences import fence_for
 from promptcache._gate import usage_of
 from promptcache._loops import PerLoop
@@ -226,11 +225,9 @@ class SingleFlight:
                 continue
             except BaseException:
                 flight.waiters -= 1
-                self._counters.misses += 1
+                self._counters.miss(key, self._events, reason="error")
                 if leader:
                     self._counters.upstream_errors += 1
-                if self._events.hooks:
-                    self._events.request(Result.MISS, key, reason="error")
                 raise
             flight.waiters -= 1
             return self._answer(key, flight, body, leader=leader, from_store=from_store)
@@ -259,9 +256,7 @@ class SingleFlight:
         """After a CancelledError: True (counted) if this caller was cancelled, False if only the call was."""
         if (current := asyncio.current_task()) is None or not current.cancelling():
             return False
-        self._counters.misses += 1
-        if self._events.hooks:
-            self._events.request(Result.MISS, key, reason="cancelled")
+        self._counters.miss(key, self._events, reason="cancelled")
         if flight.waiters == 0 and not flight.task.done():
             flight.task.cancel()  # nobody is left to receive the answer
             flights = self.flights
@@ -271,22 +266,12 @@ class SingleFlight:
 
     def _answer(self, key: CacheKey, flight: Flight, body: Any, *, leader: bool, from_store: bool) -> Any:  # noqa: ANN401
         """Count one caller's outcome and give it its own copy of the answer."""
-        counters = self._counters
         if leader and not from_store:
-            counters.misses += 1
-            if self._events.hooks:
-                self._events.request(Result.MISS, key, tokens=usage_of(body))
+            self._counters.miss(key, self._events, tokens=usage_of(body))
             return body
-        counters.hits += 1
-        if not leader:
-            counters.coalesced += 1
-            if flight.snapshot is not None:
-                body = orjson.loads(flight.snapshot)  # each caller gets its own copy to mutate
-        inp, out = usage_of(body)
-        counters.input_tokens_saved += inp
-        counters.output_tokens_saved += out
-        if self._events.hooks:
-            self._events.request(Result.HIT, key, tokens=(inp, out), coalesced=not leader)
+        if not leader and flight.snapshot is not None:
+            body = orjson.loads(flight.snapshot)  # each caller gets its own copy to mutate
+        self._counters.shared(key, self._events, body, coalesced=not leader)
         return body
 
     def _end_flight(self, flights: dict[str, Flight], store_key: str, flight: Flight, _task: object) -> None:

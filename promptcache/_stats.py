@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Final
 
 from promptcache._events import Result
-from promptcache._gate import tokens_of
+from promptcache._gate import tokens_of, usage_of
 from promptcache.exceptions import ServerStateError
 
 if TYPE_CHECKING:
@@ -14,7 +15,12 @@ if TYPE_CHECKING:
     from promptcache._events import Emitter
     from promptcache._keys import CacheKey
 
-__all__ = ["CacheStats", "Counters"]
+__all__ = ["RETRYING", "CacheStats", "Counters"]
+
+RETRYING: Final[ContextVar[bool]] = ContextVar("promptcache_retrying", default=False)
+"""True while an SDK client's retry of a failed attempt is answered (set by the SDK transport): the call
+was counted as a request by its first attempt, so the retry's lookup, hit, miss or bypass is not counted
+again, nor told to the hooks. What it does upstream (calls, errors, writes) is counted as ever."""
 
 
 @dataclass(slots=True)
@@ -49,9 +55,27 @@ class Counters:
     output_tokens_saved: int = 0
     latency_saved: float = 0.0
 
+    def request(self) -> None:
+        """Count one request that has a key (not an SDK's retry: :data:`RETRYING`)."""
+        if not RETRYING.get():
+            self.requests += 1
+
+    def miss(
+        self, key: CacheKey, events: Emitter, *, reason: str | None = None, tokens: tuple[int, int] = (0, 0)
+    ) -> None:
+        """Count a caller not answered from the cache (and the hooks' miss event)."""
+        if RETRYING.get():
+            return
+        self.misses += 1
+        if events.hooks:
+            events.request(Result.MISS, key, reason=reason, tokens=tokens)
+
     def hit(self, entry: Entry, key: CacheKey, events: Emitter) -> None:
         """Count a caller answered by the stored ``entry`` (what it saved, and the hooks' hit event)."""
+        if RETRYING.get():
+            return
         self.hits += 1
+        self.converted += entry.converted
         if entry.from_tier:
             self.tier_hits += 1
         inp, out = tokens_of(entry.usage)
@@ -62,8 +86,23 @@ class Counters:
             tier = entry.from_tier
             events.request(Result.HIT, key, tokens=(inp, out), latency_saved=entry.latency, tier=tier)
 
-    def bypass(self, *, uncacheable: bool, reason: Exception | None) -> str:
-        """Count one bypass; returns the reason its event carries."""
+    def shared(self, key: CacheKey, events: Emitter, body: Any, *, coalesced: bool) -> None:  # noqa: ANN401
+        """Count a caller answered by an upstream call it did not make: another caller's in flight
+        (``coalesced``), or another process's, found stored after waiting on its lock."""
+        if RETRYING.get():
+            return
+        self.hits += 1
+        self.coalesced += coalesced
+        inp, out = usage_of(body)
+        self.input_tokens_saved += inp
+        self.output_tokens_saved += out
+        if events.hooks:
+            events.request(Result.HIT, key, tokens=(inp, out), coalesced=coalesced)
+
+    def bypass(self, *, uncacheable: bool, reason: Exception | None) -> str | None:
+        """Count one bypass; returns the reason its event carries (None: an SDK's retry, not counted)."""
+        if RETRYING.get():
+            return None
         self.requests += 1
         self.bypasses += 1
         if isinstance(reason, ServerStateError):
@@ -88,7 +127,9 @@ class CacheStats:
     caller's in-flight upstream call; ``upstream_calls`` equals ``misses`` except for callers that shared a
     failed call or gave up waiting on another process's lock. ``converted`` hits were answered from the
     other kind of stored answer (a stream synthesised from a body, or a body assembled from a stream).
-    ``tier_hits`` are the hits served from the in-process hot tier, with no store round trip.
+    ``tier_hits`` are the hits served from the in-process hot tier, with no store round trip. An SDK's
+    retry of a failed attempt is part of the call its first attempt counted: it adds no request, hit, miss
+    or bypass (:data:`RETRYING`), though its upstream calls and errors count.
 
     .. versionadded:: 0.1.0
     """

@@ -56,6 +56,12 @@ _PREFIX_LEN: Final = len(_PREFIX_BYTES)
 CONTROL_HEADERS: Final = frozenset(
     HEADER_PREFIX + name for name in ("bypass", "refresh", "ttl", "agent-id", "agent-version", "tenant")
 )
+# The SDKs (openai, anthropic) number each attempt of one call: 0 for the first, then 1, 2... per retry.
+RETRY_HEADER: Final = "x-stainless-retry-count"
+_RETRY_BYTES: Final = RETRY_HEADER.encode()
+_RETRY_HEAD: Final = _RETRY_BYTES[:_PREFIX_LEN]
+RETRY: Final = "retry"
+"""Set in :func:`take_controls`'s answer when the SDK marked the request as a retry (not a header name)."""
 # Headers that describe the upstream bytes on the wire, not the (decoded) body a rebuilt response carries.
 _HOP_HEADERS: Final = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 _ENDPOINT_SUFFIXES: Final = (
@@ -79,6 +85,7 @@ class Plan:
     bypass: bool
     refresh: bool
     route: Route
+    retry: bool = False  # the SDK's retry of an attempt that failed: its call is counted already
 
 
 def _flag(value: str | None) -> bool:
@@ -99,14 +106,21 @@ def take_controls(headers: Any) -> dict[str, str]:  # noqa: ANN401 - httpx or ht
     """Remove every ``x-promptcache-*`` header from ``headers`` (always, so none reaches upstream).
 
     Names come lower-cased; a repeated header's values joined with ", " (as ``Headers.items()`` does).
+    ``RETRY`` is added when the SDK's attempt counter says this is a retry (that header stays on).
     Read from ``Headers.raw`` (the bytes as sent): a third of the cost of ``items()``, on every request."""
     found: dict[str, str] = {}
+    retry = False
     for raw_name, raw_value in headers.raw:
-        if raw_name[:_PREFIX_LEN].lower() == _PREFIX_BYTES:
+        head = raw_name[:_PREFIX_LEN].lower()
+        if head == _PREFIX_BYTES:
             name, value = raw_name.decode("latin-1").lower(), raw_value.decode(headers.encoding)
             found[name] = f"{found[name]}, {value}" if name in found else value
+        elif head == _RETRY_HEAD and raw_name.lower() == _RETRY_BYTES:
+            retry = raw_value.strip().isdigit() and int(raw_value) > 0
     for name in found:
         del headers[name]
+    if retry:
+        found[RETRY] = "1"
     return found
 
 
@@ -211,6 +225,7 @@ def plan_request(request: Any, scope: Scope, controls: dict[str, str] | None = N
         bypass=_flag(controls.get(HEADER_PREFIX + "bypass")),
         refresh=_flag(controls.get(HEADER_PREFIX + "refresh")),
         route=request_route(request, prefix, scope),
+        retry=RETRY in controls,
     )
 
 

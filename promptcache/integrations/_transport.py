@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from promptcache._convert import wants_usage
+from promptcache._stats import RETRYING
 from promptcache.exceptions import ConfigError, InvalidScopeError, UncacheableRequestError
 from promptcache.integrations._http import (
     BODY,
@@ -94,7 +95,12 @@ class CachingCore:
         form = BODY
         if plan.stream:
             form = STREAM_USAGE if wants_usage(plan.endpoint, plan.body) else STREAM
-        found = self.cache.answer_now(plan.body, plan.scope, plan.endpoint, plan.route, form)
+        retrying = RETRYING.set(True) if plan.retry else None
+        try:
+            found = self.cache.answer_now(plan.body, plan.scope, plan.endpoint, plan.route, form)
+        finally:
+            if retrying is not None:
+                RETRYING.reset(retrying)
         return None if found is None else hit_response(request, form, found[1])
 
     async def handle(self, request: Any, send: Callable[[Any], Awaitable[Any]]) -> Any:  # noqa: ANN401
@@ -110,27 +116,35 @@ class CachingCore:
             plan = plan_request(request, self.scope) if planned is _UNPLANNED else planned
             if plan is None:
                 return await send(request)
-            if production_cache_steps_aside():  # the pytest plugin records/replays it
-                self.cache.count_bypass(scope=plan.scope, request=plan.body)
-                return await send(request)
-            if self.cache.closed:
-                # The cache was closed while the client lives on: answer uncached (an error raised here
-                # would reach the caller only as the SDK's "Connection error"), counted as a bypass,
-                # and said once per client (every call now pays upstream).
-                if not self._told_closed:
-                    self._told_closed = True
-                    log.warning(
-                        "promptcache: the cache is closed; client of agent %r now calls upstream uncached",
-                        plan.scope.agent_id,
-                    )
-                self.cache.count_bypass(scope=plan.scope, request=plan.body)
-                return await send(request)
-            if plan.stream:
-                return await self._stream(plan, request, send)
-            return await self._json(plan, request, send)
+            retrying = RETRYING.set(True) if plan.retry else None
+            try:
+                return await self._answer(plan, request, send)
+            finally:
+                if retrying is not None:  # the caller's task goes on with its own setting
+                    RETRYING.reset(retrying)
         except (ConfigError, InvalidScopeError) as exc:
             error = {"error": {"message": f"promptcache: {exc}", "type": "invalid_request_error"}}
             return json_response(request, error, "error", status=400)
+
+    async def _answer(self, plan: Plan, request: Any, send: Callable[[Any], Awaitable[Any]]) -> Any:  # noqa: ANN401
+        if production_cache_steps_aside():  # the pytest plugin records/replays it
+            self.cache.count_bypass(scope=plan.scope, request=plan.body)
+            return await send(request)
+        if self.cache.closed:
+            # The cache was closed while the client lives on: answer uncached (an error raised here
+            # would reach the caller only as the SDK's "Connection error"), counted as a bypass,
+            # and said once per client (every call now pays upstream).
+            if not self._told_closed:
+                self._told_closed = True
+                log.warning(
+                    "promptcache: the cache is closed; client of agent %r now calls upstream uncached",
+                    plan.scope.agent_id,
+                )
+            self.cache.count_bypass(scope=plan.scope, request=plan.body)
+            return await send(request)
+        if plan.stream:
+            return await self._stream(plan, request, send)
+        return await self._json(plan, request, send)
 
     async def _json(self, plan: Plan, request: Any, send: Callable[[Any], Awaitable[Any]]) -> Any:  # noqa: ANN401
         own: list[Any] = []

@@ -184,6 +184,39 @@ def test_retryable_errors_are_retried_and_not_cached(
     assert server.calls == 2
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["body", "stream"])
+def test_an_sdk_retry_is_not_counted_as_another_request(
+    drv: ProviderDriver, server: FakeLLM, stream: bool
+) -> None:
+    """One create() the SDK retried twice is one request (a miss), so the hit rate an operator reads is per
+    call, not per HTTP attempt (seen live: 864 requests counted for 803 sent under upstream connection
+    resets, understating the hit rate)."""
+    p = drv.provider
+    ask = p.create("retried", stream=True) if stream else p.create("retried")
+    go = drv.events if stream else drv.run
+    server.fail_next(500, count=2)
+    first = go(ask)
+    drv.drain()
+    assert go(ask) == first
+    assert [r.headers["x-stainless-retry-count"] for r in server.requests] == ["0", "1", "2"]
+    stats = drv.cache.stats()
+    assert (stats.requests, stats.hits, stats.misses) == (2, 1, 1)
+
+
+def test_a_retry_answered_from_the_cache_counts_nothing_again(drv: ProviderDriver, server: FakeLLM) -> None:
+    """An attempt the SDK marks as a retry (``x-stainless-retry-count`` above 0) is answered from the cache
+    when it can be, but its call was counted by the attempt before it, so it counts no request again."""
+    p = drv.provider
+    first = drv.run(p.create("stored"))
+    again = drv.run(p.create("stored", extra_headers={"x-stainless-retry-count": "1"}))
+    assert again == first
+    assert server.calls == 1
+    stats = drv.cache.stats()
+    assert (stats.requests, stats.hits, stats.misses, stats.output_tokens_saved) == (1, 0, 1, 0)
+    drv.run(p.create("stored", extra_headers={"x-stainless-retry-count": "0"}))  # a first attempt counts
+    assert (drv.cache.stats().requests, drv.cache.stats().hits) == (2, 1)
+
+
 def test_500_without_retries_raises_and_is_not_cached(drv: ProviderDriver, server: FakeLLM) -> None:
     """A 500 reaches the caller as the bare SDK raises it, and the next identical call goes upstream."""
     p = drv.provider
