@@ -364,9 +364,13 @@ class PromptCache(Lifecycle):
             return True
         return await self._writer.write(store_key, data, ttl_s, fence)
 
-    def count_upstream_call(self) -> None:
-        """Count an upstream call an integration made itself (a streamed miss)."""
-        self._counters.upstream_calls += 1
+    def count_upstream_call(self, *, failed: bool = False) -> None:
+        """Count an upstream call an integration made itself (a streamed miss); ``failed``: it raised or
+        answered other than a stream (an error), counted in ``upstream_errors`` as a failed body call is."""
+        if failed:
+            self._counters.upstream_errors += 1
+        else:
+            self._counters.upstream_calls += 1
 
     def count_bypass(
         self,

@@ -123,10 +123,11 @@ class CacheStats:
 
     ``hits + misses + bypasses == requests`` always. ``server_state`` bypasses are requests that refer to
     mutable provider state (not cached unless the scope opts in); ``uncacheable`` ones have no canonical
-    JSON form. ``coalesced`` hits are callers that shared another
-    caller's in-flight upstream call; ``upstream_calls`` equals ``misses`` except for callers that shared a
-    failed call or gave up waiting on another process's lock. ``converted`` hits were answered from the
-    other kind of stored answer (a stream synthesised from a body, or a body assembled from a stream).
+    JSON form. ``coalesced`` hits are callers that shared another caller's in-flight upstream call.
+    ``upstream_calls`` are the upstream calls that succeeded and ``upstream_errors`` those that raised or
+    answered an error (streamed or not), so ``upstream_calls`` equals ``misses`` except for callers whose
+    call failed or that gave up waiting on another process's lock. ``converted`` hits were answered from
+    the other kind of stored answer (a stream synthesised from a body, or a body assembled from a stream).
     ``tier_hits`` are the hits served from the in-process hot tier, with no store round trip. An SDK's
     retry of a failed attempt is part of the call its first attempt counted: it adds no request, hit, miss
     or bypass (:data:`RETRYING`), though its upstream calls and errors count.

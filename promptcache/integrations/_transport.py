@@ -202,10 +202,15 @@ class CachingCore:
         if entry is not None and entry.chunks is not None:
             return event_stream_response(request, entry.chunks, "hit-converted" if entry.converted else "hit")
         started = time.monotonic()
-        upstream = await send(request)
-        cache.count_upstream_call()
+        try:
+            upstream = await send(request)
+        except Exception:
+            cache.count_upstream_call(failed=True)
+            raise
         if not is_event_stream(upstream):
+            cache.count_upstream_call(failed=True)
             return upstream
+        cache.count_upstream_call()
 
         async def on_complete(events: list[dict[str, Any]]) -> None:
             await cache.put_entry(

@@ -190,7 +190,8 @@ def test_an_sdk_retry_is_not_counted_as_another_request(
 ) -> None:
     """One create() the SDK retried twice is one request (a miss), so the hit rate an operator reads is per
     call, not per HTTP attempt (seen live: 864 requests counted for 803 sent under upstream connection
-    resets, understating the hit rate)."""
+    resets, understating the hit rate). Its failed attempts are upstream errors, its success an upstream
+    call, for a stream as for a body."""
     p = drv.provider
     ask = p.create("retried", stream=True) if stream else p.create("retried")
     go = drv.events if stream else drv.run
@@ -201,6 +202,7 @@ def test_an_sdk_retry_is_not_counted_as_another_request(
     assert [r.headers["x-stainless-retry-count"] for r in server.requests] == ["0", "1", "2"]
     stats = drv.cache.stats()
     assert (stats.requests, stats.hits, stats.misses) == (2, 1, 1)
+    assert (stats.upstream_calls, stats.upstream_errors) == (1, 2)
 
 
 def test_a_retry_answered_from_the_cache_counts_nothing_again(drv: ProviderDriver, server: FakeLLM) -> None:
