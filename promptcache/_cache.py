@@ -405,6 +405,7 @@ class PromptCache(Lifecycle):
         what = f"invalidating agent {agent_id!r}"
         # First the fence (answers of calls begun before now are not written after it: _fences.py).
         fence = fence_record(fence_key(prefix), self._clock())
+        self._flight.close_flights(prefix)  # nor are they shared with callers who come after it
         return await delete_prefix(
             self.store, prefix, self.config.invalidate_timeout, what, self._guard.tier, fence=fence
         )

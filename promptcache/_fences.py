@@ -55,6 +55,7 @@ __all__ = [
     "fence_for",
     "fence_key",
     "fence_record",
+    "fenced_prefix",
     "fenced_since",
     "refresh_fence",
     "superseded_by",
@@ -87,6 +88,13 @@ def fence_key(prefix: str) -> str:
     """Where an invalidation of the entries under ``prefix`` (an :func:`agent_prefix`) records its time."""
     namespace, _, rest = prefix.partition(":")
     return f"{namespace}:fence:{rest}"
+
+
+def fenced_prefix(key: str) -> str | None:
+    """The store-key prefix whose answers the fence under ``key`` forbids (an agent's, an agent
+    version's, or one entry's: the inverse of :func:`fence_key`), or None when ``key`` is no fence."""
+    namespace, _, rest = key.partition(":")
+    return f"{namespace}:{rest[6:]}" if rest.startswith("fence:") else None
 
 
 def refresh_fence(key: CacheKey) -> str:

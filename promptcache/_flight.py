@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from promptcache._entry import Entry, decode_entry
-from promptcache._fences import fence_for
+from promptcache._fences import fence_for, fenced_prefix
 from promptcache._gate import usage_of
 from promptcache._loops import PerLoop
 from promptcache._tier import pause_due
@@ -56,6 +56,7 @@ class Flight:
     task: asyncio.Task[tuple[Any, bool]]
     waiters: int = 0
     snapshot: bytes | None = None  # the answer's JSON, taken before any caller can change the object
+    closed: bool = False  # its agent was invalidated since it began: later callers start their own call
 
 
 @dataclass(slots=True)
@@ -97,6 +98,8 @@ class SingleFlight:
     ) -> None:
         self._store = store
         self._tier = tier
+        if tier is not None:  # another process's invalidation or refresh closes calls here to joiners
+            tier.on_change = self._store_changed
         self._immediate = store if isinstance(store, ImmediateStore) else None
         self.immediate = tier is not None or self._immediate is not None  # rendered_now() can find any
         self._locks = store if isinstance(store, LockingStore) else None
@@ -121,6 +124,18 @@ class SingleFlight:
     def reads(self) -> dict[str, asyncio.Future[Any]]:
         """The running loop's shared store reads in flight, by store key (empty outside a loop)."""
         return {} if (state := self._loops.current()) is None else state.reads
+
+    def close_flights(self, prefix: str) -> None:
+        """Let no later caller join a call in flight for a key under ``prefix``, in any loop (an
+        invalidation or a refresh: those calls began before it; their callers still get their answers)."""
+        for state in self._loops.values():
+            for store_key, flight in list(state.flights.items()):  # a copy: other loops' dicts may change
+                flight.closed = flight.closed or store_key.startswith(prefix)
+
+    def _store_changed(self, key: str | None) -> None:
+        """What the hot tier's subscription pushed: a fence written by any process (None: maybe any)."""
+        if (prefix := "" if key is None else fenced_prefix(key)) is not None:
+            self.close_flights(prefix)
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -243,11 +258,14 @@ class SingleFlight:
     ) -> tuple[Flight, bool]:
         """The call in flight for ``key`` to join, or a new one this caller leads."""
         flights = self._loops.get().flights
-        flight = flights.get(key.store_key)
-        if flight is not None and not (flight.task.done() and flight.task.cancelled()):
+        if (flight := flights.get(key.store_key)) is not None and self._tier is not None:
+            self._tier.refresh()  # apply what was pushed: a fence may close the flight (_store_changed)
+        if flight is not None and not flight.closed and not (flight.task.done() and flight.task.cancelled()):
             return flight, False
-        # None in flight, or one abandoned by all its callers and not yet removed: start a new call.
-        task = asyncio.create_task(self._fill(key, request, call, ttl, refresh=refresh))
+        # None in flight, one abandoned by all its callers and not yet removed, or one closed by a change
+        # (then without the lock too: it is held for the older call, whose answer is fenced): a new call.
+        unlocked = refresh or (flight is not None and flight.closed)
+        task = asyncio.create_task(self._fill(key, request, call, ttl, refresh=unlocked))
         flight = flights[key.store_key] = Flight(task)
         task.add_done_callback(functools.partial(self._end_flight, flights, key.store_key, flight))
         return flight, True
@@ -259,8 +277,7 @@ class SingleFlight:
         self._counters.miss(key, self._events, reason="cancelled")
         if flight.waiters == 0 and not flight.task.done():
             flight.task.cancel()  # nobody is left to receive the answer
-            flights = self.flights
-            if flights.get(key.store_key) is flight:
+            if (flights := self.flights).get(key.store_key) is flight:
                 del flights[key.store_key]
         return True
 
@@ -427,9 +444,7 @@ class SingleFlight:
 
     async def cancel_releases(self) -> None:
         """Stop this loop's background releases (closing must not wait out their retries; the TTL ends it)."""
-        state = self._loops.current()
-        if state is None:
-            return
-        for task in list(state.releases):
-            task.cancel()
-        await asyncio.gather(*state.releases, return_exceptions=True)
+        if (state := self._loops.current()) is not None:
+            for task in list(state.releases):
+                task.cancel()
+            await asyncio.gather(*state.releases, return_exceptions=True)

@@ -71,6 +71,9 @@ class HotTier:
         self._reading: dict[str, int] = {}  # store reads in flight per key
         self._changes: dict[str, int] = {}  # invalidations of each such key while it was being read
         self.evictions = 0
+        # Told each key the store pushed as changed, and None when anything may have changed (a lost
+        # subscription, a flush); under the tier's lock, on any thread (the single-flight's hook).
+        self.on_change: Callable[[str | None], None] | None = None
 
     def __repr__(self) -> str:
         return f"HotTier({len(self._entries)} entries, {self._bytes} of {self._max} bytes)"
@@ -223,14 +226,18 @@ class HotTier:
 
     def _sync(self) -> bool:
         session, keys = self._source.poll()
-        if session != self._session:
+        told = self.on_change
+        if session != self._session or keys is None:
+            lost = self._session != 0 or keys is None  # a first subscription has missed nothing it knew
             self._session = session
             self._clear()
-        elif keys is None:
-            self._clear()
+            if told is not None and lost:
+                told(None)
         else:
             for key in keys:
                 self._drop(key)
+                if told is not None:
+                    told(key)
         return session != 0
 
     def _fits(self, store_key: str, raw: bytes) -> bool:

@@ -283,6 +283,52 @@ async def fence_race(url: str, change: Callable[[PromptCache], Awaitable[object]
         await b.aclose()
 
 
+async def fence_join_race(url: str, change: Callable[[PromptCache], Awaitable[object]]) -> tuple[str, str]:
+    """A's miss in flight; B's ``change``; once A's hot tier has applied what Redis pushed since, a later
+    identical caller in A: what the first and the later caller got (the later one must not join the older
+    call: it is answered while that call is still held)."""
+    a, b = _from_url(url, namespace="joins"), _from_url(url, namespace="joins")
+    warm: dict[str, Any] = {**FENCE_REQUEST, "messages": [{"role": "user", "content": "warm"}]}
+
+    async def warm_text() -> str | None:
+        found = await a.get(warm, agent_id="other")
+        return None if found is None else _text_of(found)
+
+    async def served() -> bool:
+        await warm_text()
+        return a.stats().tier_hits > 0
+
+    async def applied() -> bool:
+        return await warm_text() == "w2"
+
+    try:
+        await a.set(warm, chat_body("w1"), agent_id="other")
+        await until(served, "A's tier serving (its subscription connects in the background)", within=15)
+        gate, started = asyncio.Event(), asyncio.Event()
+
+        async def held() -> dict[str, Any]:
+            started.set()
+            await gate.wait()
+            return chat_body("old")
+
+        async def later_call() -> dict[str, Any]:
+            return chat_body("later")
+
+        pending = asyncio.create_task(a.get_or_call(FENCE_REQUEST, held, agent_id="a"))
+        await started.wait()
+        await change(b)
+        await b.set(warm, chat_body("w2"), agent_id="other")  # pushed after the change's fence
+        await b.drain()
+        await until(applied, "A's tier applying what Redis pushed")
+        later = asyncio.create_task(a.get_or_call(FENCE_REQUEST, later_call, agent_id="a"))
+        await until(later.done, "the later caller answered while the older call is held")
+        gate.set()
+        return _text_of(await pending), _text_of(later.result())
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
 async def fence_refresh(b: PromptCache) -> None:
     async def new() -> dict[str, Any]:
         return chat_body("new")

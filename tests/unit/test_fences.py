@@ -13,16 +13,19 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from helpers import chat_body
+from helpers import chat_body, until
+from hypothesis import given
+from hypothesis import strategies as st
 
 from promptcache import Endpoint, PromptCache
-from promptcache._fences import fence_key
-from promptcache._keys import agent_prefix
+from promptcache._fences import fence_key, fenced_prefix
+from promptcache._keys import agent_prefix, store_key_for
 from promptcache._synth import events_from_body
 from promptcache.backends.memory import MemoryStore
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
+    from pathlib import Path
 
 pytestmark = pytest.mark.anyio
 
@@ -114,6 +117,36 @@ async def test_another_agents_invalidation_fences_nothing() -> None:
     a, b = await race(invalidate_other)
     assert await stored_text(b) == "old"
     assert (a.stats().superseded, a.stats().writes) == (0, 1)
+
+
+@pytest.mark.parametrize("url", ["memory://", "sqlite"])
+@pytest.mark.parametrize(("invalidated", "joins"), [(None, False), ("0", False), ("1", True)])
+async def test_a_caller_after_an_invalidation_does_not_join_a_call_that_began_before_it(
+    invalidated: str | None, joins: bool, url: str, tmp_path: Path
+) -> None:
+    """A caller that comes after an invalidation of its agent (all versions, or its own) gets an answer of
+    a call begun after it, not one shared from a call still in flight since before (seen in a user
+    trial: a join returned the older call's answer); another version's invalidation changes nothing.
+    On SQLite the older call holds the cross-process lock: the new call does not wait for it."""
+    cache = PromptCache.from_url(f"sqlite:///{tmp_path / 'c.db'}" if url == "sqlite" else url)
+    gate, started = asyncio.Event(), asyncio.Event()
+    first = asyncio.create_task(cache.get_or_call(REQUEST, held("old", gate, started), agent_id="a"))
+    await started.wait()
+    await cache.invalidate("a", agent_version=invalidated)
+    second = asyncio.create_task(cache.get_or_call(REQUEST, answer("new"), agent_id="a"))
+    if not joins:  # answered while the older call is still held
+        await until(second.done, "the later caller answered by a call of its own")
+    gate.set()
+    assert text_of(await first) == "old"
+    if joins:  # it shared the older call, or read its stored answer: no call of its own either way
+        assert text_of(await second) == "old"
+        assert cache.stats().upstream_calls == 1
+    else:
+        assert text_of(second.result()) == "new"
+        await cache.drain()
+        assert await stored_text(cache) == "new"
+        assert cache.stats().coalesced == 0
+    await cache.aclose()
 
 
 async def test_a_call_that_began_after_the_invalidation_is_written() -> None:
@@ -346,3 +379,19 @@ async def test_taking_a_write_back_never_deletes_a_newer_one() -> None:
     assert await store.get(key.store_key) == newer
     assert await store.delete_if(key.store_key, newer)
     assert await store.get(key.store_key) is None
+
+
+IDS = st.text(min_size=1, max_size=12)
+
+
+@given(IDS, IDS, st.none() | IDS, st.none() | IDS)
+def test_a_pushed_fence_names_the_prefix_it_guards_and_an_entry_key_names_none(
+    namespace: str, agent: str, version: str | None, tenant: str | None
+) -> None:
+    """What another process's fence guards is read back from its key alone (the hot tier hears only
+    keys): an agent's or version's prefix, or one entry's store key for a refresh; an entry is no fence."""
+    prefix = agent_prefix(namespace, agent, version)
+    assert fenced_prefix(fence_key(prefix)) == prefix
+    entry = store_key_for(namespace, agent, version or "0", tenant, "d" * 64)
+    assert fenced_prefix(fence_key(entry)) == entry
+    assert fenced_prefix(entry) is None

@@ -238,3 +238,23 @@ def test_offering_a_value_too_big_to_keep_does_not_poll_and_later_pushes_still_a
     assert source.polls == polls
     assert tier.get("ns:big") is None
     assert tier.get("ns:a") is None  # the push, applied now
+
+
+def test_the_change_hook_hears_each_push_and_every_loss_but_not_the_first_subscription() -> None:
+    """``on_change`` (the single-flight's: fences close calls in flight to joiners) is told each pushed
+    key, and None when anything may have changed unheard: a lost subscription or a flush. The first
+    subscription missed nothing a call in flight could have known, so it is not a loss (telling it
+    would split the first burst of identical misses into one call each)."""
+    source, told = Source(), list[str | None]()
+    tier = HotTier(source, 1 << 20)
+    tier.on_change = told.append
+    assert tier.refresh()
+    source.push("ns:fence:v2:a:", "ns:v2:b:0:~:k")
+    tier.refresh()
+    source.flush()
+    tier.refresh()
+    source.session = 0  # lost
+    assert not tier.refresh()
+    source.session = 2  # and back
+    assert tier.refresh()
+    assert told == ["ns:fence:v2:a:", "ns:v2:b:0:~:k", None, None]
