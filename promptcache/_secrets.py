@@ -136,7 +136,10 @@ def _scrub(value: Any, fields: frozenset[str], allowed: frozenset[str], found: s
     if isinstance(value, dict):
         out: dict[Any, Any] = {}
         for k, v in value.items():
-            if isinstance(k, str) and k.lower() in fields and v and v not in allowed:
+            # A named field's value is replaced, unless it is an object (a tool's JSON schema declaring a
+            # "password" parameter is no secret itself): that is scrubbed within.
+            named = isinstance(k, str) and k.lower() in fields and not isinstance(v, dict)
+            if named and v and (isinstance(v, list) or v not in allowed):
                 if found is not None:
                     _string_values(v, found)
                 out[k] = SCRUBBED

@@ -178,3 +178,15 @@ def test_values_cut_from_a_request_are_the_ones_cut_from_its_answer() -> None:
     scrubbed, cut = scrub_request(request)
     assert cut == {OPENAI_LIKE, f"Bearer {token}", token, "plain-looking-value-1"}
     assert scrubbed["messages"][0]["content"] == "use <scrubbed> with <scrubbed> for our risk-management plan"
+
+
+def test_a_tool_schema_declaring_a_password_parameter_is_kept_and_scrubbed_within() -> None:
+    """A field named like a credential whose value is an object (a tool's JSON schema with a ``password``
+    or ``token`` parameter) is no secret: recording crashed on it (unhashable dict, after the upstream
+    call was paid for). Its contents are still scrubbed; a named value or list is still replaced."""
+    schema = {"type": "object", "properties": {"password": {"type": "string", "description": "the pass"}}}
+    tools = [{"type": "function", "function": {"name": "login", "parameters": schema}}]
+    request = {"model": "m", "tools": tools, "token": ["sk-proj-" + "a" * 40], "password": "hunter22"}
+    out = scrub(request)
+    assert out["tools"] == tools
+    assert (out["token"], out["password"]) == ("<scrubbed>", "<scrubbed>")
