@@ -94,7 +94,7 @@ def fenced_prefix(key: str) -> str | None:
     """The store-key prefix whose answers the fence under ``key`` forbids (an agent's, an agent
     version's, or one entry's: the inverse of :func:`fence_key`), or None when ``key`` is no fence."""
     namespace, _, rest = key.partition(":")
-    return f"{namespace}:{rest[6:]}" if rest.startswith("fence:") else None
+    return f"{namespace}:{rest[len('fence:') :]}" if rest.startswith("fence:") else None
 
 
 def refresh_fence(key: CacheKey) -> str:

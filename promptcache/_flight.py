@@ -56,7 +56,7 @@ class Flight:
     task: asyncio.Task[tuple[Any, bool]]
     waiters: int = 0
     snapshot: bytes | None = None  # the answer's JSON, taken before any caller can change the object
-    closed: bool = False  # its agent was invalidated since it began: later callers start their own call
+    closed: bool = False  # invalidated or refreshed since it began: later callers start their own call
 
 
 @dataclass(slots=True)
